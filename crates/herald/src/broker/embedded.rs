@@ -1,0 +1,278 @@
+//! The embedded broker: topics kept in this process's memory, with the same semantics as
+//! Redis (offsets, epochs, dedup window, retention, cursors, live notifications).
+//!
+//! Several [`Herald`](crate::Herald) handles built on clones of one [`EmbeddedBroker`] behave
+//! like several nodes sharing one Redis.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
+use crate::clock;
+use crate::cursor::CursorPosition;
+use crate::envelope::Notification;
+use crate::error::{Error, Result};
+use crate::inspect::TopicInfo;
+use crate::message::{Entry, Epoch, Message};
+use crate::topic::{SettingsChange, TopicSettings};
+
+/// How many notifications a live feed may fall behind before it is told it lost some.
+const LIVE_CAPACITY: usize = 4096;
+
+/// An in-process broker. Cheap to clone: clones share the same topics.
+#[derive(Clone)]
+pub struct EmbeddedBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    topics: Mutex<HashMap<String, TopicLog>>,
+    live: broadcast::Sender<Arc<Notification>>,
+    defaults: TopicSettings,
+}
+
+#[derive(Default)]
+struct TopicLog {
+    epoch: Option<Epoch>,
+    last: u64,
+    log: VecDeque<Entry>,
+    settings: Option<TopicSettings>,
+    dedup: HashMap<String, (u64, Instant)>,
+    dedup_expiry: VecDeque<(Instant, String)>,
+    cursors: BTreeMap<String, CursorPosition>,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker").finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedBroker {
+    /// A new, empty broker with the default topic settings.
+    pub fn new() -> Self {
+        Self::with_defaults(TopicSettings::default())
+    }
+
+    /// A new, empty broker whose new topics take `defaults`.
+    pub fn with_defaults(defaults: TopicSettings) -> Self {
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        EmbeddedBroker {
+            inner: Arc::new(Inner {
+                topics: Mutex::new(HashMap::new()),
+                live,
+                defaults,
+            }),
+        }
+    }
+
+    /// Forgets every topic, as a Redis restart without persistence would: the next publish
+    /// to a topic starts a new epoch and its subscribers receive a `Reset`.
+    pub fn clear(&self) {
+        self.topics().clear();
+    }
+
+    fn topics(&self) -> MutexGuard<'_, HashMap<String, TopicLog>> {
+        self.inner
+            .topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn publish(
+        &self,
+        topic: &str,
+        node: &str,
+        messages: &[(String, &Message)],
+    ) -> Result<(Epoch, Vec<Placed>)> {
+        let mut topics = self.topics();
+        let log = topics.entry(topic.to_string()).or_default();
+        let settings = *log.settings.get_or_insert(self.inner.defaults);
+        if let Some((_, m)) = messages
+            .iter()
+            .find(|(_, m)| m.payload.len() as u64 > settings.max_size)
+        {
+            return Err(Error::MessageTooLarge {
+                topic: topic.to_string(),
+                size: m.payload.len(),
+                limit: settings.max_size as usize,
+            });
+        }
+        let epoch = match log.epoch {
+            Some(e) => e,
+            None => {
+                let e = clock::now_us();
+                log.epoch = Some(e);
+                log.last = 0;
+                log.log.clear();
+                log.dedup.clear();
+                log.dedup_expiry.clear();
+                e
+            }
+        };
+        let now = Instant::now();
+        while log.dedup_expiry.front().is_some_and(|(t, _)| *t <= now) {
+            if let Some((t, key)) = log.dedup_expiry.pop_front() {
+                if log.dedup.get(&key).is_some_and(|(_, exp)| *exp == t) {
+                    log.dedup.remove(&key);
+                }
+            }
+        }
+        let window = Duration::from_millis(settings.dedup_window_ms);
+        let published_at_ms = clock::now_ms();
+        let mut placed = Vec::with_capacity(messages.len());
+        let mut fresh = Vec::new();
+        for (key, message) in messages {
+            if let Some((offset, _)) = log.dedup.get(key) {
+                placed.push((*offset, true));
+                continue;
+            }
+            log.last += 1;
+            let entry = Entry {
+                offset: log.last,
+                key: key.clone(),
+                node: node.to_string(),
+                published_at_ms,
+                headers: message.headers.clone(),
+                payload: message.payload.clone(),
+            };
+            log.log.push_back(entry.clone());
+            fresh.push(entry);
+            let expiry = now + window;
+            log.dedup.insert(key.clone(), (log.last, expiry));
+            log.dedup_expiry.push_back((expiry, key.clone()));
+            placed.push((log.last, false));
+        }
+        while log.log.len() as u64 > settings.max_len {
+            log.log.pop_front();
+        }
+        if settings.max_age_ms > 0 {
+            let cutoff = published_at_ms.saturating_sub(settings.max_age_ms);
+            while log.log.front().is_some_and(|e| e.published_at_ms < cutoff) {
+                log.log.pop_front();
+            }
+        }
+        if !fresh.is_empty() {
+            // No receivers is fine: nobody is subscribed.
+            let _ = self.inner.live.send(Arc::new(Notification {
+                topic: topic.to_string(),
+                epoch,
+                entries: fresh,
+            }));
+        }
+        Ok((epoch, placed))
+    }
+
+    pub(crate) fn read(&self, topic: &str, from: u64, limit: usize) -> ReadResult {
+        let topics = self.topics();
+        let Some(log) = topics.get(topic).filter(|l| l.epoch.is_some()) else {
+            return ReadResult {
+                complete: true,
+                ..ReadResult::default()
+            };
+        };
+        let first = log.log.front().map_or(0, |e| e.offset);
+        let skip = from.saturating_sub(first.max(1)) as usize;
+        let slots: Vec<Slot> = log
+            .log
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .map(Slot::Entry)
+            .collect();
+        let complete = slots.len() < limit;
+        ReadResult {
+            epoch: log.epoch,
+            last: log.last,
+            first,
+            slots,
+            complete,
+        }
+    }
+
+    pub(crate) fn live(&self, topics: &[String]) -> EmbeddedFeed {
+        EmbeddedFeed {
+            rx: self.inner.live.subscribe(),
+            topics: topics.iter().cloned().collect(),
+        }
+    }
+
+    pub(crate) fn get_cursor(&self, topic: &str, name: &str) -> Option<CursorPosition> {
+        self.topics()
+            .get(topic)
+            .and_then(|l| l.cursors.get(name).copied())
+    }
+
+    pub(crate) fn commit(&self, topic: &str, name: &str, pos: CursorPosition) {
+        self.topics()
+            .entry(topic.to_string())
+            .or_default()
+            .cursors
+            .insert(name.to_string(), pos);
+    }
+
+    pub(crate) fn configure(&self, topic: &str, change: &SettingsChange) -> Result<TopicSettings> {
+        let mut topics = self.topics();
+        let log = topics.entry(topic.to_string()).or_default();
+        let settings = change.apply(log.settings.unwrap_or(self.inner.defaults));
+        settings.validate()?;
+        log.settings = Some(settings);
+        Ok(settings)
+    }
+
+    pub(crate) fn inspect(&self, topic: &str) -> TopicInfo {
+        let topics = self.topics();
+        let log = topics.get(topic);
+        let epoch = log.and_then(|l| l.epoch);
+        let last = if epoch.is_some() {
+            log.map_or(0, |l| l.last)
+        } else {
+            0
+        };
+        TopicInfo {
+            topic: topic.to_string(),
+            epoch,
+            first_offset: log.and_then(|l| l.log.front()).map_or(0, |e| e.offset),
+            last_offset: last,
+            length: log.map_or(0, |l| l.log.len() as u64),
+            settings: log.and_then(|l| l.settings).unwrap_or(self.inner.defaults),
+            configured: log.is_some_and(|l| l.settings.is_some()),
+            cursors: cursor_infos(
+                epoch,
+                last,
+                log.map(|l| l.cursors.clone()).unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// A live feed from the embedded broker.
+pub(crate) struct EmbeddedFeed {
+    rx: broadcast::Receiver<Arc<Notification>>,
+    topics: HashSet<String>,
+}
+
+impl EmbeddedFeed {
+    pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(n) if self.topics.contains(&n.topic) => {
+                    return Some(LiveEvent::Notification((*n).clone()))
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => return Some(LiveEvent::Lost),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

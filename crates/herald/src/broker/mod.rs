@@ -1,0 +1,188 @@
+//! Brokers: where topics live. [`Broker`] is either Redis (the distributed engine) or the
+//! embedded in-process broker; both give the same semantics, so everything above this
+//! module (publishing, subscriptions, cursors) is written once against [`Broker`].
+//!
+//! A broker offers five primitives:
+//! - `publish`: the atomic step of SPEC §2.5 (dedup, offsets, epoch, append, trim, notify);
+//! - `read`: a topic's epoch, retained range and a slice of history, read atomically;
+//! - `live`: a feed of notifications for some topics (each carries the appended entries);
+//! - cursors: `get_cursor` and `commit`;
+//! - settings and `inspect`.
+
+pub(crate) mod embedded;
+pub(crate) mod redis;
+
+use crate::cursor::{CursorInfo, CursorPosition};
+use crate::envelope::Notification;
+use crate::error::Result;
+use crate::inspect::TopicInfo;
+use crate::message::{Entry, Epoch, Message};
+use crate::topic::{SettingsChange, TopicSettings};
+
+pub use embedded::EmbeddedBroker;
+
+/// The publish procedure (Lua), as installed in Redis; see `docs/PROTOCOL.md`.
+pub const PUBLISH_SCRIPT: &str = redis::PUBLISH_SCRIPT;
+/// The atomic history read (Lua); see `docs/PROTOCOL.md`.
+pub const READ_SCRIPT: &str = redis::READ_SCRIPT;
+
+/// One slot of history: an entry, or something at that offset that could not be decoded.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot {
+    Entry(Entry),
+    Corrupt { offset: u64, reason: String },
+}
+
+/// A topic's state and a slice of its history, read in one atomic step.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReadResult {
+    /// Current epoch; `None` when the topic has no log.
+    pub(crate) epoch: Option<Epoch>,
+    /// Last offset assigned in this epoch.
+    pub(crate) last: u64,
+    /// First retained offset, 0 when history is empty.
+    pub(crate) first: u64,
+    /// Entries from the requested offset on, in offset order.
+    pub(crate) slots: Vec<Slot>,
+    /// True when the read reached the end of history (fewer entries than asked for).
+    pub(crate) complete: bool,
+}
+
+impl Slot {
+    pub(crate) fn offset(&self) -> u64 {
+        match self {
+            Slot::Entry(e) => e.offset,
+            Slot::Corrupt { offset, .. } => *offset,
+        }
+    }
+}
+
+/// What a live feed yields.
+#[derive(Debug)]
+pub(crate) enum LiveEvent {
+    /// Entries just appended to a topic.
+    Notification(Notification),
+    /// Some notifications may have been dropped: every topic must be checked against history.
+    Lost,
+}
+
+/// The outcome of one message of a publish: its offset and whether it was a duplicate.
+pub(crate) type Placed = (u64, bool);
+
+/// A broker: Redis or embedded.
+#[derive(Clone)]
+pub(crate) enum Broker {
+    Redis(redis::RedisBroker),
+    Embedded(EmbeddedBroker),
+}
+
+/// A feed of live notifications for a fixed set of topics. `next` returns `None` when the
+/// feed's connection is gone and a new feed must be opened.
+pub(crate) enum LiveFeed {
+    Redis(redis::RedisFeed),
+    Embedded(embedded::EmbeddedFeed),
+}
+
+impl LiveFeed {
+    pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
+        match self {
+            LiveFeed::Redis(f) => f.next().await,
+            LiveFeed::Embedded(f) => f.next().await,
+        }
+    }
+}
+
+impl Broker {
+    /// Publishes `messages` (with their idempotency keys resolved) to `topic` atomically.
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        node: &str,
+        messages: &[(String, &Message)],
+    ) -> Result<(Epoch, Vec<Placed>)> {
+        match self {
+            Broker::Redis(b) => b.publish(topic, node, messages).await,
+            Broker::Embedded(b) => b.publish(topic, node, messages),
+        }
+    }
+
+    /// Reads the topic's state and up to `limit` entries from offset `from`.
+    pub(crate) async fn read(&self, topic: &str, from: u64, limit: usize) -> Result<ReadResult> {
+        match self {
+            Broker::Redis(b) => b.read(topic, from, limit).await,
+            Broker::Embedded(b) => Ok(b.read(topic, from, limit)),
+        }
+    }
+
+    /// Opens a live feed for `topics`; once this returns, every later publish is notified.
+    pub(crate) async fn live(&self, topics: &[String]) -> Result<LiveFeed> {
+        match self {
+            Broker::Redis(b) => Ok(LiveFeed::Redis(b.live(topics).await?)),
+            Broker::Embedded(b) => Ok(LiveFeed::Embedded(b.live(topics))),
+        }
+    }
+
+    pub(crate) async fn get_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Option<CursorPosition>> {
+        match self {
+            Broker::Redis(b) => b.get_cursor(topic, name).await,
+            Broker::Embedded(b) => Ok(b.get_cursor(topic, name)),
+        }
+    }
+
+    pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorPosition) -> Result<()> {
+        match self {
+            Broker::Redis(b) => b.commit(topic, name, pos).await,
+            Broker::Embedded(b) => {
+                b.commit(topic, name, pos);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) async fn configure(
+        &self,
+        topic: &str,
+        change: &SettingsChange,
+    ) -> Result<TopicSettings> {
+        match self {
+            Broker::Redis(b) => b.configure(topic, change).await,
+            Broker::Embedded(b) => b.configure(topic, change),
+        }
+    }
+
+    pub(crate) async fn inspect(&self, topic: &str) -> Result<TopicInfo> {
+        match self {
+            Broker::Redis(b) => b.inspect(topic).await,
+            Broker::Embedded(b) => Ok(b.inspect(topic)),
+        }
+    }
+}
+
+/// Builds `inspect`'s cursor list: lag is measured in the current epoch.
+pub(crate) fn cursor_infos(
+    epoch: Option<Epoch>,
+    last: u64,
+    cursors: impl IntoIterator<Item = (String, CursorPosition)>,
+) -> Vec<CursorInfo> {
+    let mut out: Vec<CursorInfo> = cursors
+        .into_iter()
+        .map(|(name, position)| {
+            let lag = if Some(position.epoch) == epoch {
+                last.saturating_sub(position.offset)
+            } else {
+                last
+            };
+            CursorInfo {
+                name,
+                position,
+                lag,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}

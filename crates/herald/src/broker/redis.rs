@@ -1,0 +1,677 @@
+//! The Redis broker: topics as Redis keys (layout in `docs/PROTOCOL.md`), publish and read
+//! as Lua scripts so each is one atomic step, live notifications over Pub/Sub.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::{ErrorKind as RedisKind, RedisError, RetryMethod, Script, ServerErrorKind, Value};
+
+use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
+use crate::cursor::CursorPosition;
+use crate::envelope::{self, decode_headers};
+use crate::error::{Error, Result};
+use crate::inspect::TopicInfo;
+use crate::message::{Entry, Epoch, Message};
+use crate::topic::{SettingsChange, TopicSettings};
+
+/// The publish procedure, installed in Redis with SCRIPT LOAD / EVALSHA.
+pub(crate) const PUBLISH_SCRIPT: &str = include_str!("lua/publish.lua");
+/// The atomic history read.
+pub(crate) const READ_SCRIPT: &str = include_str!("lua/read.lua");
+
+/// Connection settings for the Redis broker.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisOptions {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) defaults: TopicSettings,
+    /// How long `connect` keeps retrying an unreachable Redis.
+    pub(crate) connect_deadline: Duration,
+    /// How long one command may take before it is retried.
+    pub(crate) response_timeout: Duration,
+    /// How long an operation (a publish, a read) keeps retrying transient failures.
+    pub(crate) operation_deadline: Duration,
+}
+
+/// Key names of one namespace. Every key of a topic carries the hash tag `{topic}`, so a
+/// topic's keys live on one Redis Cluster shard.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySpace {
+    ns: String,
+}
+
+impl KeySpace {
+    pub(crate) fn new(ns: &str) -> Self {
+        KeySpace { ns: ns.to_string() }
+    }
+    fn key(&self, topic: &str, what: &str) -> String {
+        format!("{}:{{{}}}:{}", self.ns, topic, what)
+    }
+    pub(crate) fn meta(&self, topic: &str) -> String {
+        self.key(topic, "meta")
+    }
+    pub(crate) fn log(&self, topic: &str) -> String {
+        self.key(topic, "log")
+    }
+    pub(crate) fn settings(&self, topic: &str) -> String {
+        self.key(topic, "settings")
+    }
+    pub(crate) fn cursors(&self, topic: &str) -> String {
+        self.key(topic, "cursors")
+    }
+    pub(crate) fn dedup(&self, topic: &str, idempotency_key: &str) -> String {
+        format!("{}:{{{}}}:dedup:{}", self.ns, topic, idempotency_key)
+    }
+    pub(crate) fn live(&self, topic: &str) -> String {
+        self.key(topic, "live")
+    }
+    /// The topic a live channel belongs to.
+    fn topic_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix("}:live")
+    }
+}
+
+/// The Redis broker. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: KeySpace,
+    publish: Script,
+    read: Script,
+    opts: RedisOptions,
+    target: String,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Masks the password of a URL for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether retrying the same command later may succeed.
+fn is_transient(e: &RedisError) -> bool {
+    if e.kind() == RedisKind::AuthenticationFailed {
+        return false;
+    }
+    if matches!(e.kind(), RedisKind::Server(ServerErrorKind::ReadOnly)) {
+        return true; // a replica that is being promoted, or a failover in progress
+    }
+    e.is_io_error()
+        || matches!(
+            e.retry_method(),
+            RetryMethod::Reconnect
+                | RetryMethod::RetryImmediately
+                | RetryMethod::WaitAndRetry
+                | RetryMethod::ReconnectFromInitialConnections
+                | RetryMethod::RefreshSlotsAndRetry
+                | RetryMethod::MovedRedirect
+                | RetryMethod::AskRedirect
+        )
+}
+
+impl RedisBroker {
+    /// Connects, retrying with backoff until `connect_deadline`.
+    pub(crate) async fn connect(opts: RedisOptions) -> Result<Self> {
+        let target = redact(&opts.url);
+        let client = redis::Client::open(opts.url.as_str()).map_err(|e| Error::InvalidUrl {
+            url: target.clone(),
+            reason: e.to_string(),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.response_timeout))
+            .set_response_timeout(Some(opts.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        let conn = loop {
+            match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
+                Ok(conn) => break conn,
+                Err(e) if !is_transient(&e) => {
+                    return Err(Error::Refused {
+                        operation: "connect",
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    if started.elapsed() + delay > opts.connect_deadline {
+                        return Err(Error::Unreachable {
+                            target,
+                            waited: started.elapsed(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    tracing::warn!(target = %target, error = %e, retry_in = ?delay, "Redis unreachable, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+            }
+        };
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                client,
+                conn,
+                keys: KeySpace::new(&opts.namespace),
+                publish: Script::new(PUBLISH_SCRIPT),
+                read: Script::new(READ_SCRIPT),
+                opts,
+                target,
+            }),
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the operation deadline passes.
+    async fn retry<'a, T>(
+        &'a self,
+        operation: &'static str,
+        topic: &str,
+        mut attempt: impl FnMut(ConnectionManager) -> BoxFuture<'a, redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let deadline = self.inner.opts.operation_deadline;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match attempt(self.inner.conn.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if is_transient(&e) => {
+                    if started.elapsed() + delay > deadline {
+                        return Err(Error::Timeout {
+                            operation,
+                            waited: started.elapsed(),
+                            reason: e.to_string(),
+                        });
+                    }
+                    tracing::debug!(operation, error = %e, retry_in = ?delay, "transient Redis error, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(self.classify(operation, topic, e)),
+            }
+        }
+    }
+
+    /// Turns a permanent Redis error into Herald's error.
+    fn classify(&self, operation: &'static str, topic: &str, e: RedisError) -> Error {
+        let code = e.code().unwrap_or("");
+        let detail = e.detail().unwrap_or("").to_string();
+        match code {
+            "WRONGTYPE" => Error::WrongType {
+                key: format!("{}:{{{}}}:*", self.inner.keys.ns, topic),
+                detail: format!("{code} {detail}"),
+            },
+            "HERALD_TOO_LARGE" => {
+                let mut it = detail
+                    .split_whitespace()
+                    .skip(1)
+                    .filter_map(|x| x.parse::<usize>().ok());
+                Error::MessageTooLarge {
+                    topic: topic.to_string(),
+                    size: it.next().unwrap_or(0),
+                    limit: it.next().unwrap_or(0),
+                }
+            }
+            "HERALD_CORRUPT" => Error::Corrupt {
+                topic: topic.to_string(),
+                detail,
+            },
+            _ => Error::Refused {
+                operation,
+                source: e,
+            },
+        }
+    }
+
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        node: &str,
+        messages: &[(String, &Message)],
+    ) -> Result<(Epoch, Vec<Placed>)> {
+        let keys = &self.inner.keys;
+        let d = self.inner.opts.defaults;
+        let mut key_names = vec![keys.meta(topic), keys.log(topic), keys.settings(topic)];
+        key_names.extend(messages.iter().map(|(k, _)| keys.dedup(topic, k)));
+        let headers: Vec<String> = messages
+            .iter()
+            .map(|(_, m)| envelope::encode_headers(&m.headers))
+            .collect();
+        let channel = keys.live(topic);
+        let reply: Value = self
+            .retry("publish", topic, |mut conn| {
+                let mut inv = self.inner.publish.prepare_invoke();
+                for k in &key_names {
+                    inv.key(k);
+                }
+                inv.arg("1").arg(&channel).arg(node);
+                inv.arg(d.max_len)
+                    .arg(d.max_age_ms)
+                    .arg(d.dedup_window_ms)
+                    .arg(d.max_size);
+                inv.arg("PUBLISH");
+                for ((key, m), h) in messages.iter().zip(&headers) {
+                    inv.arg(key).arg(h).arg(m.payload.as_ref());
+                }
+                Box::pin(async move { inv.invoke_async(&mut conn).await })
+            })
+            .await?;
+        parse_publish_reply(topic, reply, messages.len())
+    }
+
+    pub(crate) async fn read(&self, topic: &str, from: u64, limit: usize) -> Result<ReadResult> {
+        let meta = self.inner.keys.meta(topic);
+        let log = self.inner.keys.log(topic);
+        let reply: Value = self
+            .retry("read", topic, |mut conn| {
+                let mut inv = self.inner.read.prepare_invoke();
+                inv.key(&meta).key(&log).arg(from.max(1)).arg(limit);
+                Box::pin(async move { inv.invoke_async(&mut conn).await })
+            })
+            .await?;
+        parse_read_reply(topic, reply, limit)
+    }
+
+    pub(crate) async fn live(&self, topics: &[String]) -> Result<RedisFeed> {
+        let channels: Vec<String> = topics.iter().map(|t| self.inner.keys.live(t)).collect();
+        let timeout = self.inner.opts.response_timeout;
+        let attempt = async {
+            let pubsub = self.inner.client.get_async_pubsub().await?;
+            let (mut sink, stream) = pubsub.split();
+            sink.subscribe(&channels).await?;
+            Ok::<_, RedisError>((sink, stream))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok((sink, stream))) => Ok(RedisFeed {
+                _sink: sink,
+                stream,
+                keys: self.inner.keys.clone(),
+            }),
+            Ok(Err(e)) if is_transient(&e) => Err(Error::Unreachable {
+                target: self.inner.target.clone(),
+                waited: timeout,
+                reason: e.to_string(),
+            }),
+            Ok(Err(e)) => Err(Error::Refused {
+                operation: "subscribe",
+                source: e,
+            }),
+            Err(_) => Err(Error::Unreachable {
+                target: self.inner.target.clone(),
+                waited: timeout,
+                reason: "subscribe timed out".into(),
+            }),
+        }
+    }
+
+    pub(crate) async fn get_cursor(
+        &self,
+        topic: &str,
+        name: &str,
+    ) -> Result<Option<CursorPosition>> {
+        let key = self.inner.keys.cursors(topic);
+        let raw: Option<String> = self
+            .retry("read cursor", topic, |mut conn| {
+                let key = key.clone();
+                let name = name.to_string();
+                Box::pin(async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg(name)
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => CursorPosition::decode(&raw)
+                .map(Some)
+                .ok_or_else(|| Error::Corrupt {
+                    topic: topic.to_string(),
+                    detail: format!("cursor {name:?} holds {raw:?}, not <epoch>:<offset>:<ms>"),
+                }),
+        }
+    }
+
+    pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorPosition) -> Result<()> {
+        let key = self.inner.keys.cursors(topic);
+        let value = pos.encode();
+        self.retry("commit", topic, |mut conn| {
+            let (key, name, value) = (key.clone(), name.to_string(), value.clone());
+            Box::pin(async move {
+                redis::cmd("HSET")
+                    .arg(key)
+                    .arg(name)
+                    .arg(value)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+        })
+        .await
+    }
+
+    async fn stored_settings(&self, topic: &str) -> Result<Option<TopicSettings>> {
+        let key = self.inner.keys.settings(topic);
+        let raw: Vec<Option<u64>> = self
+            .retry("read settings", topic, |mut conn| {
+                let key = key.clone();
+                Box::pin(async move {
+                    redis::cmd("HMGET")
+                        .arg(key)
+                        .arg(&["max_len", "max_age_ms", "dedup_ms", "max_size"])
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await?;
+        if raw.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let d = self.inner.opts.defaults;
+        let get = |i: usize, default: u64| raw.get(i).copied().flatten().unwrap_or(default);
+        Ok(Some(TopicSettings {
+            max_len: get(0, d.max_len),
+            max_age_ms: get(1, d.max_age_ms),
+            dedup_window_ms: get(2, d.dedup_window_ms),
+            max_size: get(3, d.max_size),
+        }))
+    }
+
+    pub(crate) async fn configure(
+        &self,
+        topic: &str,
+        change: &SettingsChange,
+    ) -> Result<TopicSettings> {
+        let current = self
+            .stored_settings(topic)
+            .await?
+            .unwrap_or(self.inner.opts.defaults);
+        let s = change.apply(current);
+        s.validate()?;
+        let key = self.inner.keys.settings(topic);
+        self.retry("configure", topic, |mut conn| {
+            let key = key.clone();
+            Box::pin(async move {
+                redis::cmd("HSET")
+                    .arg(key)
+                    .arg("max_len")
+                    .arg(s.max_len)
+                    .arg("max_age_ms")
+                    .arg(s.max_age_ms)
+                    .arg("dedup_ms")
+                    .arg(s.dedup_window_ms)
+                    .arg("max_size")
+                    .arg(s.max_size)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+        })
+        .await?;
+        Ok(s)
+    }
+
+    pub(crate) async fn inspect(&self, topic: &str) -> Result<TopicInfo> {
+        let state = self.read(topic, 1, 0).await?;
+        let settings = self.stored_settings(topic).await?;
+        let (log, cursors_key) = (self.inner.keys.log(topic), self.inner.keys.cursors(topic));
+        let (length, raw_cursors): (u64, Vec<(String, String)>) = self
+            .retry("inspect", topic, |mut conn| {
+                let (log, cursors_key) = (log.clone(), cursors_key.clone());
+                Box::pin(async move {
+                    redis::pipe()
+                        .cmd("XLEN")
+                        .arg(log)
+                        .cmd("HGETALL")
+                        .arg(cursors_key)
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await?;
+        let cursors = raw_cursors.into_iter().filter_map(|(name, raw)| match CursorPosition::decode(&raw) {
+            Some(p) => Some((name, p)),
+            None => {
+                tracing::warn!(topic, cursor = %name, value = %raw, "skipping a cursor Herald did not write");
+                None
+            }
+        });
+        let last = if state.epoch.is_some() { state.last } else { 0 };
+        Ok(TopicInfo {
+            topic: topic.to_string(),
+            epoch: state.epoch,
+            first_offset: state.first,
+            last_offset: last,
+            length,
+            settings: settings.unwrap_or(self.inner.opts.defaults),
+            configured: settings.is_some(),
+            cursors: cursor_infos(state.epoch, last, cursors),
+        })
+    }
+}
+
+/// Parses `{epoch, offset_1, dup_1, ...}`.
+fn parse_publish_reply(topic: &str, reply: Value, n: usize) -> Result<(Epoch, Vec<Placed>)> {
+    let bad = |what: &str| Error::Corrupt {
+        topic: topic.to_string(),
+        detail: format!("unexpected publish reply: {what}"),
+    };
+    let Value::Array(items) = reply else {
+        return Err(bad("not an array"));
+    };
+    if items.len() != 1 + 2 * n {
+        return Err(bad("wrong length"));
+    }
+    let epoch = as_u64(&items[0]).ok_or_else(|| bad("epoch"))?;
+    let placed = items[1..]
+        .chunks(2)
+        .map(|pair| Some((as_u64(&pair[0])?, as_u64(&pair[1])? == 1)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad("offsets"))?;
+    Ok((epoch, placed))
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Parses the read script's `{epoch, last, first, entries}`.
+fn parse_read_reply(topic: &str, reply: Value, limit: usize) -> Result<ReadResult> {
+    let bad = |what: &str| Error::Corrupt {
+        topic: topic.to_string(),
+        detail: format!("unexpected read reply: {what}"),
+    };
+    let Value::Array(mut items) = reply else {
+        return Err(bad("not an array"));
+    };
+    if items.len() != 4 {
+        return Err(bad("wrong length"));
+    }
+    let entries = match items.pop() {
+        Some(Value::Array(e)) => e,
+        _ => return Err(bad("entries")),
+    };
+    let epoch = match &items[0] {
+        Value::Nil => None,
+        v => Some(as_u64(v).ok_or_else(|| Error::Corrupt {
+            topic: topic.to_string(),
+            detail: "meta field \"epoch\" is not a number".into(),
+        })?),
+    };
+    let last = as_u64(&items[1]).ok_or_else(|| Error::Corrupt {
+        topic: topic.to_string(),
+        detail: "meta field \"last\" is not a number".into(),
+    })?;
+    let first = as_u64(&items[2]).unwrap_or(0);
+    let complete = entries.len() < limit;
+    let mut slots = Vec::with_capacity(entries.len());
+    for raw in entries {
+        if let Some(slot) = decode_entry(topic, raw, last) {
+            slots.push(slot);
+        }
+    }
+    Ok(ReadResult {
+        epoch,
+        last,
+        first,
+        slots,
+        complete,
+    })
+}
+
+/// Decodes one XRANGE entry; foreign entries that do not sit at a Herald offset are skipped
+/// with a warning, entries at an offset that cannot be decoded become `Slot::Corrupt`.
+fn decode_entry(topic: &str, raw: Value, last: u64) -> Option<Slot> {
+    let Value::Array(mut parts) = raw else {
+        tracing::warn!(topic, "skipping a history entry that is not an array");
+        return None;
+    };
+    let fields = match parts.pop() {
+        Some(Value::Array(f)) => f,
+        _ => Vec::new(),
+    };
+    let id = parts
+        .first()
+        .and_then(as_bytes)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("");
+    let offset = match id.strip_suffix("-0").and_then(|o| o.parse::<u64>().ok()) {
+        Some(o) if o >= 1 && o <= last => o,
+        _ => {
+            tracing::warn!(topic, id, "skipping a history entry Herald did not write");
+            return None;
+        }
+    };
+    let mut key = None;
+    let mut node = None;
+    let mut time = None;
+    let mut headers: &[u8] = b"";
+    let mut data = None;
+    for pair in fields.chunks(2) {
+        let (Some(name), Some(value)) = (
+            pair.first().and_then(as_bytes),
+            pair.get(1).and_then(as_bytes),
+        ) else {
+            continue;
+        };
+        match name {
+            b"k" => key = std::str::from_utf8(value).ok().map(str::to_string),
+            b"n" => node = std::str::from_utf8(value).ok().map(str::to_string),
+            b"t" => {
+                time = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+            }
+            b"h" => headers = value,
+            b"d" => data = Some(Bytes::copy_from_slice(value)),
+            _ => {}
+        }
+    }
+    let decoded = match (key, node, time, data) {
+        (Some(key), Some(node), Some(published_at_ms), Some(payload)) => decode_headers(headers)
+            .map(|headers| Entry {
+                offset,
+                key,
+                node,
+                published_at_ms,
+                headers,
+                payload,
+            }),
+        _ => Err("missing one of the fields k, n, t, d".to_string()),
+    };
+    Some(match decoded {
+        Ok(e) => Slot::Entry(e),
+        Err(reason) => {
+            tracing::warn!(topic, offset, %reason, "history entry cannot be decoded");
+            Slot::Corrupt { offset, reason }
+        }
+    })
+}
+
+/// A live feed over a dedicated Pub/Sub connection.
+pub(crate) struct RedisFeed {
+    _sink: PubSubSink,
+    stream: PubSubStream,
+    keys: KeySpace,
+}
+
+impl RedisFeed {
+    pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
+        let msg = self.stream.next().await?;
+        let channel = msg.get_channel_name();
+        let Some(topic) = self.keys.topic_of_channel(channel) else {
+            tracing::warn!(channel, "notification on an unexpected channel");
+            return Some(LiveEvent::Lost);
+        };
+        match envelope::decode_frame(topic, Bytes::copy_from_slice(msg.get_payload_bytes())) {
+            Ok(n) => Some(LiveEvent::Notification(n)),
+            Err(reason) => {
+                tracing::warn!(topic, %reason, "undecodable live notification; reading history instead");
+                Some(LiveEvent::Lost)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout() {
+        let k = KeySpace::new("herald");
+        assert_eq!(k.meta("a/b"), "herald:{a/b}:meta");
+        assert_eq!(k.dedup("t", "x{y}"), "herald:{t}:dedup:x{y}");
+        assert_eq!(k.topic_of_channel("herald:{a:b}:live"), Some("a:b"));
+        assert_eq!(k.topic_of_channel("other:{a}:live"), None);
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

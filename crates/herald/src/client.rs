@@ -1,0 +1,318 @@
+//! The node handle: [`Herald`] and its [`HeraldBuilder`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::broker::redis::{RedisBroker, RedisOptions};
+use crate::broker::{Broker, EmbeddedBroker};
+use crate::clock;
+use crate::cursor::CursorPosition;
+use crate::error::{Error, Result};
+use crate::inspect::TopicInfo;
+use crate::message::{Epoch, Message, Receipt};
+use crate::subscription::SubscribeBuilder;
+use crate::topic::{
+    validate_cursor, validate_namespace, validate_topic, SettingsChange, TopicSettings,
+};
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_KEY_LEN: usize = 512;
+/// Most messages in one batch publish.
+pub const MAX_BATCH: usize = 10_000;
+
+/// One node's handle to Herald. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct Herald {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    node: String,
+    /// Prefix of generated idempotency keys, unique to this handle.
+    key_prefix: String,
+    counter: AtomicU64,
+    buffer: usize,
+    poll_interval: Duration,
+}
+
+impl std::fmt::Debug for Herald {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Herald")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures and connects a [`Herald`] handle.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HeraldBuilder {
+    redis_url: Option<String>,
+    embedded: Option<EmbeddedBroker>,
+    node_id: Option<String>,
+    namespace: String,
+    defaults: TopicSettings,
+    connect_deadline: Duration,
+    response_timeout: Duration,
+    operation_deadline: Duration,
+    buffer: usize,
+    poll_interval: Duration,
+}
+
+impl Default for HeraldBuilder {
+    fn default() -> Self {
+        HeraldBuilder {
+            redis_url: None,
+            embedded: None,
+            node_id: None,
+            namespace: "herald".into(),
+            defaults: TopicSettings::default(),
+            connect_deadline: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(2),
+            operation_deadline: Duration::from_secs(10),
+            buffer: 1024,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl HeraldBuilder {
+    /// Use Redis at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS).
+    pub fn redis(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self.embedded = None;
+        self
+    }
+
+    /// Use this embedded broker (share one between handles to simulate several nodes).
+    /// Without `redis` or `embedded`, a new private embedded broker is used.
+    pub fn embedded(mut self, broker: EmbeddedBroker) -> Self {
+        self.embedded = Some(broker);
+        self.redis_url = None;
+        self
+    }
+
+    /// This node's id (default: generated from the host name and process id).
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// The prefix of every Redis key Herald writes (default `herald`).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// Settings for topics this node creates that were never configured.
+    pub fn topic_defaults(mut self, defaults: TopicSettings) -> Self {
+        self.defaults = defaults;
+        self
+    }
+
+    /// How long `connect` keeps retrying an unreachable Redis (default 10 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_deadline = d;
+        self
+    }
+
+    /// How long one Redis command may take before it counts as failed (default 2 s).
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// How long an operation keeps retrying transient failures before it fails (default 10 s).
+    /// Retried publishes reuse their idempotency key, so retries never duplicate.
+    pub fn operation_timeout(mut self, d: Duration) -> Self {
+        self.operation_deadline = d;
+        self
+    }
+
+    /// Default buffer of new subscriptions, in events (default 1024).
+    pub fn subscription_buffer(mut self, events: usize) -> Self {
+        self.buffer = events.max(1);
+        self
+    }
+
+    /// How often subscriptions check topic heads as a safety net (default 1 s).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Connects (Redis) or attaches (embedded) and returns the handle.
+    pub async fn connect(self) -> Result<Herald> {
+        validate_namespace(&self.namespace)?;
+        self.defaults.validate()?;
+        let node = match self.node_id {
+            Some(id) if !id.is_empty() && id.len() <= 200 => id,
+            Some(id) => {
+                return Err(Error::InvalidSettings(format!(
+                    "node id {id:?} must be 1-200 bytes"
+                )))
+            }
+            None => default_node_id(),
+        };
+        let broker = match (self.redis_url, self.embedded) {
+            (Some(url), _) => Broker::Redis(
+                RedisBroker::connect(RedisOptions {
+                    url,
+                    namespace: self.namespace,
+                    defaults: self.defaults,
+                    connect_deadline: self.connect_deadline,
+                    response_timeout: self.response_timeout,
+                    operation_deadline: self.operation_deadline,
+                })
+                .await?,
+            ),
+            (None, Some(b)) => Broker::Embedded(b),
+            (None, None) => Broker::Embedded(EmbeddedBroker::with_defaults(self.defaults)),
+        };
+        Ok(Herald {
+            inner: Arc::new(Inner {
+                broker,
+                key_prefix: format!("{}.{:x}", node, clock::now_us()),
+                node,
+                counter: AtomicU64::new(0),
+                buffer: self.buffer,
+                poll_interval: self.poll_interval,
+            }),
+        })
+    }
+}
+
+/// `hostname-pid`, the default node id.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{}-{}", host, std::process::id())
+}
+
+impl Herald {
+    /// A builder; see [`HeraldBuilder`].
+    pub fn builder() -> HeraldBuilder {
+        HeraldBuilder::default()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.inner.poll_interval
+    }
+
+    /// A fresh idempotency key, unique to this handle.
+    fn next_key(&self) -> String {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n:x}", self.inner.key_prefix)
+    }
+
+    /// Publishes one message. Returns where it landed; `duplicate` is true when its
+    /// idempotency key was already published within the topic's dedup window.
+    pub async fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<Receipt> {
+        let mut receipts = self.publish_batch(topic, [message.into()]).await?;
+        receipts.pop().ok_or(Error::Closed)
+    }
+
+    /// Publishes many messages to one topic in one atomic step and one round trip.
+    pub async fn publish_batch<M: Into<Message>>(
+        &self,
+        topic: &str,
+        messages: impl IntoIterator<Item = M>,
+    ) -> Result<Vec<Receipt>> {
+        validate_topic(topic)?;
+        let messages: Vec<Message> = messages.into_iter().map(Into::into).collect();
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        if messages.len() > MAX_BATCH {
+            return Err(Error::InvalidSettings(format!(
+                "a batch holds at most {MAX_BATCH} messages, this one {}; split it",
+                messages.len()
+            )));
+        }
+        let mut keyed = Vec::with_capacity(messages.len());
+        for m in &messages {
+            let key = match &m.key {
+                Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
+                    return Err(Error::InvalidSettings(format!(
+                        "idempotency key must be 1-{MAX_KEY_LEN} bytes, got {}",
+                        k.len()
+                    )))
+                }
+                Some(k) => k.clone(),
+                None => self.next_key(),
+            };
+            keyed.push((key, m));
+        }
+        let (epoch, placed) = self
+            .inner
+            .broker
+            .publish(topic, &self.inner.node, &keyed)
+            .await?;
+        Ok(placed
+            .into_iter()
+            .map(|(offset, duplicate)| Receipt {
+                topic: topic.to_string(),
+                epoch,
+                offset,
+                duplicate,
+            })
+            .collect())
+    }
+
+    /// Starts building a subscription to `topics`.
+    pub fn subscribe<I, S>(&self, topics: I) -> SubscribeBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        SubscribeBuilder::new(
+            self.clone(),
+            topics.into_iter().map(Into::into).collect(),
+            self.inner.buffer,
+        )
+    }
+
+    /// A topic's state: epoch, retained range, settings, cursors and their lag.
+    pub async fn inspect(&self, topic: &str) -> Result<TopicInfo> {
+        validate_topic(topic)?;
+        self.inner.broker.inspect(topic).await
+    }
+
+    /// Changes a topic's settings (only the fields given) and returns the settings in force.
+    pub async fn configure(&self, topic: &str, change: SettingsChange) -> Result<TopicSettings> {
+        validate_topic(topic)?;
+        self.inner.broker.configure(topic, &change).await
+    }
+
+    /// Reads a durable cursor.
+    pub async fn cursor(&self, topic: &str, name: &str) -> Result<Option<CursorPosition>> {
+        validate_topic(topic)?;
+        validate_cursor(name)?;
+        self.inner.broker.get_cursor(topic, name).await
+    }
+
+    /// Commits a durable cursor at (`epoch`, `offset`).
+    pub async fn commit(&self, topic: &str, name: &str, epoch: Epoch, offset: u64) -> Result<()> {
+        validate_topic(topic)?;
+        validate_cursor(name)?;
+        self.inner
+            .broker
+            .commit(topic, name, CursorPosition::new(epoch, offset))
+            .await
+    }
+}

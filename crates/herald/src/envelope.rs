@@ -1,0 +1,188 @@
+//! The envelope: how a message's fields are encoded on the wire (see `docs/PROTOCOL.md`).
+//!
+//! Two encodings exist. In history (a Redis stream) every entry holds its fields by name
+//! (`k`, `n`, `t`, `h`, `d`). A live notification carries a whole batch of freshly published
+//! entries in one Pub/Sub message, as a sequence of length-prefixed fields
+//! (`<decimal length>:<bytes>`), which any language can build and parse without a library:
+//!
+//! ```text
+//! frame   = field("h1") field(epoch) field(first offset) field(count) entry*
+//! entry   = field(key) field(node) field(published_at_ms) field(headers json or "") field(data)
+//! field(x) = <len(x) in decimal> ":" x
+//! ```
+
+use bytes::Bytes;
+
+use crate::message::{Entry, Epoch, Headers};
+
+/// The version tag that opens every live notification.
+pub(crate) const FRAME_VERSION: &[u8] = b"h1";
+
+/// A batch of entries just appended to one topic, as carried by a live notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Notification {
+    pub(crate) topic: String,
+    pub(crate) epoch: Epoch,
+    pub(crate) entries: Vec<Entry>,
+}
+
+/// Encodes headers for storage: empty string when there are none, else a JSON object.
+pub(crate) fn encode_headers(headers: &Headers) -> String {
+    if headers.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(headers).unwrap_or_default()
+    }
+}
+
+/// Decodes stored headers (empty string means none).
+pub(crate) fn decode_headers(raw: &[u8]) -> Result<Headers, String> {
+    if raw.is_empty() {
+        return Ok(Headers::new());
+    }
+    serde_json::from_slice(raw)
+        .map_err(|e| format!("headers are not a JSON object of strings: {e}"))
+}
+
+/// Appends one length-prefixed field to `out`.
+#[cfg(test)]
+fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    out.extend_from_slice(field.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(field);
+}
+
+/// Encodes a live notification frame (used by the embedded broker's tests and documentation;
+/// in Redis the publish script builds the same bytes).
+#[cfg(test)]
+fn encode_frame(epoch: Epoch, entries: &[Entry]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(64 + entries.iter().map(|e| e.payload.len() + 64).sum::<usize>());
+    put_field(&mut out, FRAME_VERSION);
+    put_field(&mut out, epoch.to_string().as_bytes());
+    let first = entries.first().map_or(0, |e| e.offset);
+    put_field(&mut out, first.to_string().as_bytes());
+    put_field(&mut out, entries.len().to_string().as_bytes());
+    for e in entries {
+        put_field(&mut out, e.key.as_bytes());
+        put_field(&mut out, e.node.as_bytes());
+        put_field(&mut out, e.published_at_ms.to_string().as_bytes());
+        put_field(&mut out, encode_headers(&e.headers).as_bytes());
+        put_field(&mut out, &e.payload);
+    }
+    out
+}
+
+/// Reads length-prefixed fields out of a shared buffer without copying payloads.
+struct FieldReader {
+    buf: Bytes,
+    pos: usize,
+}
+
+impl FieldReader {
+    fn next(&mut self) -> Result<Bytes, String> {
+        let rest = &self.buf[self.pos..];
+        let colon = rest
+            .iter()
+            .take(12)
+            .position(|&b| b == b':')
+            .ok_or_else(|| format!("no field length at byte {}", self.pos))?;
+        let len: usize = std::str::from_utf8(&rest[..colon])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad field length at byte {}", self.pos))?;
+        let start = self.pos + colon + 1;
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= self.buf.len())
+            .ok_or_else(|| format!("field at byte {} runs past the end", self.pos))?;
+        self.pos = end;
+        Ok(self.buf.slice(start..end))
+    }
+
+    fn next_str(&mut self) -> Result<String, String> {
+        let b = self.next()?;
+        String::from_utf8(b.to_vec()).map_err(|_| "field is not UTF-8".to_string())
+    }
+
+    fn next_u64(&mut self) -> Result<u64, String> {
+        let s = self.next_str()?;
+        s.parse().map_err(|_| format!("{s:?} is not a number"))
+    }
+}
+
+/// Decodes a live notification frame for `topic`.
+pub(crate) fn decode_frame(topic: &str, frame: Bytes) -> Result<Notification, String> {
+    let mut r = FieldReader { buf: frame, pos: 0 };
+    let version = r.next()?;
+    if version.as_ref() != FRAME_VERSION {
+        return Err(format!(
+            "unknown frame version {:?}",
+            String::from_utf8_lossy(&version)
+        ));
+    }
+    let epoch = r.next_u64()?;
+    let first = r.next_u64()?;
+    let count = r.next_u64()?;
+    let mut entries = Vec::with_capacity(count.min(10_000) as usize);
+    for i in 0..count {
+        let key = r.next_str()?;
+        let node = r.next_str()?;
+        let published_at_ms = r.next_u64()?;
+        let headers = decode_headers(&r.next()?)?;
+        let payload = r.next()?;
+        entries.push(Entry {
+            offset: first + i,
+            key,
+            node,
+            published_at_ms,
+            headers,
+            payload,
+        });
+    }
+    if r.pos != r.buf.len() {
+        return Err("trailing bytes after the last entry".into());
+    }
+    Ok(Notification {
+        topic: topic.to_string(),
+        epoch,
+        entries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(offset: u64, payload: &'static [u8]) -> Entry {
+        let mut headers = Headers::new();
+        headers.insert("a".into(), "b:c".into());
+        Entry {
+            offset,
+            key: "k1".into(),
+            node: "n:1".into(),
+            published_at_ms: 1_700_000_000_000,
+            headers,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let entries = vec![entry(7, b"hello"), entry(8, b"\x00\xff:12:"), entry(9, b"")];
+        let frame = encode_frame(42, &entries);
+        let n = decode_frame("t", Bytes::from(frame)).unwrap();
+        assert_eq!(n.epoch, 42);
+        assert_eq!(n.entries, entries);
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors_not_panics() {
+        let good = encode_frame(1, &[entry(1, b"xyz")]);
+        for cut in 0..good.len() {
+            assert!(decode_frame("t", Bytes::copy_from_slice(&good[..cut])).is_err());
+        }
+        assert!(decode_frame("t", Bytes::from_static(b"99999999999999999999:x")).is_err());
+        assert!(decode_frame("t", Bytes::from_static(b"2:h9")).is_err());
+    }
+}

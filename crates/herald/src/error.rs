@@ -1,0 +1,141 @@
+//! Typed errors. Every message says what was wrong and what to do about it.
+
+use std::time::Duration;
+
+/// Result alias used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Herald.
+///
+/// Match on [`Error::kind`] for a coarse classification (the `herald` command line maps it to
+/// its exit status), or on the variants for details.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A topic name broke the naming rules.
+    #[error("invalid topic name {name:?}: {reason}; topic names are 1-200 bytes of A-Z a-z 0-9 . _ - / :")]
+    InvalidTopic {
+        /// The rejected name.
+        name: String,
+        /// What exactly is wrong with it.
+        reason: String,
+    },
+    /// A namespace broke the naming rules.
+    #[error("invalid namespace {name:?}: namespaces are 1-64 bytes of A-Z a-z 0-9 . _ - / :")]
+    InvalidNamespace {
+        /// The rejected namespace.
+        name: String,
+    },
+    /// A cursor (durable subscription) name broke the naming rules.
+    #[error("invalid cursor name {name:?}: cursor names are 1-200 bytes of A-Z a-z 0-9 . _ - / :")]
+    InvalidCursor {
+        /// The rejected name.
+        name: String,
+    },
+    /// The Redis URL could not be understood.
+    #[error("invalid Redis URL {url:?}: {reason}; expected redis://[user:password@]host:port[/db] or rediss://...")]
+    InvalidUrl {
+        /// The URL as given (password masked).
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A setting or option had a value outside its allowed range.
+    #[error("invalid setting: {0}")]
+    InvalidSettings(String),
+    /// A message was larger than the topic's maximum message size.
+    #[error("message of {size} bytes is larger than the limit of {limit} bytes for topic {topic:?}; send a smaller payload or raise the limit with `herald configure {topic} --max-size BYTES`")]
+    MessageTooLarge {
+        /// The topic.
+        topic: String,
+        /// The message size in bytes.
+        size: usize,
+        /// The topic's limit in bytes.
+        limit: usize,
+    },
+    /// Redis could not be reached within the configured deadline.
+    #[error("cannot reach Redis at {target} after {waited:?}: {reason}; check that Redis is running and the URL is right")]
+    Unreachable {
+        /// The address that was tried (password masked).
+        target: String,
+        /// How long Herald kept retrying.
+        waited: Duration,
+        /// The last error seen.
+        reason: String,
+    },
+    /// An operation did not complete within its deadline although Redis was retried.
+    #[error("{operation} did not complete within {waited:?}: {reason}; Redis may be overloaded or unreachable")]
+    Timeout {
+        /// The operation that timed out.
+        operation: &'static str,
+        /// How long Herald waited.
+        waited: Duration,
+        /// The last error seen.
+        reason: String,
+    },
+    /// Redis refused the request (authentication, permissions, out of memory, read-only replica, ...).
+    #[error("Redis refused {operation}: {source}")]
+    Refused {
+        /// The operation that was refused.
+        operation: &'static str,
+        /// The error Redis answered with.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// One of Herald's keys holds a value of the wrong type: something else wrote to it.
+    #[error("key {key} has the wrong type for Herald ({detail}); another program wrote to Herald's namespace: delete the key or use another --namespace")]
+    WrongType {
+        /// The offending key.
+        key: String,
+        /// What Redis said.
+        detail: String,
+    },
+    /// A topic's state in Redis is inconsistent (foreign or corrupt entries).
+    #[error("topic {topic:?} holds data Herald did not write ({detail}); inspect the keys under its namespace, repair or delete them")]
+    Corrupt {
+        /// The topic.
+        topic: String,
+        /// What was found.
+        detail: String,
+    },
+    /// `commit` was called on a subscription that has no durable cursor name.
+    #[error("this subscription has no durable cursor: subscribe with `.durable(name)` to commit")]
+    NotDurable,
+    /// The handle or subscription was closed.
+    #[error("the Herald handle or subscription was closed")]
+    Closed,
+}
+
+/// A coarse classification of [`Error`], stable enough to map to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Bad input from the caller: fix the input.
+    BadInput,
+    /// Redis could not be reached in time.
+    Unreachable,
+    /// Redis answered, but refused or holds data Herald cannot use.
+    Refused,
+    /// Anything else.
+    Other,
+}
+
+impl Error {
+    /// The coarse classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidTopic { .. }
+            | Error::InvalidNamespace { .. }
+            | Error::InvalidCursor { .. }
+            | Error::InvalidUrl { .. }
+            | Error::InvalidSettings(_)
+            | Error::MessageTooLarge { .. }
+            | Error::NotDurable => ErrorKind::BadInput,
+            Error::Unreachable { .. } | Error::Timeout { .. } => ErrorKind::Unreachable,
+            Error::Refused { .. } | Error::WrongType { .. } | Error::Corrupt { .. } => {
+                ErrorKind::Refused
+            }
+            Error::Closed => ErrorKind::Other,
+        }
+    }
+}

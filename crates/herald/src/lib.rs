@@ -1,0 +1,64 @@
+//! # Herald: distributed message broadcast over Redis
+//!
+//! Every node of a distributed system publishes messages on named **topics**; every node
+//! subscribed to a topic receives all of them, in one order that all nodes share, each
+//! exactly once, and is told explicitly ([`Event::Gap`], [`Event::Reset`]) when that cannot be
+//! guaranteed.
+//!
+//! ```
+//! use futures::StreamExt;
+//! use herald::{Event, Herald, Message, Start};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), herald::Error> {
+//! // The embedded broker; use `.redis("redis://127.0.0.1:6379")` for the distributed one.
+//! let node = Herald::builder().node_id("node-1").connect().await?;
+//! let mut sub = node.subscribe(["config"]).from(Start::Earliest).await?;
+//!
+//! let receipt = node.publish("config", Message::new("v2").key("config-v2")).await?;
+//! assert_eq!(receipt.offset, 1);
+//! // Publishing the same idempotency key again appends nothing.
+//! assert!(node.publish("config", Message::new("v2").key("config-v2")).await?.duplicate);
+//!
+//! match sub.next().await {
+//!     Some(Ok(Event::Message(m))) => assert_eq!(&m.payload[..], b"v2"),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Layout
+//! - [`client`]: the node handle [`Herald`] and its builder.
+//! - [`message`]: what is published ([`Message`]), returned ([`Receipt`]) and delivered
+//!   ([`Delivery`]).
+//! - [`topic`]: topic names and [`TopicSettings`] (retention, dedup window, size limit).
+//! - [`subscription`]: the ordered, gap-aware [`Subscription`] stream.
+//! - [`cursor`]: durable cursors.
+//! - [`broker`]: where topics live: Redis, or the in-process [`EmbeddedBroker`].
+//! - `envelope`: the wire encoding of messages (documented in `docs/PROTOCOL.md`).
+
+#![warn(missing_docs)]
+
+pub mod broker;
+pub mod client;
+mod clock;
+pub mod cursor;
+mod envelope;
+pub mod error;
+pub mod inspect;
+pub mod message;
+pub mod subscription;
+pub mod topic;
+
+pub use broker::EmbeddedBroker;
+pub use client::{Herald, HeraldBuilder};
+pub use cursor::{CursorInfo, CursorPosition};
+pub use error::{Error, ErrorKind, Result};
+pub use inspect::TopicInfo;
+pub use message::{Delivery, Epoch, Headers, Message, Receipt};
+pub use subscription::{Event, GapReason, Start, SubscribeBuilder, Subscription};
+pub use topic::{validate_topic, SettingsChange, TopicSettings};
+
+/// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,586 @@
+//! Subscriptions: a node's ordered stream of events from one or more topics.
+//!
+//! A subscription runs as a background task that merges two sources per topic:
+//! - **live notifications**, each carrying freshly appended entries, and
+//! - **history reads**, used whenever the live feed cannot be trusted to be complete: at
+//!   start, after a reconnect, after a notification that skips ahead or changes epoch, when
+//!   the consumer is slow, and on a periodic check.
+//!
+//! For each topic it keeps `(epoch, next)`: the epoch it is reading and the next offset to
+//! deliver. An entry is delivered only when its offset equals `next`, so nothing is delivered
+//! twice; anything that cannot be delivered becomes an explicit [`Event::Gap`] or
+//! [`Event::Reset`], so nothing is skipped silently.
+//!
+//! Memory is bounded by the consumer-facing channel (`buffer` events): when it is full, live
+//! notifications for that topic are dropped and the topic is marked *behind*; it catches up
+//! from history, one channel-full at a time, as the consumer frees room.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{FutureExt, Stream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::broker::{Broker, LiveEvent, LiveFeed, Slot};
+use crate::client::Herald;
+use crate::cursor::CursorPosition;
+use crate::envelope::Notification;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Delivery, Epoch};
+use crate::topic::{validate_cursor, validate_topic};
+
+/// Where a subscription starts reading each topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Start {
+    /// The oldest message still in history.
+    Earliest,
+    /// Only messages published after the subscription starts.
+    Latest,
+    /// From this offset on (a [`Event::Gap`] first if it was already trimmed).
+    Offset(u64),
+    /// Right after the durable cursor of this name; from the earliest message when the cursor
+    /// does not exist yet. Same as `.durable(name).from(Start::Earliest)`.
+    Durable(String),
+}
+
+/// Why a [`Event::Gap`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GapReason {
+    /// Retention (maximum length or age) trimmed the messages before they were read.
+    Retention,
+    /// The entries exist but could not be decoded, or were deleted from the middle of history
+    /// by something other than Herald.
+    Unreadable,
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The next message of a topic.
+    Message(Delivery),
+    /// Offsets `from..=to` of the topic's current epoch cannot be delivered.
+    Gap {
+        /// The topic.
+        topic: String,
+        /// The epoch the gap belongs to.
+        epoch: Epoch,
+        /// The first offset not delivered.
+        from: u64,
+        /// The last offset not delivered.
+        to: u64,
+        /// Why.
+        reason: GapReason,
+    },
+    /// The topic's log was lost and a new epoch began; delivery continues from the first
+    /// offset of the new epoch.
+    Reset {
+        /// The topic.
+        topic: String,
+        /// The epoch that was lost.
+        previous_epoch: Epoch,
+        /// The new epoch.
+        epoch: Epoch,
+        /// The last offset delivered (or committed) in the previous epoch, 0 when none.
+        last_delivered: u64,
+    },
+}
+
+impl Event {
+    /// The topic this event is about.
+    pub fn topic(&self) -> &str {
+        match self {
+            Event::Message(d) => &d.topic,
+            Event::Gap { topic, .. } | Event::Reset { topic, .. } => topic,
+        }
+    }
+}
+
+/// Builds a subscription; `.await` it (or call [`SubscribeBuilder::start`]) to start.
+#[must_use = "a subscription starts only when awaited"]
+pub struct SubscribeBuilder {
+    herald: Herald,
+    topics: Vec<String>,
+    start: Start,
+    durable: Option<String>,
+    buffer: usize,
+}
+
+impl SubscribeBuilder {
+    pub(crate) fn new(herald: Herald, topics: Vec<String>, buffer: usize) -> Self {
+        SubscribeBuilder {
+            herald,
+            topics,
+            start: Start::Latest,
+            durable: None,
+            buffer,
+        }
+    }
+
+    /// Where to start (default [`Start::Latest`]). With [`durable`](Self::durable), this applies
+    /// only to topics whose cursor does not exist yet.
+    pub fn from(mut self, start: Start) -> Self {
+        if let Start::Durable(name) = &start {
+            self.durable = Some(name.clone());
+            self.start = Start::Earliest;
+        } else {
+            self.start = start;
+        }
+        self
+    }
+
+    /// Resumes from (and commits to) the durable cursor `name`.
+    pub fn durable(mut self, name: impl Into<String>) -> Self {
+        self.durable = Some(name.into());
+        self
+    }
+
+    /// How many events may wait for the consumer (default 1024). A consumer that falls
+    /// further behind is caught up from history rather than buffered in memory.
+    pub fn buffer(mut self, events: usize) -> Self {
+        self.buffer = events.max(1);
+        self
+    }
+
+    /// Starts the subscription: opens the live feed, then positions every topic.
+    pub async fn start(self) -> Result<Subscription> {
+        let mut topics = self.topics;
+        topics.dedup();
+        if topics.is_empty() {
+            return Err(Error::InvalidTopic {
+                name: String::new(),
+                reason: "no topic given".into(),
+            });
+        }
+        for t in &topics {
+            validate_topic(t)?;
+        }
+        if let Some(name) = &self.durable {
+            validate_cursor(name)?;
+        }
+        let broker = self.herald.broker().clone();
+        // Subscribe to notifications first, so that nothing published from now on is missed.
+        let feed = broker.live(&topics).await?;
+        let mut states = Vec::with_capacity(topics.len());
+        for name in topics {
+            let head = broker.read(&name, 1, 0).await?;
+            let cursor = match &self.durable {
+                Some(cursor) => broker.get_cursor(&name, cursor).await?,
+                None => None,
+            };
+            let (epoch, next) = match cursor {
+                Some(pos) => (Some(pos.epoch), pos.offset + 1),
+                None => match self.start {
+                    Start::Earliest if head.first > 0 => (head.epoch, head.first),
+                    Start::Earliest | Start::Latest => (head.epoch, head.last + 1),
+                    Start::Offset(n) => (head.epoch, n.max(1)),
+                    Start::Durable(_) => (head.epoch, head.first.max(1)),
+                },
+            };
+            let epoch = epoch.or(head.epoch);
+            states.push(TopicState {
+                name,
+                epoch,
+                next,
+                behind: true,
+            });
+        }
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let engine = Engine {
+            broker,
+            topics: states,
+            tx,
+            poll_interval: self.herald.poll_interval(),
+            chunk: 512,
+            last_error: None,
+        };
+        let task = tokio::spawn(engine.run(Some(feed)));
+        Ok(Subscription {
+            rx,
+            durable: self.durable,
+            herald: self.herald,
+            task,
+        })
+    }
+}
+
+impl IntoFuture for SubscribeBuilder {
+    type Output = Result<Subscription>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Subscription>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.start())
+    }
+}
+
+/// A running subscription: a [`Stream`] of events, in offset order per topic.
+///
+/// The stream yields `Err` for problems that need attention (a topic whose keys hold
+/// foreign data, a refused command); it keeps running and retrying after them. Dropping
+/// the subscription stops it.
+pub struct Subscription {
+    rx: mpsc::Receiver<Result<Event>>,
+    durable: Option<String>,
+    herald: Herald,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("durable", &self.durable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The next event; `None` only if the subscription's task ended.
+    pub async fn next_event(&mut self) -> Option<Result<Event>> {
+        self.rx.recv().await
+    }
+
+    /// The durable cursor's name, if this subscription has one.
+    pub fn cursor_name(&self) -> Option<&str> {
+        self.durable.as_deref()
+    }
+
+    /// Commits the durable cursor of the delivery's topic at the delivery's offset: a
+    /// restarted subscription with the same cursor name resumes right after it.
+    pub async fn commit(&self, delivery: &Delivery) -> Result<()> {
+        self.commit_offset(&delivery.topic, delivery.epoch, delivery.offset)
+            .await
+    }
+
+    /// Commits the durable cursor of `topic` at (`epoch`, `offset`).
+    pub async fn commit_offset(&self, topic: &str, epoch: Epoch, offset: u64) -> Result<()> {
+        let name = self.durable.as_deref().ok_or(Error::NotDurable)?;
+        self.herald
+            .broker()
+            .commit(topic, name, CursorPosition::new(epoch, offset))
+            .await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Event>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// The subscription's view of one topic.
+#[derive(Debug)]
+struct TopicState {
+    name: String,
+    /// The epoch being read; `None` until the topic's log is first seen.
+    epoch: Option<Epoch>,
+    /// The next offset to deliver.
+    next: u64,
+    /// True when live notifications cannot be trusted and history must be read.
+    behind: bool,
+}
+
+/// The background task of one subscription.
+struct Engine {
+    broker: Broker,
+    topics: Vec<TopicState>,
+    tx: mpsc::Sender<Result<Event>>,
+    poll_interval: Duration,
+    /// Most entries read from history at once.
+    chunk: usize,
+    /// The last problem reported to the consumer, to report each one once.
+    last_error: Option<String>,
+}
+
+/// Whether an event could be handed to the consumer.
+enum Sent {
+    Yes,
+    Full,
+    Closed,
+}
+
+impl Engine {
+    async fn run(mut self, mut feed: Option<LiveFeed>) {
+        let names: Vec<String> = self.topics.iter().map(|t| t.name.clone()).collect();
+        let mut tick = tokio::time::interval(self.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.tx.is_closed() {
+                return;
+            }
+            let Some(live) = feed.as_mut() else {
+                match self.broker.live(&names).await {
+                    Ok(f) => {
+                        tracing::info!(topics = ?names, "live feed re-established; catching up from history");
+                        feed = Some(f);
+                        self.topics.iter_mut().for_each(|t| t.behind = true);
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the live feed");
+                        if !self.pause(backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+                continue;
+            };
+            // Catch up one chunk of history when a topic is behind and the consumer has room.
+            if let Some(i) = self.topics.iter().position(|t| t.behind) {
+                if self.tx.capacity() > 0 {
+                    if let Err(e) = self.catch_up(i).await {
+                        self.report(e);
+                        if !self.pause(backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    } else {
+                        backoff = Duration::from_millis(50);
+                    }
+                    // Drain what the live feed already holds, so it never piles up while catching up.
+                    let mut lost = false;
+                    for _ in 0..1024 {
+                        match live.next().now_or_never() {
+                            Some(Some(ev)) => self.on_live(ev),
+                            Some(None) => {
+                                lost = true;
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if lost {
+                        feed = None;
+                    }
+                    continue;
+                }
+            }
+            let any_behind = self.topics.iter().any(|t| t.behind);
+            let tx = self.tx.clone();
+            let mut lost = false;
+            tokio::select! {
+                _ = tx.closed() => return,
+                ev = live.next() => match ev {
+                    Some(ev) => self.on_live(ev),
+                    None => lost = true,
+                },
+                _ = tick.tick() => {
+                    if let Err(e) = self.check_heads().await {
+                        self.report(e);
+                    }
+                }
+                permit = tx.reserve(), if any_behind => drop(permit),
+            }
+            if lost {
+                tracing::warn!(topics = ?names, "live feed lost; reconnecting");
+                feed = None;
+            }
+        }
+    }
+
+    /// Sleeps, unless the consumer goes away first; false when it did.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.tx.closed() => false,
+            _ = tokio::time::sleep(d) => true,
+        }
+    }
+
+    fn send(&self, event: Event) -> Sent {
+        match self.tx.try_send(Ok(event)) {
+            Ok(()) => Sent::Yes,
+            Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
+        }
+    }
+
+    /// Reports a problem to the consumer once; transient ones are only logged.
+    fn report(&mut self, e: Error) {
+        let text = e.to_string();
+        if e.kind() == ErrorKind::Unreachable {
+            tracing::warn!(error = %text, "subscription: Redis unavailable, retrying");
+            return;
+        }
+        if self.last_error.as_deref() != Some(text.as_str()) {
+            tracing::warn!(error = %text, "subscription problem, retrying");
+            self.last_error = Some(text);
+            let _ = self.tx.try_send(Err(e));
+        }
+    }
+
+    fn on_live(&mut self, ev: LiveEvent) {
+        match ev {
+            LiveEvent::Lost => self.topics.iter_mut().for_each(|t| t.behind = true),
+            LiveEvent::Notification(n) => self.on_notification(n),
+        }
+    }
+
+    /// Delivers a notification's entries when they continue the topic exactly; anything else
+    /// (a skip ahead, another epoch, a full channel) sends the topic to history.
+    fn on_notification(&mut self, n: Notification) {
+        let Some(i) = self.topics.iter().position(|t| t.name == n.topic) else {
+            return;
+        };
+        if self.topics[i].behind {
+            return;
+        }
+        if self.topics[i].epoch != Some(n.epoch) {
+            self.topics[i].behind = true;
+            return;
+        }
+        for entry in n.entries {
+            let t = &self.topics[i];
+            if entry.offset < t.next {
+                continue;
+            }
+            if entry.offset > t.next {
+                self.topics[i].behind = true;
+                return;
+            }
+            match self.send(Event::Message(Delivery::from_entry(
+                &n.topic, n.epoch, entry,
+            ))) {
+                Sent::Yes => self.topics[i].next += 1,
+                Sent::Full => {
+                    self.topics[i].behind = true;
+                    return;
+                }
+                Sent::Closed => return,
+            }
+        }
+    }
+
+    /// Reads one chunk of history for topic `i` and delivers it, with `Gap`/`Reset` events for
+    /// what cannot be delivered. State advances only for events actually handed over, so a
+    /// full channel simply means "continue later".
+    async fn catch_up(&mut self, i: usize) -> Result<()> {
+        let limit = self.tx.capacity().clamp(1, self.chunk);
+        let (name, next) = (self.topics[i].name.clone(), self.topics[i].next);
+        let r = self.broker.read(&name, next, limit).await?;
+        let Some(epoch) = r.epoch else {
+            // No log at all: nothing to deliver until a publish creates one (a new epoch,
+            // which then shows up as a Reset if we were reading an older one).
+            self.topics[i].behind = false;
+            return Ok(());
+        };
+        match self.topics[i].epoch {
+            Some(previous) if previous != epoch => {
+                let reset = Event::Reset {
+                    topic: name,
+                    previous_epoch: previous,
+                    epoch,
+                    last_delivered: next.saturating_sub(1),
+                };
+                if let Sent::Yes = self.send(reset) {
+                    self.topics[i].epoch = Some(epoch);
+                    self.topics[i].next = 1;
+                }
+                return Ok(()); // read the new epoch from its start on the next round
+            }
+            Some(_) => {}
+            None => self.topics[i].epoch = Some(epoch),
+        }
+        for slot in r.slots {
+            let offset = slot.offset();
+            let next = self.topics[i].next;
+            if offset < next {
+                continue;
+            }
+            if offset > next {
+                let reason = if r.first == 0 || offset <= r.first {
+                    GapReason::Retention
+                } else {
+                    GapReason::Unreadable
+                };
+                if !self.gap(i, epoch, offset - 1, reason) {
+                    return Ok(());
+                }
+            }
+            let event = match slot {
+                Slot::Entry(e) => Event::Message(Delivery::from_entry(&name, epoch, e)),
+                Slot::Corrupt { reason, .. } => {
+                    tracing::warn!(topic = %name, offset, %reason, "skipping an undecodable entry");
+                    Event::Gap {
+                        topic: name.clone(),
+                        epoch,
+                        from: offset,
+                        to: offset,
+                        reason: GapReason::Unreadable,
+                    }
+                }
+            };
+            match self.send(event) {
+                Sent::Yes => self.topics[i].next = offset + 1,
+                Sent::Full | Sent::Closed => return Ok(()),
+            }
+        }
+        if r.complete {
+            let next = self.topics[i].next;
+            if next <= r.last {
+                // History ends before `last`: the rest was trimmed or deleted.
+                let reason = if r.first == 0 || next < r.first {
+                    GapReason::Retention
+                } else {
+                    GapReason::Unreadable
+                };
+                if !self.gap(i, epoch, r.last, reason) {
+                    return Ok(());
+                }
+            }
+            self.topics[i].behind = false;
+        }
+        Ok(())
+    }
+
+    /// Emits a gap from the topic's `next` to `to` and moves past it; false if not handed over.
+    fn gap(&mut self, i: usize, epoch: Epoch, to: u64, reason: GapReason) -> bool {
+        let t = &self.topics[i];
+        let event = Event::Gap {
+            topic: t.name.clone(),
+            epoch,
+            from: t.next,
+            to,
+            reason,
+        };
+        match self.send(event) {
+            Sent::Yes => {
+                self.topics[i].next = to + 1;
+                true
+            }
+            Sent::Full | Sent::Closed => false,
+        }
+    }
+
+    /// The periodic check: a topic whose head moved past what was delivered, or whose epoch
+    /// changed, goes to history (covers notifications lost without the connection dropping).
+    async fn check_heads(&mut self) -> Result<()> {
+        for i in 0..self.topics.len() {
+            if self.topics[i].behind {
+                continue;
+            }
+            let head = self.broker.read(&self.topics[i].name, 1, 0).await?;
+            let t = &mut self.topics[i];
+            if let Some(epoch) = head.epoch {
+                if t.epoch != Some(epoch) || head.last >= t.next {
+                    t.behind = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs Herald's whole test suite on a fresh machine: installs what is missing (redis-server,
+# and Python's `redis` package for the interoperability test), then runs every test.
+# Tests start their own redis-server processes on free loopback ports; nothing else is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+  # The Debian package starts a system Redis on 6379; the tests do not use it.
+fi
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  echo "== installing Python's redis package (for the protocol interoperability test)"
+  python3 -m pip install -q redis 2>/dev/null || python3 -m pip install -q --break-system-packages redis
+fi
+
+echo "== cargo test"
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked
