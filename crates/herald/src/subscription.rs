@@ -24,7 +24,7 @@ use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::broker::{Broker, LiveEvent, LiveFeed, Slot};
+use crate::broker::{Broker, LiveEvent, LiveFeed, ReadResult, Slot};
 use crate::client::Herald;
 use crate::cursor::CursorPosition;
 use crate::envelope::Notification;
@@ -80,6 +80,11 @@ pub enum Event {
     },
     /// The topic's log was lost and a new epoch began; delivery continues from the first
     /// offset of the new epoch.
+    ///
+    /// `epoch` equals `previous_epoch` when Redis lost only the newest writes of the log,
+    /// including some this subscription had delivered (a failover with asynchronous
+    /// replication, a crash without `appendfsync always`): delivery then starts over from the
+    /// oldest retained offset, since offsets after the loss may carry other messages.
     Reset {
         /// The topic.
         topic: String,
@@ -151,7 +156,8 @@ impl SubscribeBuilder {
     /// Starts the subscription: opens the live feed, then positions every topic.
     pub async fn start(self) -> Result<Subscription> {
         let mut topics = self.topics;
-        topics.dedup();
+        let mut seen = std::collections::HashSet::new();
+        topics.retain(|t| seen.insert(t.clone()));
         if topics.is_empty() {
             return Err(Error::InvalidTopic {
                 name: String::new(),
@@ -169,11 +175,19 @@ impl SubscribeBuilder {
         let feed = broker.live(&topics).await?;
         let mut states = Vec::with_capacity(topics.len());
         for name in topics {
-            let head = broker.read(&name, 1, 0).await?;
+            let head = match broker.read(&name, 1, 0).await {
+                Ok(head) => head,
+                // A topic whose keys hold foreign data must not stop the others: it starts
+                // from offset 1 of whatever log it gets once repaired, and the engine reports
+                // the problem on the stream and keeps retrying.
+                Err(Error::WrongType { .. } | Error::Corrupt { .. }) => ReadResult::default(),
+                Err(e) => return Err(e),
+            };
             let cursor = match &self.durable {
                 Some(cursor) => broker.get_cursor(&name, cursor).await?,
                 None => None,
             };
+            let from_cursor = cursor.is_some();
             let (epoch, next) = match cursor {
                 Some(pos) => (Some(pos.epoch), pos.offset + 1),
                 None => match self.start {
@@ -184,11 +198,14 @@ impl SubscribeBuilder {
                 },
             };
             let epoch = epoch.or(head.epoch);
+            let vouched = from_cursor || (head.epoch.is_some() && next - 1 <= head.last);
             states.push(TopicState {
                 name,
                 epoch,
                 next,
                 behind: true,
+                vouched,
+                anchor: None,
             });
         }
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -199,6 +216,7 @@ impl SubscribeBuilder {
             poll_interval: self.herald.poll_interval(),
             chunk: 512,
             last_error: None,
+            first_to_catch_up: 0,
         };
         let task = tokio::spawn(engine.run(Some(feed)));
         Ok(Subscription {
@@ -291,6 +309,20 @@ struct TopicState {
     next: u64,
     /// True when live notifications cannot be trusted and history must be read.
     behind: bool,
+    /// True when offset `next - 1` is known to have existed in this epoch (delivered, skipped
+    /// by a gap, or committed): if the log's last offset falls below it, writes were lost.
+    vouched: bool,
+    /// A hash of the idempotency key of the entry at `next - 1`, when this subscription
+    /// delivered it: if history holds another entry there, the log was rewritten.
+    anchor: Option<u64>,
+}
+
+/// The hash kept to recognise an entry again.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
 }
 
 /// The background task of one subscription.
@@ -303,6 +335,9 @@ struct Engine {
     chunk: usize,
     /// The last problem reported to the consumer, to report each one once.
     last_error: Option<String>,
+    /// Where the search for a topic to catch up starts, so that a topic that keeps failing
+    /// does not starve the others.
+    first_to_catch_up: usize,
 }
 
 /// Whether an event could be handed to the consumer.
@@ -341,10 +376,15 @@ impl Engine {
                 continue;
             };
             // Catch up one chunk of history when a topic is behind and the consumer has room.
-            if let Some(i) = self.topics.iter().position(|t| t.behind) {
+            let n = self.topics.len();
+            let behind = (0..n)
+                .map(|k| (self.first_to_catch_up + k) % n)
+                .find(|&i| self.topics[i].behind);
+            if let Some(i) = behind {
                 if self.tx.capacity() > 0 {
                     if let Err(e) = self.catch_up(i).await {
                         self.report(e);
+                        self.first_to_catch_up = (i + 1) % n;
                         if !self.pause(backoff).await {
                             return;
                         }
@@ -446,16 +486,29 @@ impl Engine {
         for entry in n.entries {
             let t = &self.topics[i];
             if entry.offset < t.next {
+                // Already delivered, unless history was rewritten there (checked via history).
+                let replaced = entry.offset + 1 == t.next
+                    && t.anchor.is_some_and(|a| a != key_hash(&entry.key));
+                if replaced {
+                    self.topics[i].behind = true;
+                    return;
+                }
                 continue;
             }
             if entry.offset > t.next {
                 self.topics[i].behind = true;
                 return;
             }
+            let anchor = key_hash(&entry.key);
             match self.send(Event::Message(Delivery::from_entry(
                 &n.topic, n.epoch, entry,
             ))) {
-                Sent::Yes => self.topics[i].next += 1,
+                Sent::Yes => {
+                    let t = &mut self.topics[i];
+                    t.next += 1;
+                    t.vouched = true;
+                    t.anchor = Some(anchor);
+                }
                 Sent::Full => {
                     self.topics[i].behind = true;
                     return;
@@ -471,7 +524,14 @@ impl Engine {
     async fn catch_up(&mut self, i: usize) -> Result<()> {
         let limit = self.tx.capacity().clamp(1, self.chunk);
         let (name, next) = (self.topics[i].name.clone(), self.topics[i].next);
-        let r = self.broker.read(&name, next, limit).await?;
+        // With an anchor, read one entry more (`next - 1`) to check that history still holds
+        // the entry this subscription delivered there.
+        let anchored = self.topics[i].anchor.is_some() && next > 1;
+        let from = if anchored { next - 1 } else { next };
+        let r = self
+            .broker
+            .read(&name, from, limit + usize::from(anchored))
+            .await?;
         let Some(epoch) = r.epoch else {
             // No log at all: nothing to deliver until a publish creates one (a new epoch,
             // which then shows up as a Reset if we were reading an older one).
@@ -487,13 +547,26 @@ impl Engine {
                     last_delivered: next.saturating_sub(1),
                 };
                 if let Sent::Yes = self.send(reset) {
-                    self.topics[i].epoch = Some(epoch);
-                    self.topics[i].next = 1;
+                    self.restart(i, epoch);
                 }
                 return Ok(()); // read the new epoch from its start on the next round
             }
             Some(_) => {}
             None => self.topics[i].epoch = Some(epoch),
+        }
+        if self.went_back(i, &r) {
+            tracing::warn!(topic = %name, epoch, last = r.last, delivered = next - 1,
+                "the log lost writes this subscription had read (a failover or crash without fsync); restarting from its oldest retained offset");
+            let reset = Event::Reset {
+                topic: name,
+                previous_epoch: epoch,
+                epoch,
+                last_delivered: next - 1,
+            };
+            if let Sent::Yes = self.send(reset) {
+                self.restart(i, epoch);
+            }
+            return Ok(());
         }
         for slot in r.slots {
             let offset = slot.offset();
@@ -511,6 +584,10 @@ impl Engine {
                     return Ok(());
                 }
             }
+            let anchor = match &slot {
+                Slot::Entry(e) => Some(key_hash(&e.key)),
+                Slot::Corrupt { .. } => None,
+            };
             let event = match slot {
                 Slot::Entry(e) => Event::Message(Delivery::from_entry(&name, epoch, e)),
                 Slot::Corrupt { reason, .. } => {
@@ -525,7 +602,12 @@ impl Engine {
                 }
             };
             match self.send(event) {
-                Sent::Yes => self.topics[i].next = offset + 1,
+                Sent::Yes => {
+                    let t = &mut self.topics[i];
+                    t.next = offset + 1;
+                    t.vouched = true;
+                    t.anchor = anchor;
+                }
                 Sent::Full | Sent::Closed => return Ok(()),
             }
         }
@@ -547,6 +629,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts topic `i` over at offset 1 of `epoch` (after a `Reset`).
+    fn restart(&mut self, i: usize, epoch: Epoch) {
+        let t = &mut self.topics[i];
+        t.epoch = Some(epoch);
+        t.next = 1;
+        t.vouched = false;
+        t.anchor = None;
+    }
+
+    /// Whether the log went back under this subscription within one epoch: its last offset
+    /// is below what was delivered, or the delivered entry at `next - 1` was replaced.
+    fn went_back(&self, i: usize, r: &ReadResult) -> bool {
+        let t = &self.topics[i];
+        if t.vouched && r.last + 1 < t.next {
+            return true;
+        }
+        let Some(anchor) = t.anchor else { return false };
+        r.slots.iter().any(|slot| match slot {
+            Slot::Entry(e) => e.offset + 1 == t.next && key_hash(&e.key) != anchor,
+            Slot::Corrupt { .. } => false,
+        })
+    }
+
     /// Emits a gap from the topic's `next` to `to` and moves past it; false if not handed over.
     fn gap(&mut self, i: usize, epoch: Epoch, to: u64, reason: GapReason) -> bool {
         let t = &self.topics[i];
@@ -559,7 +664,10 @@ impl Engine {
         };
         match self.send(event) {
             Sent::Yes => {
-                self.topics[i].next = to + 1;
+                let t = &mut self.topics[i];
+                t.next = to + 1;
+                t.vouched = true;
+                t.anchor = None;
                 true
             }
             Sent::Full | Sent::Closed => false,
@@ -569,18 +677,29 @@ impl Engine {
     /// The periodic check: a topic whose head moved past what was delivered, or whose epoch
     /// changed, goes to history (covers notifications lost without the connection dropping).
     async fn check_heads(&mut self) -> Result<()> {
+        let mut result = Ok(());
         for i in 0..self.topics.len() {
             if self.topics[i].behind {
                 continue;
             }
-            let head = self.broker.read(&self.topics[i].name, 1, 0).await?;
+            // A failing topic does not stop the check of the others.
+            let head = match self.broker.read(&self.topics[i].name, 1, 0).await {
+                Ok(head) => head,
+                Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                    continue;
+                }
+            };
             let t = &mut self.topics[i];
             if let Some(epoch) = head.epoch {
-                if t.epoch != Some(epoch) || head.last >= t.next {
+                let went_back = t.vouched && head.last + 1 < t.next;
+                if t.epoch != Some(epoch) || head.last >= t.next || went_back {
                     t.behind = true;
                 }
             }
         }
-        Ok(())
+        result
     }
 }

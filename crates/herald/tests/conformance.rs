@@ -67,7 +67,10 @@ async fn offsets_are_dense_across_concurrent_publishers(b: Backend) {
     let mut all = Vec::new();
     for t in tasks {
         let offsets = t.await.unwrap();
-        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "one publisher's offsets increase");
+        assert!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "one publisher's offsets increase"
+        );
         all.extend(offsets);
     }
     all.sort_unstable();
@@ -78,7 +81,12 @@ async fn all_subscribers_see_one_order(b: Backend) {
     let mut subs = Vec::new();
     for n in 0..3 {
         let node = b.node(&format!("s{n}")).await;
-        subs.push(node.subscribe(["order"]).from(Start::Earliest).await.unwrap());
+        subs.push(
+            node.subscribe(["order"])
+                .from(Start::Earliest)
+                .await
+                .unwrap(),
+        );
     }
     let mut tasks = Vec::new();
     for n in 0..4 {
@@ -93,27 +101,60 @@ async fn all_subscribers_see_one_order(b: Backend) {
         t.await.unwrap();
     }
     let first = messages(&mut subs[0], 200).await;
-    assert_eq!(first.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=200).collect::<Vec<u64>>());
+    assert_eq!(
+        first.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<u64>>()
+    );
     for sub in &mut subs[1..] {
-        assert_eq!(messages(sub, 200).await, first, "every subscriber sees the same sequence");
+        assert_eq!(
+            messages(sub, 200).await,
+            first,
+            "every subscriber sees the same sequence"
+        );
     }
     for sub in &mut subs {
-        assert_eq!(maybe_event(sub, Duration::from_millis(300)).await, None, "nothing more");
+        assert_eq!(
+            maybe_event(sub, Duration::from_millis(300)).await,
+            None,
+            "nothing more"
+        );
     }
 }
 
 async fn idempotent_publish_returns_the_original_offset(b: Backend) {
     let node = b.node("n").await;
-    let mut sub = node.subscribe(["idem"]).from(Start::Earliest).await.unwrap();
-    let a = node.publish("idem", Message::new("one").key("k-1")).await.unwrap();
+    let mut sub = node
+        .subscribe(["idem"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    let a = node
+        .publish("idem", Message::new("one").key("k-1"))
+        .await
+        .unwrap();
     let other = b.node("other").await;
-    let again = other.publish("idem", Message::new("one, retried").key("k-1")).await.unwrap();
-    let c = node.publish("idem", Message::new("two").key("k-2")).await.unwrap();
+    let again = other
+        .publish("idem", Message::new("one, retried").key("k-1"))
+        .await
+        .unwrap();
+    let c = node
+        .publish("idem", Message::new("two").key("k-2"))
+        .await
+        .unwrap();
     assert_eq!((a.offset, a.duplicate), (1, false));
-    assert_eq!((again.offset, again.duplicate, again.epoch), (1, true, a.epoch));
+    assert_eq!(
+        (again.offset, again.duplicate, again.epoch),
+        (1, true, a.epoch)
+    );
     assert_eq!((c.offset, c.duplicate), (2, false));
-    assert_eq!(messages(&mut sub, 2).await, vec![(1, "one".to_string()), (2, "two".to_string())]);
-    assert_eq!(maybe_event(&mut sub, Duration::from_millis(300)).await, None);
+    assert_eq!(
+        messages(&mut sub, 2).await,
+        vec![(1, "one".to_string()), (2, "two".to_string())]
+    );
+    assert_eq!(
+        maybe_event(&mut sub, Duration::from_millis(300)).await,
+        None
+    );
 }
 
 async fn dedup_window_expires(b: Backend) {
@@ -121,18 +162,35 @@ async fn dedup_window_expires(b: Backend) {
     let mut change = SettingsChange::default();
     change.dedup_window_ms = Some(300);
     node.configure("window", change).await.unwrap();
-    let a = node.publish("window", Message::new("x").key("same")).await.unwrap();
-    assert!(node.publish("window", Message::new("x").key("same")).await.unwrap().duplicate);
+    let a = node
+        .publish("window", Message::new("x").key("same"))
+        .await
+        .unwrap();
+    assert!(
+        node.publish("window", Message::new("x").key("same"))
+            .await
+            .unwrap()
+            .duplicate
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let c = node.publish("window", Message::new("x").key("same")).await.unwrap();
+    let c = node
+        .publish("window", Message::new("x").key("same"))
+        .await
+        .unwrap();
     assert!(!c.duplicate, "the key was forgotten after the window");
     assert_eq!(c.offset, a.offset + 1);
 }
 
 async fn batch_publish_is_one_step(b: Backend) {
     let node = b.node("n").await;
-    let mut sub = node.subscribe(["batch"]).from(Start::Earliest).await.unwrap();
-    node.publish("batch", Message::new("before").key("dup")).await.unwrap();
+    let mut sub = node
+        .subscribe(["batch"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    node.publish("batch", Message::new("before").key("dup"))
+        .await
+        .unwrap();
     let batch = vec![
         Message::new("a").key("a"),
         Message::new("again").key("dup"),
@@ -142,11 +200,20 @@ async fn batch_publish_is_one_step(b: Backend) {
     ];
     let receipts = node.publish_batch("batch", batch).await.unwrap();
     let got: Vec<(u64, bool)> = receipts.iter().map(|r| (r.offset, r.duplicate)).collect();
-    assert_eq!(got, vec![(2, false), (1, true), (3, false), (2, true), (4, false)]);
-    let expected: Vec<(u64, String)> =
-        [(1, "before"), (2, "a"), (3, "b"), (4, "c")].iter().map(|(o, s)| (*o, s.to_string())).collect();
+    assert_eq!(
+        got,
+        vec![(2, false), (1, true), (3, false), (2, true), (4, false)]
+    );
+    let expected: Vec<(u64, String)> = [(1, "before"), (2, "a"), (3, "b"), (4, "c")]
+        .iter()
+        .map(|(o, s)| (*o, s.to_string()))
+        .collect();
     assert_eq!(messages(&mut sub, 4).await, expected);
-    assert!(node.publish_batch("batch", Vec::<Message>::new()).await.unwrap().is_empty());
+    assert!(node
+        .publish_batch("batch", Vec::<Message>::new())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn start_positions(b: Backend) {
@@ -156,14 +223,39 @@ async fn start_positions(b: Backend) {
     }
     let mut earliest = node.subscribe(["pos"]).from(Start::Earliest).await.unwrap();
     let mut latest = node.subscribe(["pos"]).from(Start::Latest).await.unwrap();
-    let mut offset = node.subscribe(["pos"]).from(Start::Offset(4)).await.unwrap();
-    let mut missing = node.subscribe(["never-published"]).from(Start::Earliest).await.unwrap();
+    let mut offset = node
+        .subscribe(["pos"])
+        .from(Start::Offset(4))
+        .await
+        .unwrap();
+    let mut missing = node
+        .subscribe(["never-published"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
     node.publish("pos", "m6").await.unwrap();
     node.publish("never-published", "first").await.unwrap();
-    assert_eq!(messages(&mut earliest, 6).await.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        messages(&mut earliest, 6)
+            .await
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
     assert_eq!(messages(&mut latest, 1).await, vec![(6, "m6".to_string())]);
-    assert_eq!(messages(&mut offset, 3).await.iter().map(|m| m.0).collect::<Vec<_>>(), vec![4, 5, 6]);
-    assert_eq!(messages(&mut missing, 1).await, vec![(1, "first".to_string())]);
+    assert_eq!(
+        messages(&mut offset, 3)
+            .await
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
+    assert_eq!(
+        messages(&mut missing, 1).await,
+        vec![(1, "first".to_string())]
+    );
 }
 
 async fn durable_cursor_resumes_after_last_commit(b: Backend) {
@@ -172,7 +264,11 @@ async fn durable_cursor_resumes_after_last_commit(b: Backend) {
         node.publish("dur", format!("m{i}")).await.unwrap();
     }
     {
-        let mut sub = node.subscribe(["dur"]).from(Start::Durable("worker".into())).await.unwrap();
+        let mut sub = node
+            .subscribe(["dur"])
+            .from(Start::Durable("worker".into()))
+            .await
+            .unwrap();
         for expected in 1..=3 {
             match next_event(&mut sub).await {
                 Event::Message(d) => {
@@ -187,14 +283,29 @@ async fn durable_cursor_resumes_after_last_commit(b: Backend) {
     }
     node.publish("dur", "m6").await.unwrap();
     let restarted = b.node("n").await;
-    let mut sub = restarted.subscribe(["dur"]).from(Start::Latest).durable("worker").await.unwrap();
-    assert_eq!(messages(&mut sub, 3).await.iter().map(|m| m.0).collect::<Vec<_>>(), vec![4, 5, 6]);
+    let mut sub = restarted
+        .subscribe(["dur"])
+        .from(Start::Latest)
+        .durable("worker")
+        .await
+        .unwrap();
+    assert_eq!(
+        messages(&mut sub, 3)
+            .await
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     let pos = restarted.cursor("dur", "worker").await.unwrap().unwrap();
     assert_eq!(pos.offset, 3);
     // Commit without a cursor name is a clear error.
     let plain = node.subscribe(["dur"]).await.unwrap();
     let d = herald::Receipt::clone(&node.publish("dur", "m7").await.unwrap());
-    assert!(matches!(plain.commit_offset("dur", d.epoch, d.offset).await, Err(Error::NotDurable)));
+    assert!(matches!(
+        plain.commit_offset("dur", d.epoch, d.offset).await,
+        Err(Error::NotDurable)
+    ));
 }
 
 async fn retention_by_length_becomes_a_gap(b: Backend) {
@@ -206,15 +317,35 @@ async fn retention_by_length_becomes_a_gap(b: Backend) {
         node.publish("short", format!("m{i}")).await.unwrap();
     }
     let info = node.inspect("short").await.unwrap();
-    assert_eq!((info.first_offset, info.last_offset, info.length), (16, 20, 5));
-    let mut sub = node.subscribe(["short"]).from(Start::Offset(3)).await.unwrap();
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.length),
+        (16, 20, 5)
+    );
+    let mut sub = node
+        .subscribe(["short"])
+        .from(Start::Offset(3))
+        .await
+        .unwrap();
     match next_event(&mut sub).await {
-        Event::Gap { from, to, reason, .. } => assert_eq!((from, to, reason), (3, 15, GapReason::Retention)),
+        Event::Gap {
+            from, to, reason, ..
+        } => assert_eq!((from, to, reason), (3, 15, GapReason::Retention)),
         other => panic!("expected a gap, got {other:?}"),
     }
-    assert_eq!(messages(&mut sub, 5).await.iter().map(|m| m.0).collect::<Vec<_>>(), vec![16, 17, 18, 19, 20]);
+    assert_eq!(
+        messages(&mut sub, 5)
+            .await
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        vec![16, 17, 18, 19, 20]
+    );
     // From Earliest, trimmed history is not a gap: it starts at the oldest message kept.
-    let mut earliest = node.subscribe(["short"]).from(Start::Earliest).await.unwrap();
+    let mut earliest = node
+        .subscribe(["short"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
     assert_eq!(messages(&mut earliest, 1).await[0].0, 16);
 }
 
@@ -229,10 +360,19 @@ async fn retention_by_age_trims_history(b: Backend) {
     tokio::time::sleep(Duration::from_millis(600)).await;
     node.publish("aged", "new").await.unwrap();
     let info = node.inspect("aged").await.unwrap();
-    assert_eq!((info.first_offset, info.last_offset, info.length), (4, 4, 1));
-    let mut sub = node.subscribe(["aged"]).from(Start::Offset(1)).await.unwrap();
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.length),
+        (4, 4, 1)
+    );
+    let mut sub = node
+        .subscribe(["aged"])
+        .from(Start::Offset(1))
+        .await
+        .unwrap();
     match next_event(&mut sub).await {
-        Event::Gap { from, to, reason, .. } => assert_eq!((from, to, reason), (1, 3, GapReason::Retention)),
+        Event::Gap {
+            from, to, reason, ..
+        } => assert_eq!((from, to, reason), (1, 3, GapReason::Retention)),
         other => panic!("expected a gap, got {other:?}"),
     }
     assert_eq!(messages(&mut sub, 1).await, vec![(4, "new".to_string())]);
@@ -240,11 +380,18 @@ async fn retention_by_age_trims_history(b: Backend) {
 
 async fn slow_subscriber_catches_up_without_loss(b: Backend) {
     let node = b.node("n").await;
-    let mut slow = node.subscribe(["flood"]).from(Start::Earliest).buffer(4).await.unwrap();
+    let mut slow = node
+        .subscribe(["flood"])
+        .from(Start::Earliest)
+        .buffer(4)
+        .await
+        .unwrap();
     let publisher = b.node("p").await;
     let n = 2000;
     for chunk in 0..(n / 100) {
-        let batch: Vec<Message> = (0..100).map(|i| Message::new(format!("m{}", chunk * 100 + i + 1))).collect();
+        let batch: Vec<Message> = (0..100)
+            .map(|i| Message::new(format!("m{}", chunk * 100 + i + 1)))
+            .collect();
         publisher.publish_batch("flood", batch).await.unwrap();
     }
     let mut seen = 0;
@@ -262,14 +409,21 @@ async fn slow_subscriber_catches_up_without_loss(b: Backend) {
         }
     }
     assert_eq!(seen, n);
-    assert_eq!(maybe_event(&mut slow, Duration::from_millis(300)).await, None);
+    assert_eq!(
+        maybe_event(&mut slow, Duration::from_millis(300)).await,
+        None
+    );
 }
 
 async fn lost_log_becomes_a_reset(mut b: Backend) {
     let node = b.node("n").await;
     let first = node.publish("fragile", "a").await.unwrap();
     node.publish("fragile", "b").await.unwrap();
-    let mut sub = node.subscribe(["fragile"]).from(Start::Earliest).await.unwrap();
+    let mut sub = node
+        .subscribe(["fragile"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
     assert_eq!(messages(&mut sub, 2).await.len(), 2);
     b.lose_everything();
     tokio::time::sleep(Duration::from_millis(5)).await; // a new epoch is a new microsecond
@@ -277,25 +431,41 @@ async fn lost_log_becomes_a_reset(mut b: Backend) {
     assert_eq!(after.offset, 1);
     assert_ne!(after.epoch, first.epoch);
     match next_event(&mut sub).await {
-        Event::Reset { previous_epoch, epoch, last_delivered, .. } => {
-            assert_eq!((previous_epoch, epoch, last_delivered), (first.epoch, after.epoch, 2));
+        Event::Reset {
+            previous_epoch,
+            epoch,
+            last_delivered,
+            ..
+        } => {
+            assert_eq!(
+                (previous_epoch, epoch, last_delivered),
+                (first.epoch, after.epoch, 2)
+            );
         }
         other => panic!("expected a reset, got {other:?}"),
     }
     match next_event(&mut sub).await {
-        Event::Message(d) => assert_eq!((d.epoch, d.offset, &d.payload[..]), (after.epoch, 1, &b"c"[..])),
+        Event::Message(d) => assert_eq!(
+            (d.epoch, d.offset, &d.payload[..]),
+            (after.epoch, 1, &b"c"[..])
+        ),
         other => panic!("{other:?}"),
     }
 }
 
 async fn multi_topic_subscription_keeps_order_per_topic(b: Backend) {
     let node = b.node("n").await;
-    let mut sub = node.subscribe(["left", "right"]).from(Start::Earliest).await.unwrap();
+    let mut sub = node
+        .subscribe(["left", "right"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
     for i in 1..=30 {
         let topic = if i % 3 == 0 { "right" } else { "left" };
         node.publish(topic, format!("{topic}{i}")).await.unwrap();
     }
-    let mut next = std::collections::HashMap::from([("left".to_string(), 1u64), ("right".to_string(), 1u64)]);
+    let mut next =
+        std::collections::HashMap::from([("left".to_string(), 1u64), ("right".to_string(), 1u64)]);
     for _ in 0..30 {
         match next_event(&mut sub).await {
             Event::Message(d) => {
@@ -313,9 +483,17 @@ async fn headers_and_binary_payloads_round_trip(b: Backend) {
     let node = b.node("node-7").await;
     let sub = node.subscribe(["bin"]).from(Start::Earliest).await.unwrap();
     let payload: Vec<u8> = (0..=255u8).chain([b':', b'1', b':']).collect();
-    let m = Message::new(payload.clone()).header("content-type", "application/octet-stream").header("x", "a:b");
+    let m = Message::new(payload.clone())
+        .header("content-type", "application/octet-stream")
+        .header("x", "a:b");
     let r = node.publish("bin", m).await.unwrap();
-    let history = b.node("reader").await.subscribe(["bin"]).from(Start::Earliest).await.unwrap();
+    let history = b
+        .node("reader")
+        .await
+        .subscribe(["bin"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
     for mut s in [sub, history] {
         match next_event(&mut s).await {
             Event::Message(d) => {
@@ -334,7 +512,15 @@ async fn headers_and_binary_payloads_round_trip(b: Backend) {
 async fn inspect_reports_state_and_lag(b: Backend) {
     let node = b.node("n").await;
     let empty = node.inspect("fresh").await.unwrap();
-    assert_eq!((empty.epoch, empty.last_offset, empty.length, empty.configured), (None, 0, 0, false));
+    assert_eq!(
+        (
+            empty.epoch,
+            empty.last_offset,
+            empty.length,
+            empty.configured
+        ),
+        (None, 0, 0, false)
+    );
     for i in 1..=10 {
         node.publish("watched", format!("m{i}")).await.unwrap();
     }
@@ -343,15 +529,25 @@ async fn inspect_reports_state_and_lag(b: Backend) {
     node.commit("watched", "slow", r.epoch, 4).await.unwrap();
     let info = node.inspect("watched").await.unwrap();
     assert_eq!(info.epoch, Some(r.epoch));
-    assert_eq!((info.first_offset, info.last_offset, info.length), (1, 11, 11));
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.length),
+        (1, 11, 11)
+    );
     assert!(info.configured);
-    let lags: Vec<(String, u64)> = info.cursors.iter().map(|c| (c.name.clone(), c.lag)).collect();
+    let lags: Vec<(String, u64)> = info
+        .cursors
+        .iter()
+        .map(|c| (c.name.clone(), c.lag))
+        .collect();
     assert_eq!(lags, vec![("fast".to_string(), 0), ("slow".to_string(), 7)]);
     let mut change = SettingsChange::default();
     change.max_len = Some(1000);
     let s = node.configure("watched", change).await.unwrap();
     assert_eq!(s.max_len, 1000);
-    assert_eq!(node.inspect("watched").await.unwrap().settings.max_len, 1000);
+    assert_eq!(
+        node.inspect("watched").await.unwrap().settings.max_len,
+        1000
+    );
     let json = serde_json::to_value(node.inspect("watched").await.unwrap()).unwrap();
     assert_eq!(json["cursors"][1]["lag"], 7);
 }
@@ -360,23 +556,59 @@ async fn bad_input_is_rejected_and_loses_nothing(b: Backend) {
     let node = b.node("n").await;
     node.publish("healthy", "keep me").await.unwrap();
     for bad in ["", "a b", "a{b}", "é", &"x".repeat(201)] {
-        assert!(matches!(node.publish(bad, "x").await, Err(Error::InvalidTopic { .. })), "{bad:?}");
-        assert!(matches!(node.subscribe([bad]).await, Err(Error::InvalidTopic { .. })), "{bad:?}");
-        assert!(matches!(node.inspect(bad).await, Err(Error::InvalidTopic { .. })), "{bad:?}");
+        assert!(
+            matches!(
+                node.publish(bad, "x").await,
+                Err(Error::InvalidTopic { .. })
+            ),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(node.subscribe([bad]).await, Err(Error::InvalidTopic { .. })),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(node.inspect(bad).await, Err(Error::InvalidTopic { .. })),
+            "{bad:?}"
+        );
     }
     let mut change = SettingsChange::default();
     change.max_size = Some(100);
     node.configure("small", change).await.unwrap();
     node.publish("small", vec![b'x'; 100]).await.unwrap();
     let err = node.publish("small", vec![b'x'; 101]).await.unwrap_err();
-    assert!(matches!(err, Error::MessageTooLarge { size: 101, limit: 100, .. }), "{err}");
-    assert!(err.to_string().contains("herald configure small --max-size"), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::MessageTooLarge {
+                size: 101,
+                limit: 100,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("herald configure small --max-size"),
+        "{err}"
+    );
     let batch = vec![Message::new("ok"), Message::new(vec![b'y'; 500])];
-    assert!(matches!(node.publish_batch("small", batch).await, Err(Error::MessageTooLarge { .. })));
-    assert_eq!(node.inspect("small").await.unwrap().last_offset, 1, "a failed batch appends nothing");
+    assert!(matches!(
+        node.publish_batch("small", batch).await,
+        Err(Error::MessageTooLarge { .. })
+    ));
+    assert_eq!(
+        node.inspect("small").await.unwrap().last_offset,
+        1,
+        "a failed batch appends nothing"
+    );
     let mut zero = SettingsChange::default();
     zero.max_len = Some(0);
-    assert!(matches!(node.configure("small", zero).await, Err(Error::InvalidSettings(_))));
+    assert!(matches!(
+        node.configure("small", zero).await,
+        Err(Error::InvalidSettings(_))
+    ));
     assert!(node.publish("x", Message::new("k").key("")).await.is_err());
     let keys: HashSet<u64> = [node.inspect("healthy").await.unwrap().last_offset].into();
     assert_eq!(keys, HashSet::from([1]));

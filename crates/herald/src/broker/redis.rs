@@ -116,6 +116,17 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// The URL schemes the Redis client understands.
+const URL_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+unix",
+    "unix",
+    "valkey",
+    "valkeys",
+    "valkey+unix",
+];
+
 /// Whether retrying the same command later may succeed.
 fn is_transient(e: &RedisError) -> bool {
     if e.kind() == RedisKind::AuthenticationFailed {
@@ -143,7 +154,13 @@ impl RedisBroker {
         let target = redact(&opts.url);
         let client = redis::Client::open(opts.url.as_str()).map_err(|e| Error::InvalidUrl {
             url: target.clone(),
-            reason: e.to_string(),
+            // "did not parse" says little when only the scheme is wrong (http://...).
+            reason: match opts.url.split_once("://") {
+                Some((scheme, _)) if !URL_SCHEMES.contains(&scheme) => {
+                    format!("unsupported scheme {scheme:?}")
+                }
+                _ => e.to_string(),
+            },
         })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.response_timeout))
@@ -165,15 +182,18 @@ impl RedisBroker {
                     });
                 }
                 Err(e) => {
-                    if started.elapsed() + delay > opts.connect_deadline {
+                    // Give up only once the deadline has passed, never before it.
+                    let elapsed = started.elapsed();
+                    if elapsed >= opts.connect_deadline {
                         return Err(Error::Unreachable {
                             target,
-                            waited: started.elapsed(),
+                            waited: elapsed,
                             reason: e.to_string(),
                         });
                     }
-                    tracing::warn!(target = %target, error = %e, retry_in = ?delay, "Redis unreachable, retrying");
-                    tokio::time::sleep(delay).await;
+                    let pause = delay.min(opts.connect_deadline - elapsed);
+                    tracing::warn!(target = %target, error = %e, retry_in = ?pause, "Redis unreachable, retrying");
+                    tokio::time::sleep(pause).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
@@ -216,9 +236,40 @@ impl RedisBroker {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(500));
                 }
-                Err(e) => return Err(self.classify(operation, topic, e)),
+                Err(e) => {
+                    let mut err = self.classify(operation, topic, e);
+                    if let Error::WrongType { key, .. } = &mut err {
+                        if let Some(foreign) = self.foreign_key(topic).await {
+                            *key = foreign;
+                        }
+                    }
+                    return Err(err);
+                }
             }
         }
+    }
+
+    /// The first of the topic's keys that holds a type Herald never writes there, so that a
+    /// WRONGTYPE error (which does not say which key) can name it.
+    async fn foreign_key(&self, topic: &str) -> Option<String> {
+        let k = &self.inner.keys;
+        let expected = [
+            (k.meta(topic), "hash"),
+            (k.log(topic), "stream"),
+            (k.settings(topic), "hash"),
+            (k.cursors(topic), "hash"),
+        ];
+        let mut pipe = redis::pipe();
+        for (key, _) in &expected {
+            pipe.cmd("TYPE").arg(key);
+        }
+        let mut conn = self.inner.conn.clone();
+        let types: Vec<String> = pipe.query_async(&mut conn).await.ok()?;
+        expected
+            .into_iter()
+            .zip(types)
+            .find(|((_, want), got)| got != "none" && got != want)
+            .map(|((key, _), _)| key)
     }
 
     /// Turns a permanent Redis error into Herald's error.

@@ -13,6 +13,7 @@
 --
 -- Returns {epoch, offset_1, duplicate_1, ..., offset_N, duplicate_N}.
 -- All checks run before the first write, so a failed publish writes nothing.
+-- Redis >= 6.2 (XTRIM MINID); SPUBLISH needs Redis >= 7.0.
 
 if ARGV[1] ~= '1' then
   return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 1, not ' .. tostring(ARGV[1]))
@@ -25,16 +26,44 @@ if n < 1 or n ~= math.floor(n) or #KEYS ~= 3 + n then
 end
 
 -- Reads and checks (no writes yet).
+if notify ~= 'PUBLISH' and notify ~= 'SPUBLISH' then
+  return redis.error_reply('HERALD_ARGS ARGV[8] must be PUBLISH or SPUBLISH')
+end
 local have_settings = redis.call('EXISTS', settings) == 1
 local s = redis.call('HMGET', settings, 'max_len', 'max_age_ms', 'dedup_ms', 'max_size')
-local max_len = tonumber(s[1]) or tonumber(ARGV[4])
-local max_age = tonumber(s[2]) or tonumber(ARGV[5])
-local dedup_ms = tonumber(s[3]) or tonumber(ARGV[6])
-local max_size = tonumber(s[4]) or tonumber(ARGV[7])
+local function setting(stored, default, min, name)
+  local v = tonumber(stored)
+  if stored and (v == nil or v < min or v ~= math.floor(v)) then
+    return nil, 'HERALD_CORRUPT setting ' .. name .. ' holds ' .. tostring(stored)
+  end
+  v = v or tonumber(default)
+  if v == nil or v < min or v ~= math.floor(v) then
+    return nil, 'HERALD_ARGS default ' .. name .. ' must be an integer >= ' .. min
+  end
+  return v
+end
+local max_len, max_age, dedup_ms, max_size, bad
+max_len, bad = setting(s[1], ARGV[4], 1, 'max_len')
+if bad then return redis.error_reply(bad) end
+max_age, bad = setting(s[2], ARGV[5], 0, 'max_age_ms')
+if bad then return redis.error_reply(bad) end
+dedup_ms, bad = setting(s[3], ARGV[6], 1, 'dedup_ms')
+if bad then return redis.error_reply(bad) end
+max_size, bad = setting(s[4], ARGV[7], 1, 'max_size')
+if bad then return redis.error_reply(bad) end
 for i = 0, n - 1 do
-  local size = #ARGV[11 + i * 3]
-  if size > max_size then
-    return redis.error_reply('HERALD_TOO_LARGE ' .. i .. ' ' .. size .. ' ' .. max_size)
+  local key, headers, data = ARGV[9 + i * 3], ARGV[10 + i * 3], ARGV[11 + i * 3]
+  if #key == 0 then
+    return redis.error_reply('HERALD_ARGS message ' .. i .. ' has an empty idempotency key')
+  end
+  if #data > max_size then
+    return redis.error_reply('HERALD_TOO_LARGE ' .. i .. ' ' .. #data .. ' ' .. max_size)
+  end
+  if headers ~= '' then
+    local ok, h = pcall(cjson.decode, headers)
+    if not ok or type(h) ~= 'table' then
+      return redis.error_reply('HERALD_ARGS message ' .. i .. ' headers are not a JSON object')
+    end
   end
 end
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -44,13 +73,6 @@ if epoch then
   if not last then
     return redis.error_reply('HERALD_CORRUPT meta field "last" is not a number')
   end
-  local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  if top[1] then
-    local top_offset = tonumber(string.match(top[1][1], '^(%d+)%-0$'))
-    if top_offset == nil or top_offset > last then
-      return redis.error_reply('HERALD_CORRUPT log entry ' .. top[1][1] .. ' was not written by Herald (last offset is ' .. last .. ')')
-    end
-  end
 else
   redis.call('XLEN', log) -- fails with WRONGTYPE before any write if the log key is foreign
 end
@@ -59,16 +81,14 @@ for i = 1, n do
   prev[i] = redis.call('GET', KEYS[3 + i])
 end
 
--- Writes.
+-- Writes. The first XADD is the first write for an existing epoch; it is checked, so that a
+-- log holding foreign entries past `last` refuses the publish before anything is written.
 local t = redis.call('TIME')
 local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-if not have_settings then
-  redis.call('HSET', settings, 'max_len', max_len, 'max_age_ms', max_age, 'dedup_ms', dedup_ms, 'max_size', max_size)
-end
-if not epoch then
+local new_epoch = not epoch
+if new_epoch then
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
   redis.call('DEL', log)
-  redis.call('HSET', meta, 'epoch', epoch, 'last', 0)
 end
 
 local function field(x)
@@ -94,10 +114,15 @@ for i = 1, n do
   else
     last = last + 1
     local offset = string.format('%d', last)
+    local added
     if headers == '' then
-      redis.call('XADD', log, offset .. '-0', 'k', key, 'n', node, 't', now_ms, 'd', data)
+      added = redis.pcall('XADD', log, offset .. '-0', 'k', key, 'n', node, 't', now_ms, 'd', data)
     else
-      redis.call('XADD', log, offset .. '-0', 'k', key, 'n', node, 't', now_ms, 'h', headers, 'd', data)
+      added = redis.pcall('XADD', log, offset .. '-0', 'k', key, 'n', node, 't', now_ms, 'h', headers, 'd', data)
+    end
+    if type(added) == 'table' and added.err then
+      -- Only the first XADD can fail (later IDs are higher still): nothing is written yet.
+      return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (last - 1) .. ': ' .. added.err)
     end
     redis.call('SET', KEYS[3 + i], epoch .. ':' .. offset, 'PX', dedup_ms)
     seen[key] = last
@@ -109,8 +134,15 @@ for i = 1, n do
   end
 end
 
-if count > 0 then
+if not have_settings then
+  redis.call('HSET', settings, 'max_len', max_len, 'max_age_ms', max_age, 'dedup_ms', dedup_ms, 'max_size', max_size)
+end
+if new_epoch then
+  redis.call('HSET', meta, 'epoch', epoch, 'last', string.format('%d', last))
+elseif count > 0 then
   redis.call('HSET', meta, 'last', string.format('%d', last))
+end
+if count > 0 then
   redis.call('XTRIM', log, 'MAXLEN', max_len)
   if max_age > 0 then
     -- Trim by age, a bounded amount of work per publish.

@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""A Herald client that Herald did not write: Python's `redis` package plus the procedure of
+docs/PROTOCOL.md (wire protocol version 1). Used by crates/herald/tests/interop.rs.
+
+Subcommands (all output is JSON, one object per line, on standard output):
+
+  publish URL NS TOPIC MESSAGES [--node ID] [--protocol V] [--defaults L A D S] [--notify CMD]
+      MESSAGES is a JSON array of {"key": str, "data": str | "data_hex": hex, "headers": {..}};
+      they are published in one atomic step (one EVALSHA of publish.lua). Prints
+      {"epoch": int, "results": [{"offset": int, "duplicate": bool}, ...]}, or on a Redis error
+      {"error": CODE, "message": text} and exits with status 3.
+  read URL NS TOPIC FROM [--chunk N]
+      Reads history from offset FROM with read.lua, N entries per call. Prints one object per
+      entry, then {"event": "end", "epoch": .., "first": .., "last": ..}.
+  subscribe URL NS TOPIC N [--timeout SECS]
+      SUBSCRIBEs to the topic's live channel, prints {"event": "subscribed"} once the
+      subscription is confirmed, then one {"event": "frame", ...} object per notification, and
+      exits after N frames (status 4 if they do not arrive within SECS).
+
+An entry is printed as {"epoch", "offset", "key", "node", "published_at", "headers",
+"data_hex", "data"} ("data" only when the payload is UTF-8).
+
+Only the standard library and `redis` are used.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+try:
+    import redis
+except ImportError:  # pragma: no cover - reported to the Rust test
+    sys.stderr.write("python module 'redis' is missing; run scripts/test.sh to install it\n")
+    sys.exit(5)
+
+PROTOCOL = "1"
+LUA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "broker", "lua")
+# Defaults for a topic that has no settings hash yet (ARGV[4..7]): the library's defaults.
+DEFAULTS = ["100000", "0", "120000", "1048576"]
+ENTRY_ID = re.compile(rb"^([0-9]+)-0$")
+
+
+# -- keys (docs/PROTOCOL.md, "Key layout") ------------------------------------------------
+
+def key(ns, topic, what):
+    return "%s:{%s}:%s" % (ns, topic, what)
+
+
+def dedup_key(ns, topic, idempotency_key):
+    return "%s:{%s}:dedup:%s" % (ns, topic, idempotency_key)
+
+
+# -- scripts -------------------------------------------------------------------------------
+
+class Script:
+    """SCRIPT LOAD once, then EVALSHA; reload on NOSCRIPT (e.g. after a Redis restart)."""
+
+    def __init__(self, r, name):
+        with open(os.path.join(LUA_DIR, name), "rb") as f:
+            self.source = f.read()
+        self.r = r
+        self.sha = r.script_load(self.source)
+
+    def __call__(self, keys, args):
+        try:
+            return self.r.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self.sha = self.r.script_load(self.source)
+            return self.r.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def connect(url):
+    # Bytes in, bytes out: payloads are arbitrary bytes.
+    return redis.Redis.from_url(url, decode_responses=False, socket_timeout=10)
+
+
+# -- decoding (docs/PROTOCOL.md, "Stream entries" and "Live notifications") ----------------
+
+def decode_headers(raw):
+    if raw == b"":
+        return {}
+    h = json.loads(raw.decode("utf-8"))
+    if not isinstance(h, dict) or not all(isinstance(v, str) for v in h.values()):
+        raise ValueError("headers are not a JSON object of strings")
+    return h
+
+
+def entry_json(epoch, offset, key_, node, published_at, headers, data):
+    out = {
+        "epoch": epoch,
+        "offset": offset,
+        "key": key_.decode("utf-8"),
+        "node": node.decode("utf-8"),
+        "published_at": published_at,
+        "headers": headers,
+        "data_hex": data.hex(),
+    }
+    try:
+        out["data"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    return out
+
+
+def decode_entry(epoch, last, raw):
+    """One XRANGE item -> entry dict, or None for a foreign entry (skipped with a warning)."""
+    entry_id, flat = raw[0], raw[1]
+    m = ENTRY_ID.match(entry_id)
+    offset = int(m.group(1)) if m else 0
+    if not (1 <= offset <= last):
+        sys.stderr.write("skipping foreign entry %r\n" % entry_id)
+        return None
+    if isinstance(flat, dict):  # RESP3 clients may hand back a map
+        fields = dict(flat)
+    else:
+        fields = dict(zip(flat[0::2], flat[1::2]))
+    try:
+        for f in (b"k", b"n", b"t", b"d"):
+            if f not in fields:
+                raise ValueError("missing field %s" % f.decode())
+        return entry_json(epoch, offset, fields[b"k"], fields[b"n"], int(fields[b"t"]),
+                          decode_headers(fields.get(b"h", b"")), fields[b"d"])
+    except (ValueError, UnicodeDecodeError) as e:
+        return {"epoch": epoch, "offset": offset, "corrupt": str(e)}
+
+
+class FrameReader:
+    def __init__(self, buf):
+        self.buf, self.pos = buf, 0
+
+    def field(self):
+        colon = self.buf.find(b":", self.pos, self.pos + 12)
+        if colon < 0:
+            raise ValueError("no field length at byte %d" % self.pos)
+        digits = self.buf[self.pos:colon]
+        if not digits.isdigit():
+            raise ValueError("bad field length at byte %d" % self.pos)
+        start, end = colon + 1, colon + 1 + int(digits)
+        if end > len(self.buf):
+            raise ValueError("field at byte %d runs past the end" % self.pos)
+        self.pos = end
+        return self.buf[start:end]
+
+    def number(self):
+        f = self.field()
+        if not f.isdigit():
+            raise ValueError("%r is not a number" % f)
+        return int(f)
+
+
+def decode_frame(buf):
+    r = FrameReader(buf)
+    tag = r.field()
+    if tag != b"h1":
+        raise ValueError("unknown frame version %r" % tag)
+    epoch, first, count = r.number(), r.number(), r.number()
+    entries = []
+    for i in range(count):
+        k, n = r.field(), r.field()
+        t = r.number()
+        h = decode_headers(r.field())
+        d = r.field()
+        entries.append(entry_json(epoch, first + i, k, n, t, h, d))
+    if r.pos != len(buf):
+        raise ValueError("trailing bytes after the last entry")
+    return {"event": "frame", "epoch": epoch, "first": first, "count": count,
+            "entries": entries, "raw_hex": buf.hex()}
+
+
+# -- subcommands ---------------------------------------------------------------------------
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_publish(a):
+    r = connect(a.url)
+    messages = json.loads(a.messages)
+    keys = [key(a.ns, a.topic, "meta"), key(a.ns, a.topic, "log"), key(a.ns, a.topic, "settings")]
+    argv = [a.protocol, key(a.ns, a.topic, "live"), a.node] + list(a.defaults) + [a.notify]
+    for m in messages:
+        keys.append(dedup_key(a.ns, a.topic, m["key"]))
+        headers = m.get("headers") or {}
+        argv.append(m["key"])
+        argv.append(json.dumps(headers, separators=(",", ":"), sort_keys=True) if headers else "")
+        argv.append(bytes.fromhex(m["data_hex"]) if "data_hex" in m else m["data"].encode("utf-8"))
+    try:
+        reply = Script(r, "publish.lua")(keys, argv)
+    except redis.exceptions.ResponseError as e:
+        text = str(e)
+        code = text.split(" ", 1)[0]
+        # redis-py strips the generic "ERR " prefix; coded errors keep their code.
+        emit({"error": code if re.fullmatch(r"[A-Z_]+", code) else "ERR", "message": text})
+        return 3
+    # {epoch, offset_1, duplicate_1, ...}
+    epoch = int(reply[0])
+    pairs = reply[1:]
+    emit({"epoch": epoch,
+          "results": [{"offset": int(pairs[i]), "duplicate": int(pairs[i + 1]) == 1}
+                      for i in range(0, len(pairs), 2)]})
+    return 0
+
+
+def cmd_read(a):
+    r = connect(a.url)
+    read = Script(r, "read.lua")
+    meta, log = key(a.ns, a.topic, "meta"), key(a.ns, a.topic, "log")
+    nxt = max(a.from_, 1)
+    while True:
+        epoch, last, first, entries = read([meta, log], [nxt, a.chunk])
+        epoch = None if epoch is None else int(epoch)
+        last, first = int(last), int(first)
+        if epoch is None:
+            break
+        for raw in entries:
+            e = decode_entry(epoch, last, raw)
+            if e is not None:
+                emit(e)
+            m = ENTRY_ID.match(raw[0])
+            if m:
+                nxt = max(nxt, int(m.group(1)) + 1)
+        if len(entries) < a.chunk:
+            break
+    emit({"event": "end", "epoch": epoch, "first": first, "last": last})
+    return 0
+
+
+def cmd_subscribe(a):
+    r = connect(a.url)
+    p = r.pubsub()
+    channel = key(a.ns, a.topic, "live").encode()
+    p.subscribe(channel)
+    deadline = time.monotonic() + a.timeout
+    confirmed = False
+    frames = 0
+    while frames < a.n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            sys.stderr.write("timed out: %d of %d frames\n" % (frames, a.n))
+            return 4
+        msg = p.get_message(timeout=min(left, 1.0))
+        if msg is None:
+            continue
+        if msg["type"] == "subscribe" and msg["channel"] == channel:
+            confirmed = True
+            emit({"event": "subscribed", "channel": channel.decode()})
+        elif msg["type"] == "message" and confirmed:
+            try:
+                emit(decode_frame(msg["data"]))
+            except ValueError as e:
+                emit({"event": "bad_frame", "reason": str(e), "raw_hex": msg["data"].hex()})
+            frames += 1
+    p.close()
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("publish")
+    p.add_argument("url")
+    p.add_argument("ns")
+    p.add_argument("topic")
+    p.add_argument("messages")
+    p.add_argument("--node", default="python-%d" % os.getpid())
+    p.add_argument("--protocol", default=PROTOCOL)
+    p.add_argument("--defaults", nargs=4, default=DEFAULTS,
+                   metavar=("MAX_LEN", "MAX_AGE_MS", "DEDUP_MS", "MAX_SIZE"))
+    p.add_argument("--notify", default="PUBLISH")
+    p.set_defaults(run=cmd_publish)
+
+    p = sub.add_parser("read")
+    p.add_argument("url")
+    p.add_argument("ns")
+    p.add_argument("topic")
+    p.add_argument("from_", metavar="FROM", type=int)
+    p.add_argument("--chunk", type=int, default=100)
+    p.set_defaults(run=cmd_read)
+
+    p = sub.add_parser("subscribe")
+    p.add_argument("url")
+    p.add_argument("ns")
+    p.add_argument("topic")
+    p.add_argument("n", type=int)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(run=cmd_subscribe)
+
+    a = ap.parse_args()
+    return a.run(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

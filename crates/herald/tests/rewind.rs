@@ -1,0 +1,79 @@
+//! A log that goes back within one epoch (Redis lost its newest writes, as after a failover
+//! with asynchronous replication) must never be skipped silently: subscribers get a `Reset`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use herald::{Event, Herald, Start};
+use support::{messages, next_event, RedisServer};
+
+/// Simulates the loss of every entry after `keep`: what a replica promoted before it received
+/// them would hold.
+fn lose_tail(server: &RedisServer, topic: &str, keep: u64, last: u64) {
+    for o in keep + 1..=last {
+        let _: u64 = server.cmd(&["XDEL", &format!("herald:{{{topic}}}:log"), &format!("{o}-0")]);
+    }
+    // XDEL leaves the stream's last ID where it was; a replica that never saw the entries has
+    // a lower one.
+    let _: () = server.cmd(&["XSETID", &format!("herald:{{{topic}}}:log"), &format!("{keep}-0")]);
+    let _: u64 = server.cmd(&["HSET", &format!("herald:{{{topic}}}:meta"), "last", &keep.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_offsets_become_a_reset_not_a_silent_skip() {
+    let server = RedisServer::start();
+    let node = Herald::builder()
+        .redis(server.url())
+        .poll_interval(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = node.subscribe(["t"]).from(Start::Earliest).await.unwrap();
+    for i in 1..=3 {
+        node.publish("t", format!("old{i}")).await.unwrap();
+    }
+    assert_eq!(messages(&mut sub, 3).await.len(), 3);
+    lose_tail(&server, "t", 1, 3);
+    // New messages reuse offsets 2, 3, 4: the subscriber had delivered other messages at 2, 3.
+    for i in 2..=4 {
+        assert_eq!(node.publish("t", format!("new{i}")).await.unwrap().offset, i);
+    }
+    match next_event(&mut sub).await {
+        Event::Reset { previous_epoch, epoch, last_delivered, .. } => {
+            assert_eq!(previous_epoch, epoch);
+            assert_eq!(last_delivered, 3);
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let again = messages(&mut sub, 4).await;
+    let payloads: Vec<&str> = again.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(payloads, ["old1", "new2", "new3", "new4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_shorter_than_what_was_delivered_is_a_reset() {
+    let server = RedisServer::start();
+    let node = Herald::builder()
+        .redis(server.url())
+        .poll_interval(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = node.subscribe(["t"]).from(Start::Earliest).await.unwrap();
+    for i in 1..=5 {
+        node.publish("t", format!("m{i}")).await.unwrap();
+    }
+    assert_eq!(messages(&mut sub, 5).await.len(), 5);
+    lose_tail(&server, "t", 2, 5);
+    // No publish needed: the periodic check sees the log end below what was delivered.
+    match next_event(&mut sub).await {
+        Event::Reset { last_delivered, .. } => assert_eq!(last_delivered, 5),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert_eq!(messages(&mut sub, 2).await.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
+    node.publish("t", "m3 again").await.unwrap();
+    assert_eq!(messages(&mut sub, 1).await, [(3, "m3 again".to_string())]);
+}
