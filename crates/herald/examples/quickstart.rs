@@ -24,13 +24,18 @@ async fn main() -> Result<(), herald::Error> {
     // Every node subscribes before anyone publishes.
     let mut subs = Vec::new();
     for node in &nodes {
-        subs.push(node.subscribe([topic.as_str()]).from(Start::Earliest).await?);
+        subs.push(
+            node.subscribe([topic.as_str()])
+                .from(Start::Earliest)
+                .await?,
+        );
     }
 
     // Each node publishes two messages; the idempotency key makes retries harmless.
     for (i, node) in nodes.iter().enumerate() {
         for n in 0..2 {
-            let m = Message::new(format!("hello {n} from node-{}", i + 1)).key(format!("node-{}-{n}", i + 1));
+            let m = Message::new(format!("hello {n} from node-{}", i + 1))
+                .key(format!("node-{}-{n}", i + 1));
             let receipt = node.publish(&topic, m).await?;
             println!("node-{} published at offset {}", i + 1, receipt.offset);
         }

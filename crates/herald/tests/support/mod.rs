@@ -57,9 +57,39 @@ impl RedisServer {
             if server.spawn() {
                 return server;
             }
-            eprintln!("redis-server did not start on port {} (attempt {attempt}); retrying", server.port);
+            eprintln!(
+                "redis-server did not start on port {} (attempt {attempt}); retrying",
+                server.port
+            );
         }
-        panic!("redis-server could not be started; see {}", server.log_path().display());
+        panic!(
+            "redis-server could not be started; see {}",
+            server.log_path().display()
+        );
+    }
+
+    /// A server on the given port (which must be free), with extra arguments; panics if it
+    /// does not come up within 10 s.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        if !server.spawn() {
+            panic!(
+                "redis-server could not be started on port {port}; see {}",
+                server.log_path().display()
+            );
+        }
+        server
+    }
+
+    /// The server's log so far (empty if it cannot be read).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
@@ -77,19 +107,28 @@ impl RedisServer {
     /// Starts the process and waits (bounded) until it answers PING.
     fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--protected-mode", "no"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--logfile")
-            .arg(self.log_path())
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "no",
+        ])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(self.dir.path())
+        .arg("--logfile")
+        .arg(self.log_path())
+        .args(&self.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => panic!("cannot run redis-server ({e}); install it (apt-get install redis-server)"),
+            Err(e) => {
+                panic!("cannot run redis-server ({e}); install it (apt-get install redis-server)")
+            }
         };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -136,7 +175,10 @@ impl RedisServer {
 
     /// A synchronous connection for test setup and fault injection.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection_with_timeout(Duration::from_secs(5)).unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap()
     }
 
     /// Runs one command and returns its reply.
@@ -145,7 +187,8 @@ impl RedisServer {
         for a in &args[1..] {
             c.arg(*a);
         }
-        c.query(&mut self.conn()).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        c.query(&mut self.conn())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 }
 
@@ -172,7 +215,9 @@ impl Backend {
 
     /// A node (a handle with its own connections) on this backend.
     pub async fn node(&self, id: &str) -> Herald {
-        let b = Herald::builder().node_id(id).poll_interval(Duration::from_millis(200));
+        let b = Herald::builder()
+            .node_id(id)
+            .poll_interval(Duration::from_millis(200));
         let b = match self {
             Backend::Embedded(broker) => b.embedded(broker.clone()),
             Backend::Redis(server) => b.redis(server.url()),
@@ -216,7 +261,9 @@ pub async fn messages(sub: &mut Subscription, n: usize) -> Vec<(u64, String)> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         match next_event(sub).await {
-            Event::Message(d) => out.push((d.offset, String::from_utf8_lossy(&d.payload).into_owned())),
+            Event::Message(d) => {
+                out.push((d.offset, String::from_utf8_lossy(&d.payload).into_owned()))
+            }
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -122,6 +122,9 @@ for i = 1, n do
     end
     if type(added) == 'table' and added.err then
       -- Only the first XADD can fail (later IDs are higher still): nothing is written yet.
+      if string.sub(added.err, 1, 9) == 'WRONGTYPE' then
+        return redis.error_reply(added.err) -- a foreign type, not foreign entries
+      end
       return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (last - 1) .. ': ' .. added.err)
     end
     redis.call('SET', KEYS[3 + i], epoch .. ':' .. offset, 'PX', dedup_ms)
