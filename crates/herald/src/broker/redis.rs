@@ -225,15 +225,17 @@ impl RedisBroker {
             match attempt(self.inner.conn.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) => {
-                    if started.elapsed() + delay > deadline {
+                    let elapsed = started.elapsed();
+                    if elapsed >= deadline {
                         return Err(Error::Timeout {
                             operation,
-                            waited: started.elapsed(),
+                            waited: elapsed,
                             reason: e.to_string(),
                         });
                     }
-                    tracing::debug!(operation, error = %e, retry_in = ?delay, "transient Redis error, retrying");
-                    tokio::time::sleep(delay).await;
+                    let pause = delay.min(deadline - elapsed);
+                    tracing::debug!(operation, error = %e, retry_in = ?pause, "transient Redis error, retrying");
+                    tokio::time::sleep(pause).await;
                     delay = (delay * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => {

@@ -1,0 +1,166 @@
+//! Herald under the same workloads as the baselines.
+//!
+//! The publisher is one Herald handle; each subscriber is its own Herald handle (its own
+//! Redis connections, as a separate node would have) with `subscribe([topic])
+//! .from(Start::Earliest)` and the default buffer. At full speed the publisher calls
+//! `publish_batch` with 64 messages at a time (the baselines pipeline 64 commands); at a
+//! fixed rate it calls `publish` once per message, concurrently. Catch-up publishes the
+//! history with `publish_batch` (1000 at a time), then a new subscriber reads it from the
+//! earliest message to the end. Gap, reset and error events count as errors, and whatever
+//! they hide is counted as lost.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use herald::{Event, Herald, Start, Subscription};
+use tokio::sync::watch;
+
+use super::cases::{
+    drive_fan_out, prefill, FanOutRun, Measured, Publisher, RunCounters, Tally, Tasks,
+};
+use super::{BenchError, Ctx};
+
+/// Publishes to one topic through one handle.
+struct HeraldPublisher {
+    node: Herald,
+    topic: String,
+}
+
+impl Publisher for HeraldPublisher {
+    async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        self.node
+            .publish_batch(&self.topic, payloads)
+            .await
+            .map(|_| ())
+            .map_err(|e| BenchError::herald("publish_batch", e))
+    }
+
+    async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let sends = payloads
+            .into_iter()
+            .map(|p| self.node.publish(&self.topic, p));
+        futures::future::try_join_all(sends)
+            .await
+            .map(|_| ())
+            .map_err(|e| BenchError::herald("publish", e))
+    }
+}
+
+/// A handle of its own for `node_id`.
+async fn connect(ctx: &Ctx, node_id: String) -> Result<Herald, BenchError> {
+    let mut defaults = herald::TopicSettings::default();
+    // History must hold a whole case, so that a subscriber that falls behind can catch up
+    // rather than lose messages to retention (the baselines keep everything too).
+    defaults.max_len = defaults.max_len.max(ctx.herald_max_len);
+    Herald::builder()
+        .redis(ctx.url.clone())
+        .namespace(ctx.prefix.clone())
+        .node_id(node_id)
+        .topic_defaults(defaults)
+        .connect()
+        .await
+        .map_err(|e| BenchError::herald("connect", e))
+}
+
+/// Receives events into `tally` until it has `until` messages, `stop` fires, or the
+/// subscription ends.
+async fn consume(
+    sub: &mut Subscription,
+    tally: &mut Tally,
+    until: u64,
+    stop: &mut watch::Receiver<bool>,
+) {
+    while tally.delivered < until {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            event = sub.next() => match event {
+                Some(Ok(Event::Message(d))) => tally.message(&d.payload),
+                Some(Ok(Event::Gap { from, to, reason, .. })) => {
+                    tally.error(format!("gap {from}..={to} ({reason:?})"));
+                }
+                Some(Ok(Event::Reset { previous_epoch, epoch, .. })) => {
+                    tally.error(format!("reset from epoch {previous_epoch} to {epoch}"));
+                }
+                Some(Ok(other)) => tally.error(format!("unexpected event {other:?}")),
+                Some(Err(e)) => tally.error(e.to_string()),
+                None => {
+                    tally.error("the subscription ended");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Fan-out through Herald.
+pub(crate) async fn fan_out(
+    ctx: &Ctx,
+    run: &FanOutRun,
+    topic: &str,
+) -> Result<Measured, BenchError> {
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Tasks::new();
+    for i in 0..run.case.subscribers() {
+        let node = connect(ctx, format!("bench-sub-{i}")).await?;
+        let mut sub = node
+            .subscribe([topic])
+            .from(Start::Earliest)
+            .await
+            .map_err(|e| BenchError::herald("subscribe", e))?;
+        let mut tally = Tally::new(run.base, Arc::clone(&run.counters), run.case.messages, true)?;
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            consume(&mut sub, &mut tally, u64::MAX, &mut stopped).await;
+            drop(sub);
+            drop(node);
+            tally
+        }));
+    }
+    let mut publisher = HeraldPublisher {
+        node: connect(ctx, "bench-pub".into()).await?,
+        topic: topic.to_string(),
+    };
+    drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
+}
+
+/// Catch-up through Herald: publish `n` messages, then one new subscriber reads them all.
+pub(crate) async fn catch_up(
+    ctx: &Ctx,
+    n: u64,
+    payload: usize,
+    topic: &str,
+    counters: &Arc<RunCounters>,
+) -> Result<Measured, BenchError> {
+    let mut publisher = HeraldPublisher {
+        node: connect(ctx, "bench-pub".into()).await?,
+        topic: topic.to_string(),
+    };
+    let publish_elapsed = prefill(
+        &mut publisher,
+        ctx.base,
+        n,
+        payload,
+        counters,
+        ctx.run_timeout,
+    )
+    .await?;
+    let node = connect(ctx, "bench-catchup".into()).await?;
+    let mut tally = Tally::new(ctx.base, Arc::clone(counters), n, false)?;
+    let (_stop, mut stopped) = watch::channel(false);
+    let started = Instant::now();
+    let mut sub = node
+        .subscribe([topic])
+        .from(Start::Earliest)
+        .await
+        .map_err(|e| BenchError::herald("subscribe", e))?;
+    let read = consume(&mut sub, &mut tally, n, &mut stopped);
+    if tokio::time::timeout(ctx.run_timeout, read).await.is_err() {
+        tally.error(format!(
+            "reading did not finish within {:?}",
+            ctx.run_timeout
+        ));
+    }
+    Measured::from_tallies(n, publish_elapsed, n, started, vec![tally])
+}

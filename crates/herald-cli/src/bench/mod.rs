@@ -1,0 +1,655 @@
+//! `herald bench`: Herald side by side with raw Redis, in one run on one machine (SPEC §7).
+//!
+//! The benchmark starts its own `redis-server` on a free loopback port ([`server`]) unless
+//! given the URL of one (loopback only), then runs every case ([`cases`]) on each system:
+//! raw Pub/Sub and raw Streams ([`baseline`]) first, Herald ([`herald_case`]) last, so that
+//! Herald's row carries its ratios to both. A progress bar runs on standard error; the
+//! results ([`report`]) are a table on standard output at the end, or with `--json` one JSON
+//! object per run as each finishes. Every run is bounded in count and time and counts the
+//! messages that never arrived as lost. On Ctrl-C the runs stop, the private server is killed
+//! (or, on a given Redis, the benchmark's keys are deleted) and the results so far are shown.
+
+mod baseline;
+mod cases;
+mod herald_case;
+mod report;
+mod server;
+
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use redis::ConnectionAddr;
+use tokio::task::JoinHandle;
+
+use cases::{Case, FanOutRun, RunCounters, Shape, System};
+use report::Row;
+use server::RedisServer;
+
+/// Options of `herald bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Messages published per fan-out case [default: 50000, or 2000 with --quick]
+    #[arg(long, value_name = "N")]
+    pub(crate) messages: Option<u64>,
+    /// How far behind the catch-up subscriber starts, in messages [default: 1000000, or 20000
+    /// with --quick]
+    #[arg(long, value_name = "N")]
+    pub(crate) catchup: Option<u64>,
+    /// A short smoke run: 2000 messages per case and a catch-up of 20000
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// The fixed publishing rate of the latency cases, in messages per second
+    #[arg(long, value_name = "MSG_PER_S", default_value_t = 10_000)]
+    pub(crate) rate: u64,
+    /// Run only the cases whose name contains one of these, e.g. `fan16-128B-max,catchup`
+    /// (names: fan{1,4,16}-{128B,4KiB}-{max,RATE/s}, catchup-128B)
+    #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
+    pub(crate) cases: Vec<String>,
+    /// Run only these systems (Herald's ratios need the baselines in the same run)
+    #[arg(long, value_name = "SYSTEM,...", value_delimiter = ',', value_enum)]
+    pub(crate) systems: Vec<System>,
+    /// Longest publishing phase of one run, and longest catch-up read, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub(crate) run_timeout: u64,
+    /// How long to wait for deliveries after publishing ends before counting the rest as lost,
+    /// in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+    /// Print one JSON object per run (as each finishes) instead of the table
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// The redis-server program to start when no Redis URL is given
+    #[arg(long, value_name = "PATH", default_value = "redis-server")]
+    pub(crate) redis_server: PathBuf,
+}
+
+/// Why `herald bench` failed.
+#[derive(Debug)]
+pub(crate) enum BenchError {
+    /// Bad options.
+    Usage(String),
+    /// The private `redis-server` could not be started.
+    Server(String),
+    /// A Redis command failed.
+    Redis {
+        /// What was being done.
+        context: String,
+        /// Redis's error.
+        source: redis::RedisError,
+    },
+    /// A Herald operation failed.
+    Herald {
+        /// The operation.
+        context: String,
+        /// Herald's error.
+        source: herald::Error,
+    },
+    /// Redis answered something unexpected.
+    Protocol(String),
+    /// The benchmark itself failed.
+    Internal(String),
+    /// The results could not be written.
+    Output(std::io::Error),
+    /// Ctrl-C.
+    Interrupted,
+}
+
+impl BenchError {
+    /// A Redis error during `context`.
+    pub(crate) fn redis(context: &str, source: redis::RedisError) -> Self {
+        BenchError::Redis {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    /// A Herald error during `context`.
+    pub(crate) fn herald(context: &str, source: herald::Error) -> Self {
+        BenchError::Herald {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    /// The exit status of the `herald` command for this error (see `exit.rs`): 2 bad usage,
+    /// 3 Redis unreachable or too slow, 4 Redis refused, 1 anything else.
+    pub(crate) fn exit_status(&self) -> u8 {
+        match self {
+            BenchError::Usage(_) => 2,
+            BenchError::Redis { source, .. } => {
+                if source.is_io_error()
+                    || source.is_timeout()
+                    || source.is_connection_refusal()
+                    || source.is_connection_dropped()
+                {
+                    3
+                } else {
+                    4
+                }
+            }
+            BenchError::Herald { source, .. } => match source.kind() {
+                herald::ErrorKind::BadInput => 2,
+                herald::ErrorKind::Unreachable => 3,
+                herald::ErrorKind::Refused => 4,
+                _ => 1,
+            },
+            BenchError::Server(_)
+            | BenchError::Protocol(_)
+            | BenchError::Internal(_)
+            | BenchError::Output(_)
+            | BenchError::Interrupted => 1,
+        }
+    }
+}
+
+impl fmt::Display for BenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BenchError::Usage(m) => write!(f, "{m}"),
+            BenchError::Server(m) => write!(f, "benchmark Redis: {m}"),
+            BenchError::Redis { context, source } => write!(
+                f,
+                "benchmark: Redis failed to {context}: {source}; check that Redis is running \
+                 and not out of memory"
+            ),
+            BenchError::Herald { context, source } => {
+                write!(f, "benchmark: Herald {context} failed: {source}")
+            }
+            BenchError::Protocol(m) => write!(f, "benchmark: unexpected answer from Redis: {m}"),
+            BenchError::Internal(m) => write!(f, "benchmark: {m}"),
+            BenchError::Output(e) => write!(f, "cannot write the benchmark results: {e}"),
+            BenchError::Interrupted => write!(f, "benchmark interrupted"),
+        }
+    }
+}
+
+impl std::error::Error for BenchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BenchError::Redis { source, .. } => Some(source),
+            BenchError::Herald { source, .. } => Some(source),
+            BenchError::Output(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What every run shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    /// The Redis URL.
+    pub(crate) url: String,
+    /// A client for the raw baselines.
+    pub(crate) client: redis::Client,
+    /// Prefix of every key the benchmark writes, and Herald's namespace.
+    pub(crate) prefix: String,
+    /// The base of the timestamps in payloads.
+    pub(crate) base: Instant,
+    /// Longest publishing phase / catch-up read.
+    pub(crate) run_timeout: Duration,
+    /// How long deliveries are waited for after publishing.
+    pub(crate) drain_timeout: Duration,
+    /// Herald's topic history length: enough for a whole case.
+    pub(crate) herald_max_len: u64,
+    /// True for the benchmark's own server (cleaned with FLUSHDB).
+    private: bool,
+}
+
+/// Runs the benchmark. `redis` is the URL of an existing Redis to use instead of starting a
+/// private one (the command line's `--redis`, only when given explicitly); it must be on
+/// this machine.
+pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchError> {
+    let messages = args
+        .messages
+        .unwrap_or(if args.quick { 2_000 } else { 50_000 });
+    let catch_up = args
+        .catchup
+        .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
+    if messages == 0 || catch_up == 0 || args.rate == 0 {
+        return Err(BenchError::Usage(
+            "--messages, --catchup and --rate must be at least 1".into(),
+        ));
+    }
+    let runs: Vec<(Case, System)> = cases::plan(messages, catch_up, args.rate, &args.cases)
+        .into_iter()
+        .flat_map(|case| {
+            case.systems()
+                .iter()
+                .filter(|s| args.systems.is_empty() || args.systems.contains(s))
+                .map(move |s| (case.clone(), *s))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if runs.is_empty() {
+        return Err(BenchError::Usage(format!(
+            "no case matches --cases {} with --systems {}; case names are \
+             fan{{1,4,16}}-{{128B,4KiB}}-{{max,{}/s}} and catchup-128B",
+            args.cases.join(","),
+            if args.systems.is_empty() {
+                "(all)".to_string()
+            } else {
+                args.systems
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            args.rate
+        )));
+    }
+
+    let server = match &redis {
+        Some(url) => {
+            check_loopback(url)?;
+            None
+        }
+        None => Some(RedisServer::start(&args.redis_server).await?),
+    };
+    let url = match (&redis, &server) {
+        (Some(url), _) => url.clone(),
+        (None, Some(s)) => s.url(),
+        (None, None) => return Err(BenchError::Internal("no Redis to use".into())),
+    };
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| BenchError::Usage(format!("invalid Redis URL {url:?}: {e}")))?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let ctx = Ctx {
+        url,
+        client,
+        prefix: format!("herald-bench-{}-{stamp:x}", std::process::id()),
+        base: Instant::now(),
+        run_timeout: Duration::from_secs(args.run_timeout.max(1)),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        herald_max_len: messages.max(catch_up).saturating_add(1),
+        private: server.is_some(),
+    };
+    let version = redis_version(&ctx).await?;
+
+    let progress = Progress::new(runs.len());
+    let mut rows = Vec::new();
+    let outcome = tokio::select! {
+        r = run_all(&ctx, &runs, args.json, &progress, &mut rows) => r,
+        () = interrupted() => Err(BenchError::Interrupted),
+    };
+    progress.clear();
+    if !ctx.private {
+        // Best effort: a given Redis keeps none of the benchmark's keys.
+        let _ = tokio::time::timeout(Duration::from_secs(60), cleanup(&ctx)).await;
+    }
+    drop(server);
+
+    let peak = rows
+        .iter()
+        .filter_map(|r| r.peak_rss_kib)
+        .chain(report::peak_rss_kib())
+        .max();
+    let written = if args.json {
+        if let Some(kib) = peak {
+            eprintln!(
+                "herald bench: peak RSS of the process (publisher and all subscribers): {:.1} MiB",
+                kib as f64 / 1024.0
+            );
+        }
+        Ok(())
+    } else {
+        let notes = Notes {
+            version: &version,
+            private: ctx.private,
+            url: &ctx.url,
+            messages,
+            catch_up,
+            args: &args,
+            peak,
+        };
+        write_results(&rows, &notes)
+    };
+    match (outcome, written) {
+        (Err(BenchError::Output(e)), _) | (Ok(()), Err(e))
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            Ok(()) // the reader of our output is gone: stop quietly, like other filters
+        }
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(BenchError::Output(e)),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+/// Runs every (case, system) pair in order, appending to `rows`.
+async fn run_all(
+    ctx: &Ctx,
+    runs: &[(Case, System)],
+    json: bool,
+    progress: &Progress,
+    rows: &mut Vec<Row>,
+) -> Result<(), BenchError> {
+    for (i, (case, system)) in runs.iter().enumerate() {
+        let counters = Arc::new(RunCounters::default());
+        let label = format!("{} {}", case.name, system.name());
+        let _bar = progress.run_bar(label, case, &counters);
+        report::reset_peak_rss();
+        let key = format!("{}:raw:{i}", ctx.prefix);
+        let topic = format!("run-{i}");
+        let run = FanOutRun {
+            case: case.clone(),
+            base: ctx.base,
+            counters: Arc::clone(&counters),
+            publish_timeout: ctx.run_timeout,
+            drain_timeout: ctx.drain_timeout,
+        };
+        let m = match (case.shape, system) {
+            (Shape::FanOut { .. }, System::RedisPubsub) => {
+                baseline::pubsub_fan_out(ctx, &run, &key).await?
+            }
+            (Shape::FanOut { .. }, System::RedisStreams) => {
+                baseline::streams_fan_out(ctx, &run, &key).await?
+            }
+            (Shape::FanOut { .. }, System::Herald) => {
+                herald_case::fan_out(ctx, &run, &topic).await?
+            }
+            (Shape::CatchUp, System::RedisStreams) => {
+                baseline::streams_catch_up(ctx, case.messages, case.payload, &key, &counters)
+                    .await?
+            }
+            (Shape::CatchUp, System::Herald) => {
+                herald_case::catch_up(ctx, case.messages, case.payload, &topic, &counters).await?
+            }
+            (Shape::CatchUp, System::RedisPubsub) => {
+                return Err(BenchError::Internal(
+                    "Pub/Sub keeps no history, so it has no catch-up case".into(),
+                ))
+            }
+        };
+        let rss = report::peak_rss_kib();
+        let baselines: Vec<Row> = rows
+            .iter()
+            .filter(|r| r.case == case.name)
+            .cloned()
+            .collect();
+        let row = Row::new(case, *system, &m, rss, &baselines);
+        progress.println(&row.summary());
+        if json {
+            progress
+                .suspend(|| report::write_json(&mut std::io::stdout().lock(), &row))
+                .map_err(BenchError::Output)?;
+        }
+        rows.push(row);
+        cleanup(ctx).await?;
+        progress.overall.inc(1);
+    }
+    Ok(())
+}
+
+/// Resolves when Ctrl-C is pressed (never, if it cannot be listened for).
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Refuses a Redis that is not on this machine: the benchmark floods its target.
+fn check_loopback(url: &str) -> Result<(), BenchError> {
+    let client = redis::Client::open(url)
+        .map_err(|e| BenchError::Usage(format!("invalid Redis URL {url:?}: {e}")))?;
+    let host = match client.get_connection_info().addr() {
+        ConnectionAddr::Tcp(host, _) => host.clone(),
+        ConnectionAddr::TcpTls { host, .. } => host.clone(),
+        _ => return Ok(()), // a Unix socket is local
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(BenchError::Usage(format!(
+            "herald bench only runs against a Redis on this machine (127.0.0.1, ::1 or \
+             localhost), not {host:?}; omit --redis to let it start its own"
+        )))
+    }
+}
+
+/// A connection for housekeeping (slow commands allowed).
+async fn admin_connection(ctx: &Ctx) -> Result<redis::aio::MultiplexedConnection, BenchError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
+    ctx.client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| BenchError::redis("connect to Redis", e))
+}
+
+/// The server's `redis_version`.
+async fn redis_version(ctx: &Ctx) -> Result<String, BenchError> {
+    let mut conn = admin_connection(ctx).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| BenchError::redis("INFO server", e))?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("(unknown version)")
+        .trim()
+        .to_string())
+}
+
+/// Deletes what a run wrote: FLUSHDB on the private server, otherwise every key under the
+/// benchmark's prefix.
+async fn cleanup(ctx: &Ctx) -> Result<(), BenchError> {
+    let mut conn = admin_connection(ctx).await?;
+    if ctx.private {
+        return redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| BenchError::redis("FLUSHDB", e));
+    }
+    let pattern = format!("{}:*", ctx.prefix);
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| BenchError::redis("SCAN", e))?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| BenchError::redis("UNLINK", e))?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// What the notes under the table say.
+struct Notes<'a> {
+    version: &'a str,
+    private: bool,
+    url: &'a str,
+    messages: u64,
+    catch_up: u64,
+    args: &'a BenchArgs,
+    peak: Option<u64>,
+}
+
+/// The table, the errors seen and the notes, on standard output.
+fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    report::write_table(&mut out, rows)?;
+    writeln!(out)?;
+    for r in rows
+        .iter()
+        .filter(|r| r.errors > 0 || r.duplicates > 0 || r.reordered > 0)
+    {
+        writeln!(
+            out,
+            "{} {}: {} problem(s), {} duplicate(s), {} reordered; first problem: {}",
+            r.case,
+            r.system,
+            r.errors,
+            r.duplicates,
+            r.reordered,
+            r.first_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    let server = if n.private {
+        format!(
+            "a private redis-server {} on 127.0.0.1 (no persistence)",
+            n.version
+        )
+    } else {
+        format!("Redis {} at {}", n.version, n.url)
+    };
+    writeln!(
+        out,
+        "Redis: {server}. {} messages per fan-out case; catch-up {} messages behind.",
+        n.messages, n.catch_up
+    )?;
+    writeln!(
+        out,
+        "Full speed (rate max): the publisher sends batches of {} messages, one batch in flight: \
+         PUBLISH or XADD pipelined {0} at a time, Herald publish_batch of {0}.",
+        cases::FULL_SPEED_BATCH
+    )?;
+    writeln!(
+        out,
+        "Fixed rate: each message is sent on its own (PUBLISH, XADD, Herald publish), those due \
+         in the same tick concurrently on one connection."
+    )?;
+    writeln!(
+        out,
+        "Each subscriber has its own Redis connection; deliv/s counts every subscriber's \
+         deliveries. Latency: publish to delivery, from a timestamp in the payload, all \
+         subscribers merged (HDR histogram)."
+    )?;
+    writeln!(
+        out,
+        "Catch-up: history written in batches of {}, then one subscriber reads it all (Herald \
+         subscribe from Earliest; raw XRANGE COUNT {}); deliv/s is the read rate.",
+        cases::PREFILL_BATCH,
+        cases::READ_COUNT
+    )?;
+    writeln!(
+        out,
+        "lost = published x subscribers - distinct messages delivered; reordered = delivered after a \
+         later-published message (at a fixed rate, concurrent sends have no defined order). Each run: publishing at most {} s, \
+         deliveries awaited at most {} s after it. Ratios: Herald / baseline of the same case.",
+        n.args.run_timeout, n.args.drain_timeout
+    )?;
+    if let Some(kib) = n.peak {
+        writeln!(
+            out,
+            "Peak RSS of this process (publisher and all subscribers): {:.1} MiB.",
+            kib as f64 / 1024.0
+        )?;
+    }
+    out.flush()
+}
+
+/// The progress display on standard error (hidden when it is not a terminal).
+struct Progress {
+    multi: MultiProgress,
+    overall: ProgressBar,
+}
+
+/// A style from a template, or the default one.
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+impl Progress {
+    fn new(runs: usize) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let overall = multi.add(ProgressBar::new(runs as u64));
+        overall.set_style(style("herald bench [{elapsed_precise}] run {pos}/{len}"));
+        overall.tick();
+        Progress { multi, overall }
+    }
+
+    /// A bar for one run, updated from its counters until dropped.
+    fn run_bar(&self, label: String, case: &Case, counters: &Arc<RunCounters>) -> RunBar {
+        let expected = case.messages * case.subscribers() as u64;
+        let bar = self.multi.add(ProgressBar::new(expected));
+        bar.set_style(style("{prefix:32} [{bar:30}] {pos}/{len} delivered, {msg}"));
+        bar.set_prefix(label);
+        let (b, c, n) = (bar.clone(), Arc::clone(counters), case.messages);
+        let ticker = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                b.set_position(c.delivered.load(Ordering::Relaxed));
+                b.set_message(format!(
+                    "{}/{n} published",
+                    c.published.load(Ordering::Relaxed)
+                ));
+            }
+        });
+        RunBar { bar, ticker }
+    }
+
+    /// Prints a line above the bars.
+    fn println(&self, line: &str) {
+        let _ = self.multi.println(line);
+    }
+
+    /// Runs `f` with the bars hidden.
+    fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.multi.suspend(f)
+    }
+
+    /// Removes the bars.
+    fn clear(&self) {
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
+    }
+}
+
+/// The bar of the current run; removed when dropped.
+struct RunBar {
+    bar: ProgressBar,
+    ticker: JoinHandle<()>,
+}
+
+impl Drop for RunBar {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_redis() {
+        assert!(check_loopback("redis://127.0.0.1:6379").is_ok());
+        assert!(check_loopback("redis://localhost").is_ok());
+        assert!(check_loopback("redis://[::1]:6380/0").is_ok());
+        let e = check_loopback("redis://10.0.0.5:6379").unwrap_err();
+        assert_eq!(e.exit_status(), 2);
+        assert!(check_loopback("redis://example.com").is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! The `herald` subcommands, one module each, and what they share: the global options,
+//! connecting to Redis, and parsers for option values.
+//!
+//! Every command is `run(&GlobalArgs, Args) -> Result<(), Failure>`; `main` maps the
+//! [`Failure`] to a message and an exit status.
+
+pub(crate) mod configure;
+pub(crate) mod demo;
+pub(crate) mod inspect;
+pub(crate) mod publish;
+pub(crate) mod tail;
+
+use std::time::Duration;
+
+use clap::Args;
+use herald::Herald;
+
+use crate::exit::Failure;
+
+/// The Redis URL used when neither `--redis` nor `HERALD_REDIS_URL` is given.
+pub(crate) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// Options accepted by every command.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct GlobalArgs {
+    /// Redis to use: redis://[user:password@]host:port[/db], or rediss://... for TLS
+    /// [default: redis://127.0.0.1:6379; `herald demo` uses an in-process broker unless this
+    /// is given]
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub(crate) redis: Option<String>,
+
+    /// Prefix of every Redis key Herald uses, so that several applications share one Redis
+    #[arg(long, global = true, default_value = "herald", value_name = "NAME")]
+    pub(crate) namespace: String,
+
+    /// How long to keep retrying an unreachable Redis before giving up (exit status 3)
+    #[arg(
+        long,
+        global = true,
+        default_value = "5",
+        value_name = "SECS",
+        value_parser = parse_duration
+    )]
+    pub(crate) connect_timeout: Duration,
+}
+
+impl GlobalArgs {
+    /// The Redis URL to use: the one given, or the default.
+    pub(crate) fn redis_url(&self) -> &str {
+        self.redis.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
+}
+
+/// Connects to Redis as the global options say.
+pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
+    let herald = Herald::builder()
+        .redis(global.redis_url())
+        .namespace(global.namespace.as_str())
+        .connect_timeout(global.connect_timeout)
+        .connect()
+        .await?;
+    Ok(herald)
+}
+
+/// Checks a topic name before anything touches the network, so that a typo is reported
+/// (exit status 2) even when Redis is down.
+pub(crate) fn check_topic(topic: &str) -> Result<(), Failure> {
+    herald::validate_topic(topic)?;
+    Ok(())
+}
+
+/// Parses a number of seconds with at most millisecond precision (`5`, `0.25`, `1.5`) into
+/// milliseconds.
+pub(crate) fn parse_millis(s: &str) -> Result<u64, String> {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && frac.is_empty()) || !digits(whole) || !digits(frac) {
+        return Err(format!(
+            "{s:?} is not a number of seconds (expected e.g. 5 or 0.25)"
+        ));
+    }
+    if frac.len() > 3 {
+        return Err(format!(
+            "{s:?} is more precise than a millisecond (use at most 3 decimals)"
+        ));
+    }
+    let too_large = || format!("{s:?} seconds is too large");
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| too_large())?
+    };
+    let frac: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<3}").parse().map_err(|_| too_large())?
+    };
+    whole
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(frac))
+        .ok_or_else(too_large)
+}
+
+/// Parses a number of seconds (see [`parse_millis`]) into a duration.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_millis(s).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_millis("5"), Ok(5000));
+        assert_eq!(parse_millis("0.25"), Ok(250));
+        assert_eq!(parse_millis(".5"), Ok(500));
+        assert_eq!(parse_millis("1."), Ok(1000));
+        assert_eq!(parse_millis("0"), Ok(0));
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "1e3",
+            "abc",
+            "1.0001",
+            "1 ",
+            "99999999999999999999",
+        ] {
+            assert!(parse_millis(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_millis(&u64::MAX.to_string()).is_err());
+    }
+}

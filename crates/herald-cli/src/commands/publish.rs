@@ -1,0 +1,203 @@
+//! `herald publish TOPIC [DATA] [--key KEY] [--header K=V]...`: publishes one message (DATA),
+//! or one message per line of standard input (DATA is `-`), and prints one JSON line per
+//! message: `{"topic":..,"epoch":..,"offset":..,"duplicate":..}`.
+//!
+//! Standard input is published in batches (`publish_batch`, one atomic step and one round
+//! trip each) of the lines already read, up to [`BATCH_LINES`] lines or [`BATCH_BYTES`]
+//! bytes, so a file is published quickly while a slow producer (`tail -f log | herald publish
+//! t -`) still sees each line published as soon as it is read.
+
+use clap::Args;
+use herald::{Herald, Message};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
+
+use super::{check_topic, connect, GlobalArgs};
+use crate::exit::Failure;
+use crate::output::{JsonLines, ReceiptLine};
+
+/// Most lines in one batch.
+const BATCH_LINES: usize = 256;
+/// A batch stops growing once it holds this many payload bytes.
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Longest accepted line: Redis's own limit on one value (and the largest `--max-size`).
+const MAX_LINE: usize = 512 * 1024 * 1024;
+
+/// Arguments of `herald publish`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Publish a message to a topic and print where it landed, as one JSON line: \
+{\"topic\":..,\"epoch\":..,\"offset\":..,\"duplicate\":..}.\n\n\
+With DATA `-`, every line of standard input is published as one message (its \\n or \\r\\n \
+removed; empty lines are published as empty messages) and one JSON line is printed per line, \
+in order. Lines are sent in batches, each appended atomically.",
+    after_help = "Examples:\n  \
+herald publish config 'reload users' --key reload-42 --header source=admin\n  \
+seq 1 1000 | herald publish numbers - --key numbers-run-7"
+)]
+pub(crate) struct PublishArgs {
+    /// The topic to publish to
+    topic: String,
+
+    /// The payload; `-` reads standard input and publishes one message per line. Omitted: an
+    /// empty payload (a bare signal; headers may still carry information)
+    data: Option<String>,
+
+    /// Idempotency key: publishing the same key again within the topic's dedup window appends
+    /// nothing and prints the original offset with "duplicate":true. With DATA `-`, line N
+    /// (counting from 1) gets the key KEY-N, so every line has its own key and re-running the
+    /// same input with the same KEY publishes nothing twice. Without --key, every message
+    /// gets a fresh key
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+
+    /// A header NAME=VALUE (split at the first `=`); repeat for several
+    #[arg(long = "header", value_name = "K=V", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+/// Parses `NAME=VALUE`.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!(
+            "header {s:?} has an empty name; expected NAME=VALUE"
+        )),
+        Some((name, value)) => Ok((name.to_string(), value.to_string())),
+        None => Err(format!("header {s:?} has no '='; expected NAME=VALUE")),
+    }
+}
+
+/// Runs `herald publish`.
+pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> Result<(), Failure> {
+    check_topic(&args.topic)?;
+    let herald = connect(global).await?;
+    let mut out = JsonLines::stdout();
+    match args.data.as_deref() {
+        Some("-") => {
+            let stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+            publish_lines(&herald, &args, stdin, &mut out).await
+        }
+        data => {
+            let message = with_headers(Message::new(data.unwrap_or("").to_string()), &args);
+            let message = match &args.key {
+                Some(key) => message.key(key.as_str()),
+                None => message,
+            };
+            let receipt = herald.publish(&args.topic, message).await?;
+            out.emit(&ReceiptLine::from(&receipt))
+                .map_err(|e| Failure::stdout(&e))
+        }
+    }
+}
+
+/// Adds the `--header`s to a message.
+fn with_headers(message: Message, args: &PublishArgs) -> Message {
+    args.headers.iter().fold(message, |m, (name, value)| {
+        m.header(name.as_str(), value.as_str())
+    })
+}
+
+/// Publishes every line of `input` as a message, in batches, printing one receipt per line.
+async fn publish_lines<R: tokio::io::AsyncRead + Unpin>(
+    herald: &Herald,
+    args: &PublishArgs,
+    mut input: BufReader<R>,
+    out: &mut JsonLines<std::io::Stdout>,
+) -> Result<(), Failure> {
+    let mut line_no: u64 = 0;
+    let mut batch: Vec<Message> = Vec::with_capacity(BATCH_LINES);
+    let mut line = Vec::new();
+    let mut eof = false;
+    while !eof {
+        batch.clear();
+        let mut bytes = 0;
+        // Wait for one line, then take the lines already buffered, without waiting for more.
+        loop {
+            if !read_line(&mut input, &mut line, line_no + 1).await? {
+                eof = true;
+                break;
+            }
+            line_no += 1;
+            bytes += line.len();
+            let message = with_headers(Message::new(std::mem::take(&mut line)), args);
+            batch.push(match &args.key {
+                Some(key) => message.key(format!("{key}-{line_no}")),
+                None => message,
+            });
+            if batch.len() >= BATCH_LINES
+                || bytes >= BATCH_BYTES
+                || !input.buffer().contains(&b'\n')
+            {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let receipts = herald.publish_batch(&args.topic, batch.drain(..)).await?;
+        for receipt in &receipts {
+            out.write(&ReceiptLine::from(receipt))
+                .map_err(|e| Failure::stdout(&e))?;
+        }
+        out.flush().map_err(|e| Failure::stdout(&e))?;
+    }
+    Ok(())
+}
+
+/// Reads the next line into `line`, without its `\n` or `\r\n`; false at the end of input.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    input: &mut R,
+    line: &mut Vec<u8>,
+    line_no: u64,
+) -> Result<bool, Failure> {
+    line.clear();
+    let limit = u64::try_from(MAX_LINE)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    let n = (&mut *input)
+        .take(limit)
+        .read_until(b'\n', line)
+        .await
+        .map_err(|e| Failure::other(format!("cannot read standard input: {e}")))?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    } else if line.len() > MAX_LINE {
+        return Err(Failure::bad_input(format!(
+            "line {line_no} of standard input is longer than {MAX_LINE} bytes; \
+             nothing from it on was published"
+        )));
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("a=b=c"),
+            Ok(("a".to_string(), "b=c".to_string()))
+        );
+        assert_eq!(parse_header("a="), Ok(("a".to_string(), String::new())));
+        assert!(parse_header("ab").is_err());
+        assert!(parse_header("=b").is_err());
+    }
+
+    #[tokio::test]
+    async fn lines() {
+        let mut input = BufReader::new(&b"one\r\ntwo\n\nlast"[..]);
+        let mut line = Vec::new();
+        let mut got = Vec::new();
+        while read_line(&mut input, &mut line, 0).await.unwrap() {
+            got.push(String::from_utf8(line.clone()).unwrap());
+        }
+        assert_eq!(got, ["one", "two", "", "last"]);
+    }
+}

@@ -1,0 +1,146 @@
+//! Exit statuses of the `herald` command and the error type that carries one.
+//!
+//! Every command returns `Result<(), Failure>`; `main` prints a failure as one line on
+//! standard error (`herald: <message>`) and exits with its status. The statuses are part of
+//! the command line's contract (SPEC §6) and are listed in `herald --help`:
+//!
+//! | status | meaning |
+//! | --- | --- |
+//! | 0 | success |
+//! | 1 | any other failure (including a failed `herald demo`) |
+//! | 2 | bad usage or bad input (unknown option, invalid topic name, malformed header, ...) |
+//! | 3 | Redis could not be reached, or did not answer in time |
+//! | 4 | Redis refused the request (authentication, permissions, out of memory, read-only) or holds data Herald did not write |
+
+use std::fmt;
+use std::io;
+
+use herald::ErrorKind;
+
+/// Success.
+pub(crate) const SUCCESS: u8 = 0;
+/// Any failure without a more specific status.
+pub(crate) const FAILURE: u8 = 1;
+/// Bad usage or bad input (clap's own usage errors use the same status).
+pub(crate) const BAD_INPUT: u8 = 2;
+/// Redis unreachable, or an operation timed out.
+pub(crate) const UNREACHABLE: u8 = 3;
+/// Redis refused the request, or its keys hold data Herald cannot use.
+pub(crate) const REFUSED: u8 = 4;
+
+/// The exit statuses, as shown at the end of `herald --help`.
+pub(crate) const HELP: &str = "\
+Exit status:
+  0  success
+  1  any other failure (including a failed `herald demo`)
+  2  bad usage or bad input (unknown option, invalid topic name, malformed --header, message too large, ...)
+  3  Redis could not be reached, or did not answer in time (see --connect-timeout)
+  4  Redis refused the request (authentication, permissions, out of memory, read-only replica)
+     or Herald's keys hold data Herald did not write
+
+Errors are reported as one line on standard error: `herald: <what went wrong and what to do>`.
+Log verbosity is set with RUST_LOG (default `warn`); logs also go to standard error.";
+
+/// Why a command failed: an exit status and, unless the failure is silent, a message.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The process exit status.
+    pub(crate) status: u8,
+    /// The one-line message for standard error; `None` exits without printing anything.
+    pub(crate) message: Option<String>,
+}
+
+impl Failure {
+    /// A failure with the given status and message.
+    pub(crate) fn new(status: u8, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: Some(message.into()),
+        }
+    }
+
+    /// Bad input from the user (status 2).
+    pub(crate) fn bad_input(message: impl Into<String>) -> Self {
+        Self::new(BAD_INPUT, message)
+    }
+
+    /// A failure that is not the user's nor Redis's (status 1).
+    pub(crate) fn other(message: impl Into<String>) -> Self {
+        Self::new(FAILURE, message)
+    }
+
+    /// A write to standard output failed. A closed pipe (`herald tail | head -1`) means the
+    /// reader is gone: that ends the command quietly and successfully, as it does for other
+    /// Unix filters; anything else is a failure.
+    pub(crate) fn stdout(e: &io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Failure {
+                status: SUCCESS,
+                message: None,
+            }
+        } else {
+            Self::other(format!("cannot write to standard output: {e}"))
+        }
+    }
+
+    /// The message as one line (Redis errors may span several).
+    pub(crate) fn one_line(&self) -> Option<String> {
+        self.message
+            .as_deref()
+            .map(|m| m.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.message {
+            Some(m) => write!(f, "{m} (exit status {})", self.status),
+            None => write!(f, "exit status {}", self.status),
+        }
+    }
+}
+
+/// The exit status for a library error.
+pub(crate) fn status_of(e: &herald::Error) -> u8 {
+    match e.kind() {
+        ErrorKind::BadInput => BAD_INPUT,
+        ErrorKind::Unreachable => UNREACHABLE,
+        ErrorKind::Refused => REFUSED,
+        _ => FAILURE,
+    }
+}
+
+impl From<herald::Error> for Failure {
+    fn from(e: herald::Error) -> Self {
+        Failure::new(status_of(&e), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_errors_map_to_statuses() {
+        let bad = herald::validate_topic("a b").unwrap_err();
+        assert_eq!(Failure::from(bad).status, BAD_INPUT);
+        assert_eq!(Failure::from(herald::Error::Closed).status, FAILURE);
+        assert_eq!(
+            Failure::from(herald::Error::Timeout {
+                operation: "publish",
+                waited: std::time::Duration::from_secs(1),
+                reason: "x".into(),
+            })
+            .status,
+            UNREACHABLE
+        );
+    }
+
+    #[test]
+    fn messages_become_one_line() {
+        let f = Failure::other("first\nsecond\r\n  third");
+        assert_eq!(f.one_line().as_deref(), Some("first second third"));
+        let quiet = Failure::stdout(&io::Error::from(io::ErrorKind::BrokenPipe));
+        assert_eq!((quiet.status, quiet.one_line()), (SUCCESS, None));
+    }
+}
