@@ -14,12 +14,25 @@ use support::{messages, next_event, RedisServer};
 /// them would hold.
 fn lose_tail(server: &RedisServer, topic: &str, keep: u64, last: u64) {
     for o in keep + 1..=last {
-        let _: u64 = server.cmd(&["XDEL", &format!("herald:{{{topic}}}:log"), &format!("{o}-0")]);
+        let _: u64 = server.cmd(&[
+            "XDEL",
+            &format!("herald:{{{topic}}}:log"),
+            &format!("{o}-0"),
+        ]);
     }
     // XDEL leaves the stream's last ID where it was; a replica that never saw the entries has
     // a lower one.
-    let _: () = server.cmd(&["XSETID", &format!("herald:{{{topic}}}:log"), &format!("{keep}-0")]);
-    let _: u64 = server.cmd(&["HSET", &format!("herald:{{{topic}}}:meta"), "last", &keep.to_string()]);
+    let _: () = server.cmd(&[
+        "XSETID",
+        &format!("herald:{{{topic}}}:log"),
+        &format!("{keep}-0"),
+    ]);
+    let _: u64 = server.cmd(&[
+        "HSET",
+        &format!("herald:{{{topic}}}:meta"),
+        "last",
+        &keep.to_string(),
+    ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,10 +52,18 @@ async fn rewritten_offsets_become_a_reset_not_a_silent_skip() {
     lose_tail(&server, "t", 1, 3);
     // New messages reuse offsets 2, 3, 4: the subscriber had delivered other messages at 2, 3.
     for i in 2..=4 {
-        assert_eq!(node.publish("t", format!("new{i}")).await.unwrap().offset, i);
+        assert_eq!(
+            node.publish("t", format!("new{i}")).await.unwrap().offset,
+            i
+        );
     }
     match next_event(&mut sub).await {
-        Event::Reset { previous_epoch, epoch, last_delivered, .. } => {
+        Event::Reset {
+            previous_epoch,
+            epoch,
+            last_delivered,
+            ..
+        } => {
             assert_eq!(previous_epoch, epoch);
             assert_eq!(last_delivered, 3);
         }
@@ -73,7 +94,14 @@ async fn a_log_shorter_than_what_was_delivered_is_a_reset() {
         Event::Reset { last_delivered, .. } => assert_eq!(last_delivered, 5),
         other => panic!("expected a reset, got {other:?}"),
     }
-    assert_eq!(messages(&mut sub, 2).await.iter().map(|m| m.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        messages(&mut sub, 2)
+            .await
+            .iter()
+            .map(|m| m.0)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
     node.publish("t", "m3 again").await.unwrap();
     assert_eq!(messages(&mut sub, 1).await, [(3, "m3 again".to_string())]);
 }
