@@ -324,7 +324,7 @@ mod tests {
             System::Herald,
             &measured(300),
             None,
-            &[pubsub.clone()],
+            std::slice::from_ref(&pubsub),
         );
         assert_eq!(pubsub.delivered_per_s, 200.0);
         assert_eq!(herald.lost, 100);
