@@ -828,7 +828,7 @@ async fn foreign_entry_beyond_last_is_corrupt() {
     assert_eq!(last, "2");
     let len: i64 = server.cmd(&["XLEN", "herald:{t}:log"]);
     assert_eq!(len, 3);
-    let dedup: i64 = server.cmd(&["EXISTS", "herald:{t}:dedup:k3"]);
+    let dedup: i64 = server.cmd(&["HEXISTS", "herald:{t}:dedup", "k3"]);
     assert_eq!(dedup, 0);
 
     // A subscriber still reads what Herald wrote, skipping the foreign entry.

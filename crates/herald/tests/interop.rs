@@ -590,7 +590,7 @@ async fn refusals_and_retention() {
         "herald:{r}:meta",
         "herald:{r}:log",
         "herald:{r}:settings",
-        "herald:{r}:dedup:a",
+        "herald:{r}:dedup",
     ]);
     assert_eq!(n, 0, "a refused publish wrote keys");
 
@@ -602,7 +602,7 @@ async fn refusals_and_retention() {
         "EXISTS",
         "herald:{w}:meta",
         "herald:{w}:settings",
-        "herald:{w}:dedup:a",
+        "herald:{w}:dedup",
     ]);
     assert_eq!(n, 0, "a refused publish wrote keys");
 
@@ -637,7 +637,7 @@ async fn refusals_and_retention() {
         (1, 1),
         "a refused batch wrote entries"
     );
-    let n: u64 = server.cmd(&["EXISTS", "herald:{r}:dedup:b"]);
+    let n: u64 = server.cmd(&["HEXISTS", "herald:{r}:dedup", "b"]);
     assert_eq!(n, 0);
 
     let msgs: Vec<Value> = (2..=6)

@@ -64,8 +64,13 @@ impl KeySpace {
     pub(crate) fn cursors(&self, topic: &str) -> String {
         self.key(topic, "cursors")
     }
-    pub(crate) fn dedup(&self, topic: &str, idempotency_key: &str) -> String {
-        format!("{}:{{{}}}:dedup:{}", self.ns, topic, idempotency_key)
+    /// The current dedup window's hash (idempotency key to `<epoch>:<offset>`).
+    pub(crate) fn dedup(&self, topic: &str) -> String {
+        self.key(topic, "dedup")
+    }
+    /// The previous dedup window's hash.
+    pub(crate) fn dedup_old(&self, topic: &str) -> String {
+        self.key(topic, "dedup-old")
     }
     pub(crate) fn live(&self, topic: &str) -> String {
         self.key(topic, "live")
@@ -260,6 +265,8 @@ impl RedisBroker {
             (k.log(topic), "stream"),
             (k.settings(topic), "hash"),
             (k.cursors(topic), "hash"),
+            (k.dedup(topic), "hash"),
+            (k.dedup_old(topic), "hash"),
         ];
         let mut pipe = redis::pipe();
         for (key, _) in &expected {
@@ -314,7 +321,8 @@ impl RedisBroker {
         let keys = &self.inner.keys;
         let d = self.inner.opts.defaults;
         let mut key_names = vec![keys.meta(topic), keys.log(topic), keys.settings(topic)];
-        key_names.extend(messages.iter().map(|(k, _)| keys.dedup(topic, k)));
+        key_names.push(keys.dedup(topic));
+        key_names.push(keys.dedup_old(topic));
         let headers: Vec<String> = messages
             .iter()
             .map(|(_, m)| envelope::encode_headers(&m.headers))
@@ -716,7 +724,8 @@ mod tests {
     fn key_layout() {
         let k = KeySpace::new("herald");
         assert_eq!(k.meta("a/b"), "herald:{a/b}:meta");
-        assert_eq!(k.dedup("t", "x{y}"), "herald:{t}:dedup:x{y}");
+        assert_eq!(k.dedup("t"), "herald:{t}:dedup");
+        assert_eq!(k.dedup_old("t"), "herald:{t}:dedup-old");
         assert_eq!(k.topic_of_channel("herald:{a:b}:live"), Some("a:b"));
         assert_eq!(k.topic_of_channel("other:{a}:live"), None);
     }

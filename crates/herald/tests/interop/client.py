@@ -49,10 +49,6 @@ def key(ns, topic, what):
     return "%s:{%s}:%s" % (ns, topic, what)
 
 
-def dedup_key(ns, topic, idempotency_key):
-    return "%s:{%s}:dedup:%s" % (ns, topic, idempotency_key)
-
-
 # -- scripts -------------------------------------------------------------------------------
 
 class Script:
@@ -180,10 +176,9 @@ def emit(obj):
 def cmd_publish(a):
     r = connect(a.url)
     messages = json.loads(a.messages)
-    keys = [key(a.ns, a.topic, "meta"), key(a.ns, a.topic, "log"), key(a.ns, a.topic, "settings")]
+    keys = [key(a.ns, a.topic, w) for w in ("meta", "log", "settings", "dedup", "dedup-old")]
     argv = [a.protocol, key(a.ns, a.topic, "live"), a.node] + list(a.defaults) + [a.notify]
     for m in messages:
-        keys.append(dedup_key(a.ns, a.topic, m["key"]))
         headers = m.get("headers") or {}
         argv.append(m["key"])
         argv.append(json.dumps(headers, separators=(",", ":"), sort_keys=True) if headers else "")

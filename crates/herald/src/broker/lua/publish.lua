@@ -3,7 +3,8 @@
 -- KEYS[1] meta      hash   {epoch, last}
 -- KEYS[2] log       stream entries with ID "<offset>-0" and fields k n t [h] d
 -- KEYS[3] settings  hash   {max_len, max_age_ms, dedup_ms, max_size}
--- KEYS[4..3+N]      one dedup key per message: string "<epoch>:<offset>" with a TTL
+-- KEYS[4] dedup     hash   idempotency key -> "<epoch>:<offset>", keys of the current window
+-- KEYS[5] dedup_old hash   the same for the previous window
 -- ARGV[1] protocol version ("1")
 -- ARGV[2] live channel
 -- ARGV[3] publishing node id
@@ -21,8 +22,24 @@ end
 local meta, log, settings = KEYS[1], KEYS[2], KEYS[3]
 local channel, node, notify = ARGV[2], ARGV[3], ARGV[8]
 local n = (#ARGV - 8) / 3
-if n < 1 or n ~= math.floor(n) or #KEYS ~= 3 + n then
-  return redis.error_reply('HERALD_ARGS expected 3 KEYS + one dedup key per message and 8 + 3 ARGV per message')
+if n < 1 or n ~= math.floor(n) or #KEYS ~= 5 then
+  return redis.error_reply('HERALD_ARGS expected 5 KEYS and 8 + 3 ARGV per message')
+end
+local dedup, dedup_old = KEYS[4], KEYS[5]
+
+-- HMGET / HSET over long lists, in slices that Lua's unpack can take.
+local function hmget(key, list)
+  local out = {}
+  for s = 1, #list, 1000 do
+    local part = redis.call('HMGET', key, unpack(list, s, math.min(s + 999, #list)))
+    for j = 1, #part do out[s + j - 1] = part[j] end
+  end
+  return out
+end
+local function hset(key, list)
+  for s = 1, #list, 1000 do
+    redis.call('HSET', key, unpack(list, s, math.min(s + 999, #list)))
+  end
 end
 
 -- Reads and checks (no writes yet).
@@ -66,25 +83,34 @@ for i = 0, n - 1 do
     end
   end
 end
-local epoch = redis.call('HGET', meta, 'epoch')
+local m = redis.call('HMGET', meta, 'epoch', 'last', 'dedup_at')
+local epoch = m[1]
 local last = 0
 if epoch then
-  last = tonumber(redis.call('HGET', meta, 'last'))
+  last = tonumber(m[2])
   if not last then
     return redis.error_reply('HERALD_CORRUPT meta field "last" is not a number')
   end
 else
   redis.call('XLEN', log) -- fails with WRONGTYPE before any write if the log key is foreign
 end
-local prev = {}
-for i = 1, n do
-  prev[i] = redis.call('GET', KEYS[3 + i])
-end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_ms = string.format('%d', now)
+
+-- Dedup: the current window's hash holds keys published since `dedup_at`, the previous
+-- window's hash those of the window before. A key is remembered for at least `dedup_ms`
+-- (and at most twice that). Which hashes still count depends on the age of the current one.
+local age = now - (tonumber(m[3]) or 0)
+if not epoch then age = math.huge end
+local keys = {}
+for i = 1, n do keys[i] = ARGV[6 + i * 3] end
+local prev, prev_old = {}, {}
+if age < 2 * dedup_ms then prev = hmget(dedup, keys) end
+if age < dedup_ms then prev_old = hmget(dedup_old, keys) end
 
 -- Writes. The first XADD is the first write for an existing epoch; it is checked, so that a
 -- log holding foreign entries past `last` refuses the publish before anything is written.
-local t = redis.call('TIME')
-local now_ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local new_epoch = not epoch
 if new_epoch then
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -94,20 +120,23 @@ end
 local function field(x)
   return #x .. ':' .. x
 end
+local function recorded(value)
+  if value then
+    local pe, po = string.match(value, '^(%d+):(%d+)$')
+    if pe == epoch then return tonumber(po) end
+  end
+  return nil
+end
+local node_and_time = field(node) .. field(now_ms)
 local result = {epoch}
 local frame = {}
+local remember = {}
 local first_new = nil
 local count = 0
 local seen = {}
 for i = 1, n do
-  local key, headers, data = ARGV[6 + i * 3], ARGV[7 + i * 3], ARGV[8 + i * 3]
-  local dup = seen[key]
-  if not dup and prev[i] then
-    local pe, po = string.match(prev[i], '^(%d+):(%d+)$')
-    if pe == epoch then
-      dup = tonumber(po)
-    end
-  end
+  local key, headers, data = keys[i], ARGV[7 + i * 3], ARGV[8 + i * 3]
+  local dup = seen[key] or recorded(prev[i]) or recorded(prev_old[i])
   if dup then
     result[#result + 1] = dup
     result[#result + 1] = 1
@@ -127,11 +156,17 @@ for i = 1, n do
       end
       return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (last - 1) .. ': ' .. added.err)
     end
-    redis.call('SET', KEYS[3 + i], epoch .. ':' .. offset, 'PX', dedup_ms)
+    remember[#remember + 1] = key
+    remember[#remember + 1] = epoch .. ':' .. offset
     seen[key] = last
     first_new = first_new or offset
     count = count + 1
-    frame[#frame + 1] = field(key) .. field(node) .. field(now_ms) .. field(headers) .. field(data)
+    local f = #frame
+    frame[f + 1] = field(key)
+    frame[f + 2] = node_and_time
+    frame[f + 3] = field(headers)
+    frame[f + 4] = #data .. ':'
+    frame[f + 5] = data
     result[#result + 1] = last
     result[#result + 1] = 0
   end
@@ -140,8 +175,27 @@ end
 if not have_settings then
   redis.call('HSET', settings, 'max_len', max_len, 'max_age_ms', max_age, 'dedup_ms', dedup_ms, 'max_size', max_size)
 end
+-- Rotate the dedup windows, then remember the new keys in the current one.
+local dedup_at = nil
+if age >= 2 * dedup_ms then
+  redis.call('DEL', dedup, dedup_old)
+  dedup_at = now_ms
+elseif age >= dedup_ms then
+  if redis.call('EXISTS', dedup) == 1 then
+    redis.call('RENAME', dedup, dedup_old)
+  else
+    redis.call('DEL', dedup_old)
+  end
+  dedup_at = now_ms
+end
+if count > 0 then
+  hset(dedup, remember)
+  redis.call('PEXPIRE', dedup, 2 * dedup_ms)
+end
 if new_epoch then
-  redis.call('HSET', meta, 'epoch', epoch, 'last', string.format('%d', last))
+  redis.call('HSET', meta, 'epoch', epoch, 'last', string.format('%d', last), 'dedup_at', dedup_at)
+elseif dedup_at then
+  redis.call('HSET', meta, 'last', string.format('%d', last), 'dedup_at', dedup_at)
 elseif count > 0 then
   redis.call('HSET', meta, 'last', string.format('%d', last))
 end
