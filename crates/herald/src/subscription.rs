@@ -206,6 +206,7 @@ impl SubscribeBuilder {
                 behind: true,
                 vouched,
                 anchor: None,
+                readahead: None,
             });
         }
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -214,7 +215,7 @@ impl SubscribeBuilder {
             topics: states,
             tx,
             poll_interval: self.herald.poll_interval(),
-            chunk: 512,
+            chunk: 1024,
             last_error: None,
             first_to_catch_up: 0,
         };
@@ -315,6 +316,18 @@ struct TopicState {
     /// A hash of the idempotency key of the entry at `next - 1`, when this subscription
     /// delivered it: if history holds another entry there, the log was rewritten.
     anchor: Option<u64>,
+    /// History read but not yet handed to the consumer (at most one chunk).
+    readahead: Option<Readahead>,
+}
+
+/// A chunk of history being delivered.
+#[derive(Debug)]
+struct Readahead {
+    epoch: Epoch,
+    first: u64,
+    last: u64,
+    complete: bool,
+    slots: std::collections::VecDeque<Slot>,
 }
 
 /// The hash kept to recognise an entry again.
@@ -522,7 +535,20 @@ impl Engine {
     /// what cannot be delivered. State advances only for events actually handed over, so a
     /// full channel simply means "continue later".
     async fn catch_up(&mut self, i: usize) -> Result<()> {
-        let limit = self.tx.capacity().clamp(1, self.chunk);
+        let readahead = match self.topics[i].readahead.take() {
+            Some(r) => r,
+            None => match self.read_ahead(i).await? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+        };
+        self.deliver_readahead(i, readahead);
+        Ok(())
+    }
+
+    /// Reads the next chunk of history for topic `i`, after checking that the log is still
+    /// the one being read (else a `Reset` is emitted and `None` returned).
+    async fn read_ahead(&mut self, i: usize) -> Result<Option<Readahead>> {
         let (name, next) = (self.topics[i].name.clone(), self.topics[i].next);
         // With an anchor, read one entry more (`next - 1`) to check that history still holds
         // the entry this subscription delivered there.
@@ -530,13 +556,13 @@ impl Engine {
         let from = if anchored { next - 1 } else { next };
         let r = self
             .broker
-            .read(&name, from, limit + usize::from(anchored))
+            .read(&name, from, self.chunk + usize::from(anchored))
             .await?;
         let Some(epoch) = r.epoch else {
             // No log at all: nothing to deliver until a publish creates one (a new epoch,
             // which then shows up as a Reset if we were reading an older one).
             self.topics[i].behind = false;
-            return Ok(());
+            return Ok(None);
         };
         match self.topics[i].epoch {
             Some(previous) if previous != epoch => {
@@ -549,7 +575,7 @@ impl Engine {
                 if let Sent::Yes = self.send(reset) {
                     self.restart(i, epoch);
                 }
-                return Ok(()); // read the new epoch from its start on the next round
+                return Ok(None); // read the new epoch from its start on the next round
             }
             Some(_) => {}
             None => self.topics[i].epoch = Some(epoch),
@@ -566,9 +592,23 @@ impl Engine {
             if let Sent::Yes = self.send(reset) {
                 self.restart(i, epoch);
             }
-            return Ok(());
+            return Ok(None);
         }
-        for slot in r.slots {
+        Ok(Some(Readahead {
+            epoch,
+            first: r.first,
+            last: r.last,
+            complete: r.complete,
+            slots: r.slots.into(),
+        }))
+    }
+
+    /// Delivers what the consumer has room for from a chunk of history, with `Gap` events for
+    /// offsets it lacks; what does not fit is kept for the next round.
+    fn deliver_readahead(&mut self, i: usize, mut r: Readahead) {
+        let epoch = r.epoch;
+        let name = self.topics[i].name.clone();
+        while let Some(slot) = r.slots.pop_front() {
             let offset = slot.offset();
             let next = self.topics[i].next;
             if offset < next {
@@ -581,8 +621,16 @@ impl Engine {
                     GapReason::Unreadable
                 };
                 if !self.gap(i, epoch, offset - 1, reason) {
-                    return Ok(());
+                    r.slots.push_front(slot);
+                    self.topics[i].readahead = Some(r);
+                    return;
                 }
+            }
+            if self.tx.capacity() == 0 {
+                // No room: keep the slot (this task is the only sender, so room stays room).
+                r.slots.push_front(slot);
+                self.topics[i].readahead = Some(r);
+                return;
             }
             let anchor = match &slot {
                 Slot::Entry(e) => Some(key_hash(&e.key)),
@@ -608,7 +656,7 @@ impl Engine {
                     t.vouched = true;
                     t.anchor = anchor;
                 }
-                Sent::Full | Sent::Closed => return Ok(()),
+                Sent::Full | Sent::Closed => return,
             }
         }
         if r.complete {
@@ -621,12 +669,12 @@ impl Engine {
                     GapReason::Unreadable
                 };
                 if !self.gap(i, epoch, r.last, reason) {
-                    return Ok(());
+                    self.topics[i].readahead = Some(r);
+                    return;
                 }
             }
             self.topics[i].behind = false;
         }
-        Ok(())
     }
 
     /// Starts topic `i` over at offset 1 of `epoch` (after a `Reset`).
@@ -636,6 +684,7 @@ impl Engine {
         t.next = 1;
         t.vouched = false;
         t.anchor = None;
+        t.readahead = None;
     }
 
     /// Whether the log went back under this subscription within one epoch: its last offset

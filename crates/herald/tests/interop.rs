@@ -645,16 +645,18 @@ async fn refusals_and_retention() {
         .collect();
     let r = py_publish(&url, "r", "py", Value::Array(msgs), &[]).await;
     assert_eq!(results(&r).last(), Some(&(6, false)), "{r}");
+    // One publish is one stream entry: retention (max_len 3) drops whole entries, so the
+    // entry holding offsets 2..=6 stays whole and only offset 1 is trimmed.
     let (entries, end) = py_read(&url, "r", 1, 100).await;
     assert_eq!(
         end,
-        json!({"event": "end", "epoch": epoch, "first": 4, "last": 6})
+        json!({"event": "end", "epoch": epoch, "first": 2, "last": 6})
     );
     let offsets: Vec<u64> = entries
         .iter()
         .map(|e| e["offset"].as_u64().unwrap())
         .collect();
-    assert_eq!(offsets, vec![4, 5, 6]);
+    assert_eq!(offsets, vec![2, 3, 4, 5, 6]);
 
     // Herald's subscriber sees the trimmed range as a Gap, then the retained messages.
     let mut sub = herald
@@ -666,13 +668,13 @@ async fn refusals_and_retention() {
         Event::Gap {
             epoch: e,
             from: 1,
-            to: 3,
+            to: 1,
             reason: GapReason::Retention,
             ..
         } if e == epoch => {}
-        other => panic!("expected a retention gap 1..=3, got {other:?}"),
+        other => panic!("expected a retention gap 1..=1, got {other:?}"),
     }
-    for offset in 4..=6 {
+    for offset in 2..=6 {
         let d = next_message(&mut sub).await;
         assert_eq!((d.offset, d.node.as_str()), (offset, "py"));
     }

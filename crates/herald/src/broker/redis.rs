@@ -11,6 +11,8 @@ use futures::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{ErrorKind as RedisKind, RedisError, RetryMethod, Script, ServerErrorKind, Value};
 
+pub(crate) mod members;
+
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::cursor::CursorPosition;
 use crate::envelope::{self, decode_headers};
@@ -359,7 +361,7 @@ impl RedisBroker {
                 Box::pin(async move { inv.invoke_async(&mut conn).await })
             })
             .await?;
-        parse_read_reply(topic, reply, limit)
+        parse_read_reply(topic, reply, from.max(1), limit)
     }
 
     pub(crate) async fn live(&self, topics: &[String]) -> Result<RedisFeed> {
@@ -504,15 +506,12 @@ impl RedisBroker {
     pub(crate) async fn inspect(&self, topic: &str) -> Result<TopicInfo> {
         let state = self.read(topic, 1, 0).await?;
         let settings = self.stored_settings(topic).await?;
-        let (log, cursors_key) = (self.inner.keys.log(topic), self.inner.keys.cursors(topic));
-        let (length, raw_cursors): (u64, Vec<(String, String)>) = self
+        let cursors_key = self.inner.keys.cursors(topic);
+        let raw_cursors: Vec<(String, String)> = self
             .retry("inspect", topic, |mut conn| {
-                let (log, cursors_key) = (log.clone(), cursors_key.clone());
+                let cursors_key = cursors_key.clone();
                 Box::pin(async move {
-                    redis::pipe()
-                        .cmd("XLEN")
-                        .arg(log)
-                        .cmd("HGETALL")
+                    redis::cmd("HGETALL")
                         .arg(cursors_key)
                         .query_async(&mut conn)
                         .await
@@ -527,6 +526,12 @@ impl RedisBroker {
             }
         });
         let last = if state.epoch.is_some() { state.last } else { 0 };
+        // Messages retained: from the first entry's offset to the last offset.
+        let length = if state.first > 0 && last >= state.first {
+            last - state.first + 1
+        } else {
+            0
+        };
         Ok(TopicInfo {
             topic: topic.to_string(),
             epoch: state.epoch,
@@ -578,8 +583,9 @@ fn as_bytes(v: &Value) -> Option<&[u8]> {
     }
 }
 
-/// Parses the read script's `{epoch, last, first, entries}`.
-fn parse_read_reply(topic: &str, reply: Value, limit: usize) -> Result<ReadResult> {
+/// Parses the read script's `{epoch, last, first, entries, at_end}` into at most `limit`
+/// slots from offset `from` on.
+fn parse_read_reply(topic: &str, reply: Value, from: u64, limit: usize) -> Result<ReadResult> {
     let bad = |what: &str| Error::Corrupt {
         topic: topic.to_string(),
         detail: format!("unexpected read reply: {what}"),
@@ -587,9 +593,10 @@ fn parse_read_reply(topic: &str, reply: Value, limit: usize) -> Result<ReadResul
     let Value::Array(mut items) = reply else {
         return Err(bad("not an array"));
     };
-    if items.len() != 4 {
+    if items.len() != 5 {
         return Err(bad("wrong length"));
     }
+    let at_end = items.pop().and_then(|v| as_u64(&v)) == Some(1);
     let entries = match items.pop() {
         Some(Value::Array(e)) => e,
         _ => return Err(bad("entries")),
@@ -606,28 +613,30 @@ fn parse_read_reply(topic: &str, reply: Value, limit: usize) -> Result<ReadResul
         detail: "meta field \"last\" is not a number".into(),
     })?;
     let first = as_u64(&items[2]).unwrap_or(0);
-    let complete = entries.len() < limit;
-    let mut slots = Vec::with_capacity(entries.len());
+    let mut slots = Vec::new();
     for raw in entries {
-        if let Some(slot) = decode_entry(topic, raw, last) {
-            slots.push(slot);
-        }
+        decode_entry(topic, raw, last, &mut slots);
     }
+    slots.retain(|s| s.offset() >= from);
+    let truncated = slots.len() > limit;
+    slots.truncate(limit);
     Ok(ReadResult {
         epoch,
         last,
         first,
         slots,
-        complete,
+        complete: at_end && !truncated,
     })
 }
 
-/// Decodes one XRANGE entry; foreign entries that do not sit at a Herald offset are skipped
-/// with a warning, entries at an offset that cannot be decoded become `Slot::Corrupt`.
-fn decode_entry(topic: &str, raw: Value, last: u64) -> Option<Slot> {
+/// Decodes one XRANGE entry (`<first offset>-0`, fields `n t` then `k h d` per message) into
+/// `out`. Entries that do not sit at a Herald offset, or whose structure is not Herald's, are
+/// skipped with a warning (their offsets then show up as a gap); a message whose headers
+/// cannot be decoded becomes `Slot::Corrupt`.
+fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
     let Value::Array(mut parts) = raw else {
         tracing::warn!(topic, "skipping a history entry that is not an array");
-        return None;
+        return;
     };
     let fields = match parts.pop() {
         Some(Value::Array(f)) => f,
@@ -638,57 +647,69 @@ fn decode_entry(topic: &str, raw: Value, last: u64) -> Option<Slot> {
         .and_then(as_bytes)
         .and_then(|b| std::str::from_utf8(b).ok())
         .unwrap_or("");
-    let offset = match id.strip_suffix("-0").and_then(|o| o.parse::<u64>().ok()) {
+    let first = match id.strip_suffix("-0").and_then(|o| o.parse::<u64>().ok()) {
         Some(o) if o >= 1 && o <= last => o,
         _ => {
             tracing::warn!(topic, id, "skipping a history entry Herald did not write");
-            return None;
+            return;
         }
     };
-    let mut key = None;
-    let mut node = None;
-    let mut time = None;
-    let mut headers: &[u8] = b"";
-    let mut data = None;
-    for pair in fields.chunks(2) {
-        let (Some(name), Some(value)) = (
-            pair.first().and_then(as_bytes),
-            pair.get(1).and_then(as_bytes),
-        ) else {
-            continue;
-        };
-        match name {
-            b"k" => key = std::str::from_utf8(value).ok().map(str::to_string),
-            b"n" => node = std::str::from_utf8(value).ok().map(str::to_string),
-            b"t" => {
-                time = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|t| t.parse::<u64>().ok())
-            }
-            b"h" => headers = value,
-            b"d" => data = Some(Bytes::copy_from_slice(value)),
-            _ => {}
-        }
+    let field = |i: usize| fields.get(i).and_then(as_bytes);
+    let text = |i: usize| field(i).and_then(|b| std::str::from_utf8(b).ok());
+    let node = text(1).filter(|_| field(0) == Some(b"n"));
+    let time = text(3)
+        .filter(|_| field(2) == Some(b"t"))
+        .and_then(|t| t.parse::<u64>().ok());
+    let count = fields.len().saturating_sub(4) / 6;
+    let (Some(node), Some(published_at_ms)) = (node, time) else {
+        tracing::warn!(
+            topic,
+            id,
+            "skipping a history entry without Herald's fields"
+        );
+        return;
+    };
+    if count == 0 || fields.len() != 4 + 6 * count {
+        tracing::warn!(
+            topic,
+            id,
+            "skipping a history entry without Herald's fields"
+        );
+        return;
     }
-    let decoded = match (key, node, time, data) {
-        (Some(key), Some(node), Some(published_at_ms), Some(payload)) => decode_headers(headers)
-            .map(|headers| Entry {
-                offset,
-                key,
-                node,
-                published_at_ms,
-                headers,
-                payload,
-            }),
-        _ => Err("missing one of the fields k, n, t, d".to_string()),
-    };
-    Some(match decoded {
-        Ok(e) => Slot::Entry(e),
-        Err(reason) => {
-            tracing::warn!(topic, offset, %reason, "history entry cannot be decoded");
-            Slot::Corrupt { offset, reason }
+    for i in 0..count {
+        let offset = first + i as u64;
+        if offset > last {
+            tracing::warn!(
+                topic,
+                id,
+                "history entry holds messages past the last offset"
+            );
+            return;
         }
-    })
+        let at = 4 + 6 * i;
+        let names = (field(at), field(at + 2), field(at + 4));
+        let decoded = match (names, text(at + 1), field(at + 3), field(at + 5)) {
+            ((Some(b"k"), Some(b"h"), Some(b"d")), Some(key), Some(headers), Some(data)) => {
+                decode_headers(headers).map(|headers| Entry {
+                    offset,
+                    key: key.to_string(),
+                    node: node.to_string(),
+                    published_at_ms,
+                    headers,
+                    payload: Bytes::copy_from_slice(data),
+                })
+            }
+            _ => Err("fields are not k, h, d with a UTF-8 key".to_string()),
+        };
+        out.push(match decoded {
+            Ok(e) => Slot::Entry(e),
+            Err(reason) => {
+                tracing::warn!(topic, offset, %reason, "history entry cannot be decoded");
+                Slot::Corrupt { offset, reason }
+            }
+        });
+    }
 }
 
 /// A live feed over a dedicated Pub/Sub connection.

@@ -102,25 +102,34 @@ def entry_json(epoch, offset, key_, node, published_at, headers, data):
 
 
 def decode_entry(epoch, last, raw):
-    """One XRANGE item -> entry dict, or None for a foreign entry (skipped with a warning)."""
+    """One XRANGE item -> list of message dicts (one entry holds a whole publish: fields
+    n <node> t <ms>, then k <key> h <headers> d <data> per message, at offsets id, id+1, ...).
+    A foreign entry yields [] (skipped with a warning)."""
     entry_id, flat = raw[0], raw[1]
     m = ENTRY_ID.match(entry_id)
-    offset = int(m.group(1)) if m else 0
-    if not (1 <= offset <= last):
+    first = int(m.group(1)) if m else 0
+    if not (1 <= first <= last):
         sys.stderr.write("skipping foreign entry %r\n" % entry_id)
-        return None
-    if isinstance(flat, dict):  # RESP3 clients may hand back a map
-        fields = dict(flat)
-    else:
-        fields = dict(zip(flat[0::2], flat[1::2]))
-    try:
-        for f in (b"k", b"n", b"t", b"d"):
-            if f not in fields:
-                raise ValueError("missing field %s" % f.decode())
-        return entry_json(epoch, offset, fields[b"k"], fields[b"n"], int(fields[b"t"]),
-                          decode_headers(fields.get(b"h", b"")), fields[b"d"])
-    except (ValueError, UnicodeDecodeError) as e:
-        return {"epoch": epoch, "offset": offset, "corrupt": str(e)}
+        return []
+    if isinstance(flat, dict):  # field names repeat, so RESP3 maps cannot carry an entry
+        sys.stderr.write("entry %r came back as a map; use RESP2\n" % entry_id)
+        return []
+    count = (len(flat) - 4) // 6
+    if len(flat) != 4 + 6 * count or count < 1 or flat[0] != b"n" or flat[2] != b"t":
+        sys.stderr.write("skipping entry %r without Herald's fields\n" % entry_id)
+        return []
+    node, t = flat[1], int(flat[3])
+    out = []
+    for i in range(count):
+        k, kv, h, hv, d, dv = flat[4 + 6 * i: 10 + 6 * i]
+        offset = first + i
+        try:
+            if (k, h, d) != (b"k", b"h", b"d"):
+                raise ValueError("fields are not k, h, d")
+            out.append(entry_json(epoch, offset, kv, node, t, decode_headers(hv), dv))
+        except (ValueError, UnicodeDecodeError) as e:
+            out.append({"epoch": epoch, "offset": offset, "corrupt": str(e)})
+    return out
 
 
 class FrameReader:
@@ -206,19 +215,17 @@ def cmd_read(a):
     meta, log = key(a.ns, a.topic, "meta"), key(a.ns, a.topic, "log")
     nxt = max(a.from_, 1)
     while True:
-        epoch, last, first, entries = read([meta, log], [nxt, a.chunk])
+        epoch, last, first, entries, at_end = read([meta, log], [nxt, a.chunk])
         epoch = None if epoch is None else int(epoch)
         last, first = int(last), int(first)
         if epoch is None:
             break
         for raw in entries:
-            e = decode_entry(epoch, last, raw)
-            if e is not None:
-                emit(e)
-            m = ENTRY_ID.match(raw[0])
-            if m:
-                nxt = max(nxt, int(m.group(1)) + 1)
-        if len(entries) < a.chunk:
+            for e in decode_entry(epoch, last, raw):
+                if e["offset"] >= nxt:
+                    emit(e)
+                    nxt = e["offset"] + 1
+        if int(at_end) == 1 or nxt > last:
             break
     emit({"event": "end", "epoch": epoch, "first": first, "last": last})
     return 0

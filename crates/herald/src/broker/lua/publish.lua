@@ -1,7 +1,9 @@
 -- Herald publish, protocol version 1 (see docs/PROTOCOL.md).
 --
 -- KEYS[1] meta      hash   {epoch, last}
--- KEYS[2] log       stream entries with ID "<offset>-0" and fields k n t [h] d
+-- KEYS[2] log       stream; one entry per publish (at most 1000 messages each): ID
+--                   "<first offset>-0", fields n <node> t <ms>, then k <key> h <headers> d <data>
+--                   per message, the i-th message (from 0) at offset first + i
 -- KEYS[3] settings  hash   {max_len, max_age_ms, dedup_ms, max_size}
 -- KEYS[4] dedup     hash   idempotency key -> "<epoch>:<offset>", keys of the current window
 -- KEYS[5] dedup_old hash   the same for the previous window
@@ -109,8 +111,7 @@ local prev, prev_old = {}, {}
 if age < 2 * dedup_ms then prev = hmget(dedup, keys) end
 if age < dedup_ms then prev_old = hmget(dedup_old, keys) end
 
--- Writes. The first XADD is the first write for an existing epoch; it is checked, so that a
--- log holding foreign entries past `last` refuses the publish before anything is written.
+-- Writes (the first one, for an existing epoch, is the checked XADD below).
 local new_epoch = not epoch
 if new_epoch then
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -131,6 +132,7 @@ local node_and_time = field(node) .. field(now_ms)
 local result = {epoch}
 local frame = {}
 local remember = {}
+local entries = {}
 local first_new = nil
 local count = 0
 local seen = {}
@@ -143,19 +145,17 @@ for i = 1, n do
   else
     last = last + 1
     local offset = string.format('%d', last)
-    local added
-    if headers == '' then
-      added = redis.pcall('XADD', log, offset .. '-0', 'k', key, 'n', node, 't', now_ms, 'd', data)
-    else
-      added = redis.pcall('XADD', log, offset .. '-0', 'k', key, 'n', node, 't', now_ms, 'h', headers, 'd', data)
+    if count % 1000 == 0 then
+      entries[#entries + 1] = {offset .. '-0', 'n', node, 't', now_ms}
     end
-    if type(added) == 'table' and added.err then
-      -- Only the first XADD can fail (later IDs are higher still): nothing is written yet.
-      if string.sub(added.err, 1, 9) == 'WRONGTYPE' then
-        return redis.error_reply(added.err) -- a foreign type, not foreign entries
-      end
-      return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (last - 1) .. ': ' .. added.err)
-    end
+    local e = entries[#entries]
+    local m = #e
+    e[m + 1] = 'k'
+    e[m + 2] = key
+    e[m + 3] = 'h'
+    e[m + 4] = headers
+    e[m + 5] = 'd'
+    e[m + 6] = data
     remember[#remember + 1] = key
     remember[#remember + 1] = epoch .. ':' .. offset
     seen[key] = last
@@ -169,6 +169,18 @@ for i = 1, n do
     frame[f + 5] = data
     result[#result + 1] = last
     result[#result + 1] = 0
+  end
+end
+
+-- Append: the first XADD is the first write for an existing epoch; if the stream's last ID is
+-- past `last` (entries Herald did not write), it fails and nothing is written.
+for j, e in ipairs(entries) do
+  local added = redis.pcall('XADD', log, unpack(e))
+  if type(added) == 'table' and added.err then
+    if string.sub(added.err, 1, 9) == 'WRONGTYPE' then
+      return redis.error_reply(added.err) -- a foreign type, not foreign entries
+    end
+    return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (tonumber(first_new) - 1) .. ': ' .. added.err)
   end
 end
 
@@ -200,26 +212,28 @@ elseif count > 0 then
   redis.call('HSET', meta, 'last', string.format('%d', last))
 end
 if count > 0 then
-  redis.call('XTRIM', log, 'MAXLEN', max_len)
+  -- Retention by length: drop entries that hold only offsets older than the newest max_len.
+  -- An entry straddling the boundary stays whole (history keeps at least max_len messages).
+  if last - max_len >= 1 then
+    local boundary = redis.call('XREVRANGE', log, string.format('%d', last - max_len + 1) .. '-0', '-', 'COUNT', 1)
+    if boundary[1] then
+      redis.call('XTRIM', log, 'MINID', boundary[1][1])
+    end
+  end
   if max_age > 0 then
-    -- Trim by age, a bounded amount of work per publish.
-    local cutoff = tonumber(now_ms) - max_age
+    -- Retention by age: drop whole entries older than max_age, a bounded amount per publish.
+    local cutoff = now - max_age
     for _ = 1, 8 do
       local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 128)
       local keep = nil
-      local last_old = nil
       for _, e in ipairs(head) do
-        local ts = nil
-        for j = 1, #e[2], 2 do
-          if e[2][j] == 't' then ts = tonumber(e[2][j + 1]) end
-        end
-        if ts and ts < cutoff then last_old = e[1] else keep = e[1]; break end
+        if tonumber(e[2][4]) and tonumber(e[2][4]) >= cutoff then keep = e[1]; break end
       end
       if keep then
         redis.call('XTRIM', log, 'MINID', keep)
         break
-      elseif last_old then
-        local o = tonumber(string.match(last_old, '^(%d+)'))
+      elseif #head > 0 then
+        local o = tonumber(string.match(head[#head][1], '^(%d+)'))
         redis.call('XTRIM', log, 'MINID', string.format('%d', o + 1) .. '-0')
       else
         break
