@@ -11,6 +11,7 @@
 //! | 2 | bad usage or bad input (unknown option, invalid topic name, malformed header, ...) |
 //! | 3 | Redis could not be reached, or did not answer in time |
 //! | 4 | Redis refused the request (authentication, permissions, out of memory, read-only) or holds data Herald did not write |
+//! | 5 | `herald publish --wait-all`: not every member acknowledged within `--timeout` |
 
 use std::fmt;
 use std::io;
@@ -27,6 +28,8 @@ pub(crate) const BAD_INPUT: u8 = 2;
 pub(crate) const UNREACHABLE: u8 = 3;
 /// Redis refused the request, or its keys hold data Herald cannot use.
 pub(crate) const REFUSED: u8 = 4;
+/// `herald publish --wait-all`: some member did not acknowledge in time.
+pub(crate) const NOT_ACKNOWLEDGED: u8 = 5;
 
 /// The exit statuses, as shown at the end of `herald --help`.
 pub(crate) const HELP: &str = "\
@@ -37,6 +40,7 @@ Exit status:
   3  Redis could not be reached, or did not answer in time (see --connect-timeout)
   4  Redis refused the request (authentication, permissions, out of memory, read-only replica)
      or Herald's keys hold data Herald did not write
+  5  `herald publish --wait-all`: not every member of the group acknowledged within --timeout
 
 Errors are reported as one line on standard error: `herald: <what went wrong and what to do>`.
 Log verbosity is set with RUST_LOG (default `warn`); logs also go to standard error.";

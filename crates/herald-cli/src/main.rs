@@ -4,10 +4,13 @@
 //! self-contained demo (SPEC §6):
 //!
 //! ```text
-//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]...
+//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--wait-all GROUP [--timeout SECS]]
 //! herald tail TOPIC... [--from earliest|latest|OFFSET] [--durable NAME] [--count N] [--timeout SECS]
 //! herald inspect TOPIC
 //! herald configure TOPIC [--max-len N] [--max-age SECS] [--dedup-window SECS] [--max-size BYTES]
+//! herald members [GROUP]
+//! herald join GROUP [--id ID] [--meta K=V]... [--ttl SECS] [--ack TOPIC]...
+//! herald lag TOPIC
 //! herald demo [--nodes N] [--messages M]
 //! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...]
 //! ```
@@ -31,7 +34,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use commands::{configure, demo, inspect, publish, tail, GlobalArgs};
+use commands::{configure, demo, inspect, join, lag, members, publish, tail, GlobalArgs};
 use exit::Failure;
 
 /// Distributed message broadcast over Redis: publish to, follow, inspect and configure
@@ -61,6 +64,15 @@ enum Command {
     /// Change a topic's retention, dedup window or size limit and print its settings
     #[command(after_long_help = exit::HELP)]
     Configure(configure::ConfigureArgs),
+    /// Print the live members of a group (or of every group), one JSON line each
+    #[command(after_long_help = exit::HELP)]
+    Members(members::MembersArgs),
+    /// Join a member group and heartbeat until interrupted, then leave
+    #[command(after_long_help = exit::HELP)]
+    Join(join::JoinArgs),
+    /// Print every durable cursor of a topic with its lag and the age of its last commit
+    #[command(after_long_help = exit::HELP)]
+    Lag(lag::LagArgs),
     /// Run several nodes in this process and show they all receive the same sequence
     #[command(after_long_help = exit::HELP)]
     Demo(demo::DemoArgs),
@@ -98,6 +110,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Tail(args) => tail::run(global, args).await,
         Command::Inspect(args) => inspect::run(global, args).await,
         Command::Configure(args) => configure::run(global, args).await,
+        Command::Members(args) => members::run(global, args).await,
+        Command::Join(args) => join::run(global, args).await,
+        Command::Lag(args) => lag::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         Command::Bench(args) => bench::run(args, global.redis.clone())
             .await

@@ -35,11 +35,14 @@
 //! - [`topic`]: topic names and [`TopicSettings`] (retention, dedup window, size limit).
 //! - [`subscription`]: the ordered, gap-aware [`Subscription`] stream.
 //! - [`cursor`]: durable cursors.
+//! - [`membership`]: member groups, heartbeats, `Joined`/`Left`/`Expired` events.
+//! - [`ack`]: waiting until members acknowledge a message (through their cursors), and lag.
 //! - [`broker`]: where topics live: Redis, or the in-process [`EmbeddedBroker`].
 //! - `envelope`: the wire encoding of messages (documented in `docs/PROTOCOL.md`).
 
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod broker;
 pub mod client;
 mod clock;
@@ -47,15 +50,18 @@ pub mod cursor;
 mod envelope;
 pub mod error;
 pub mod inspect;
+pub mod membership;
 pub mod message;
 pub mod subscription;
 pub mod topic;
 
+pub use ack::{AckReport, AckWait, Acks, CursorLag, PublishAndWait};
 pub use broker::EmbeddedBroker;
 pub use client::{Herald, HeraldBuilder};
 pub use cursor::{CursorInfo, CursorPosition};
 pub use error::{Error, ErrorKind, Result};
 pub use inspect::TopicInfo;
+pub use membership::{JoinBuilder, Member, MemberEvent, MemberWatch, Membership};
 pub use message::{Delivery, Epoch, Headers, Message, Receipt};
 pub use subscription::{Event, GapReason, Start, SubscribeBuilder, Subscription};
 pub use topic::{validate_topic, SettingsChange, TopicSettings};

@@ -394,7 +394,7 @@ impl Engine {
                 .map(|k| (self.first_to_catch_up + k) % n)
                 .find(|&i| self.topics[i].behind);
             if let Some(i) = behind {
-                if self.tx.capacity() > 0 {
+                if self.tx.capacity() >= self.room() {
                     if let Err(e) = self.catch_up(i).await {
                         self.report(e);
                         self.first_to_catch_up = (i + 1) % n;
@@ -437,13 +437,19 @@ impl Engine {
                         self.report(e);
                     }
                 }
-                permit = tx.reserve(), if any_behind => drop(permit),
+                permits = tx.reserve_many(self.room()), if any_behind => drop(permits),
             }
             if lost {
                 tracing::warn!(topics = ?names, "live feed lost; reconnecting");
                 feed = None;
             }
         }
+    }
+
+    /// How much free room in the consumer's channel is worth a round of catch-up: half of it,
+    /// so that catching up moves events in batches rather than waking per event.
+    fn room(&self) -> usize {
+        (self.tx.max_capacity() / 2).max(1)
     }
 
     /// Sleeps, unless the consumer goes away first; false when it did.

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use herald::{EmbeddedBroker, Event, Herald, Message, Receipt, Start, Subscription};
 use tokio::task::JoinSet;
 
-use super::GlobalArgs;
+use super::{connect_within, GlobalArgs};
 use crate::exit::{Failure, FAILURE};
 
 /// How long the nodes may take to receive every message.
@@ -98,14 +98,15 @@ pub(crate) async fn run(global: &GlobalArgs, args: DemoArgs) -> Result<(), Failu
     let mut subs = Vec::new();
     for i in 1..=nodes {
         let builder = Herald::builder().node_id(format!("node-{i}"));
-        let builder = match &backend {
-            Backend::Embedded(broker) => builder.embedded(broker.clone()),
-            Backend::Redis(url) => builder
-                .redis(url.as_str())
-                .namespace(global.namespace.as_str())
-                .connect_timeout(global.connect_timeout),
+        let herald = match &backend {
+            Backend::Embedded(broker) => builder.embedded(broker.clone()).connect().await?,
+            Backend::Redis(url) => {
+                let builder = builder
+                    .redis(url.as_str())
+                    .namespace(global.namespace.as_str());
+                connect_within(builder, url, global.connect_timeout).await?
+            }
         };
-        let herald = builder.connect().await?;
         subs.push(
             herald
                 .subscribe([topic.as_str()])

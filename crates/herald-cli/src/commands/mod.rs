@@ -7,15 +7,19 @@
 pub(crate) mod configure;
 pub(crate) mod demo;
 pub(crate) mod inspect;
+pub(crate) mod join;
+pub(crate) mod lag;
+pub(crate) mod members;
 pub(crate) mod publish;
 pub(crate) mod tail;
+pub(crate) mod wait_all;
 
 use std::time::Duration;
 
 use clap::Args;
-use herald::Herald;
+use herald::{Herald, HeraldBuilder};
 
-use crate::exit::Failure;
+use crate::exit::{Failure, UNREACHABLE};
 
 /// The Redis URL used when neither `--redis` nor `HERALD_REDIS_URL` is given.
 pub(crate) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -59,13 +63,58 @@ impl GlobalArgs {
 
 /// Connects to Redis as the global options say.
 pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
-    let herald = Herald::builder()
+    let builder = Herald::builder()
         .redis(global.redis_url())
-        .namespace(global.namespace.as_str())
-        .connect_timeout(global.connect_timeout)
-        .connect()
-        .await?;
-    Ok(herald)
+        .namespace(global.namespace.as_str());
+    connect_within(builder, global.redis_url(), global.connect_timeout).await
+}
+
+/// How much longer than `--connect-timeout` a connection attempt may take before the command
+/// gives up on its own (the library's deadline applies between attempts, and one attempt
+/// against a server that accepts connections but never answers can outlast it).
+const CONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// Connects `builder` (pointed at `url`), giving up with exit status 3 once `timeout` (plus
+/// [`CONNECT_GRACE`]) has passed.
+pub(crate) async fn connect_within(
+    builder: HeraldBuilder,
+    url: &str,
+    timeout: Duration,
+) -> Result<Herald, Failure> {
+    let builder = builder.connect_timeout(timeout);
+    match tokio::time::timeout(timeout + CONNECT_GRACE, builder.connect()).await {
+        Ok(herald) => Ok(herald?),
+        Err(_) => Err(Failure::new(
+            UNREACHABLE,
+            format!(
+                "cannot reach Redis at {}: no answer within {:?}; check that Redis is running \
+                 and the URL is right, or raise --connect-timeout",
+                redact(url),
+                timeout + CONNECT_GRACE
+            ),
+        )),
+    }
+}
+
+/// The URL with its password (if any) masked, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            let masked = if rest[..at].contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".to_string()
+            };
+            format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+        }
+        None => url.to_string(),
+    }
 }
 
 /// Checks a topic name before anything touches the network, so that a typo is reported
@@ -115,6 +164,17 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("rediss://secret@host"), "rediss://***@host");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("nonsense"), "nonsense");
+    }
 
     #[test]
     fn seconds() {

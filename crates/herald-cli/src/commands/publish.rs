@@ -2,6 +2,9 @@
 //! or one message per line of standard input (DATA is `-`), and prints one JSON line per
 //! message: `{"topic":..,"epoch":..,"offset":..,"duplicate":..}`.
 //!
+//! With `--wait-all GROUP [--timeout SECS]`, it then waits until every live member of GROUP
+//! has acknowledged the (last) message and prints the report (see [`super::wait_all`]).
+//!
 //! Standard input is published in batches (`publish_batch`, one atomic step and one round
 //! trip each) of the lines already read, up to [`BATCH_LINES`] lines or [`BATCH_BYTES`]
 //! bytes, so a file is published quickly while a slow producer (`tail -f log | herald publish
@@ -53,6 +56,16 @@ pub(crate) struct PublishArgs {
     /// A header NAME=VALUE (split at the first `=`); repeat for several
     #[arg(long = "header", value_name = "K=V", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+
+    /// After publishing, wait until every live member of GROUP has acknowledged (committed
+    /// its cursor named after its member id at or past the last message), print which did as
+    /// one JSON line, and exit with status 5 unless all did within --timeout
+    #[arg(long, value_name = "GROUP")]
+    wait_all: Option<String>,
+
+    /// How long --wait-all waits, in seconds
+    #[arg(long, default_value = "10", value_name = "SECS", value_parser = super::parse_duration, requires = "wait_all")]
+    timeout: std::time::Duration,
 }
 
 /// Parses `NAME=VALUE`.
@@ -69,12 +82,21 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 /// Runs `herald publish`.
 pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> Result<(), Failure> {
     check_topic(&args.topic)?;
+    if let Some(group) = &args.wait_all {
+        herald::membership::validate_group(group)?;
+    }
     let herald = connect(global).await?;
     let mut out = JsonLines::stdout();
     match args.data.as_deref() {
         Some("-") => {
             let stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
-            publish_lines(&herald, &args, stdin, &mut out).await
+            let last = publish_lines(&herald, &args, stdin, &mut out).await?;
+            match (&args.wait_all, last) {
+                (Some(group), Some(receipt)) => {
+                    super::wait_all::run(&herald, &receipt, group, args.timeout, &mut out).await
+                }
+                _ => Ok(()),
+            }
         }
         data => {
             let message = with_headers(Message::new(data.unwrap_or("").to_string()), &args);
@@ -84,7 +106,13 @@ pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> Result<(), Fa
             };
             let receipt = herald.publish(&args.topic, message).await?;
             out.emit(&ReceiptLine::from(&receipt))
-                .map_err(|e| Failure::stdout(&e))
+                .map_err(|e| Failure::stdout(&e))?;
+            match &args.wait_all {
+                Some(group) => {
+                    super::wait_all::run(&herald, &receipt, group, args.timeout, &mut out).await
+                }
+                None => Ok(()),
+            }
         }
     }
 }
@@ -96,13 +124,15 @@ fn with_headers(message: Message, args: &PublishArgs) -> Message {
     })
 }
 
-/// Publishes every line of `input` as a message, in batches, printing one receipt per line.
+/// Publishes every line of `input` as a message, in batches, printing one receipt per line;
+/// returns the last receipt.
 async fn publish_lines<R: tokio::io::AsyncRead + Unpin>(
     herald: &Herald,
     args: &PublishArgs,
     mut input: BufReader<R>,
     out: &mut JsonLines<std::io::Stdout>,
-) -> Result<(), Failure> {
+) -> Result<Option<herald::Receipt>, Failure> {
+    let mut last = None;
     let mut line_no: u64 = 0;
     let mut batch: Vec<Message> = Vec::with_capacity(BATCH_LINES);
     let mut line = Vec::new();
@@ -139,8 +169,9 @@ async fn publish_lines<R: tokio::io::AsyncRead + Unpin>(
                 .map_err(|e| Failure::stdout(&e))?;
         }
         out.flush().map_err(|e| Failure::stdout(&e))?;
+        last = receipts.into_iter().last().or(last);
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Reads the next line into `line`, without its `\n` or `\r\n`; false at the end of input.

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
+
+mod members;
 
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::clock;
@@ -31,6 +33,8 @@ pub struct EmbeddedBroker {
 struct Inner {
     topics: Mutex<HashMap<String, TopicLog>>,
     live: broadcast::Sender<Arc<Notification>>,
+    /// Bumped by [`EmbeddedBroker::drop_live_feeds`]: every feed opened before ends.
+    feeds_dropped: watch::Sender<u64>,
     defaults: TopicSettings,
 }
 
@@ -43,6 +47,8 @@ struct TopicLog {
     dedup: HashMap<String, (u64, Instant)>,
     dedup_expiry: VecDeque<(Instant, String)>,
     cursors: BTreeMap<String, CursorPosition>,
+    /// Member records of the group whose event topic this is (see `broker::members`).
+    members: BTreeMap<String, super::members::MemberRecord>,
 }
 
 impl Default for EmbeddedBroker {
@@ -70,6 +76,7 @@ impl EmbeddedBroker {
             inner: Arc::new(Inner {
                 topics: Mutex::new(HashMap::new()),
                 live,
+                feeds_dropped: watch::Sender::new(0),
                 defaults,
             }),
         }
@@ -200,8 +207,17 @@ impl EmbeddedBroker {
         }
     }
 
+    /// Test hook: every live feed open now ends, as if its Redis connection dropped;
+    /// notifications not yet taken from it are lost with it. Subscriptions reconnect and
+    /// catch up from history.
+    #[doc(hidden)]
+    pub fn drop_live_feeds(&self) {
+        self.inner.feeds_dropped.send_modify(|n| *n += 1);
+    }
+
     pub(crate) fn live(&self, topics: &[String]) -> EmbeddedFeed {
         EmbeddedFeed {
+            dropped: self.inner.feeds_dropped.subscribe(),
             rx: self.inner.live.subscribe(),
             topics: topics.iter().cloned().collect(),
         }
@@ -260,12 +276,22 @@ impl EmbeddedBroker {
 pub(crate) struct EmbeddedFeed {
     rx: broadcast::Receiver<Arc<Notification>>,
     topics: HashSet<String>,
+    /// Changes when [`EmbeddedBroker::drop_live_feeds`] ends this feed.
+    dropped: watch::Receiver<u64>,
 }
 
 impl EmbeddedFeed {
     pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
         loop {
-            match self.rx.recv().await {
+            if self.dropped.has_changed().unwrap_or(true) {
+                return None;
+            }
+            let received = tokio::select! {
+                biased;
+                _ = self.dropped.changed() => return None,
+                r = self.rx.recv() => r,
+            };
+            match received {
                 Ok(n) if self.topics.contains(&n.topic) => {
                     return Some(LiveEvent::Notification((*n).clone()))
                 }

@@ -109,6 +109,14 @@ impl Broker {
         }
     }
 
+    /// The event topics of every group that has member records (expired ones included).
+    pub(crate) async fn member_topics(&self) -> Result<Vec<String>> {
+        match self {
+            Broker::Redis(b) => b.member_topics().await,
+            Broker::Embedded(b) => Ok(b.member_topics()),
+        }
+    }
+
     /// Every durable cursor of `topic` (cursors Herald did not write are skipped).
     pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorPosition)>> {
         match self {

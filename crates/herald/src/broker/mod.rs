@@ -10,6 +10,7 @@
 //! - settings and `inspect`.
 
 pub(crate) mod embedded;
+pub(crate) mod members;
 pub(crate) mod redis;
 
 use crate::cursor::{CursorInfo, CursorPosition};
@@ -25,6 +26,8 @@ pub use embedded::EmbeddedBroker;
 pub const PUBLISH_SCRIPT: &str = redis::PUBLISH_SCRIPT;
 /// The atomic history read (Lua); see `docs/PROTOCOL.md`.
 pub const READ_SCRIPT: &str = redis::READ_SCRIPT;
+/// The membership procedure (Lua); see `docs/PROTOCOL.md`, "Membership".
+pub const MEMBERS_SCRIPT: &str = redis::members::MEMBERS_SCRIPT;
 
 /// One slot of history: an entry, or something at that offset that could not be decoded.
 #[derive(Debug, Clone)]

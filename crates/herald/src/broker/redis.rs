@@ -97,9 +97,11 @@ struct Inner {
     conn: ConnectionManager,
     keys: KeySpace,
     publish: Script,
-    read: Script,
     opts: RedisOptions,
     target: String,
+    /// Per topic, the average number of messages per stream entry seen by reads, used to
+    /// size the next read (an entry holds one whole publish).
+    entry_sizes: std::sync::Mutex<std::collections::HashMap<String, f64>>,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -211,9 +213,9 @@ impl RedisBroker {
                 conn,
                 keys: KeySpace::new(&opts.namespace),
                 publish: Script::new(PUBLISH_SCRIPT),
-                read: Script::new(READ_SCRIPT),
                 opts,
                 target,
+                entry_sizes: Default::default(),
             }),
         })
     }
@@ -285,7 +287,13 @@ impl RedisBroker {
 
     /// Turns a permanent Redis error into Herald's error.
     fn classify(&self, operation: &'static str, topic: &str, e: RedisError) -> Error {
-        let code = e.code().unwrap_or("");
+        // A failed transaction (MULTI/EXEC) carries its server errors inside.
+        let wrongtype_in_pipeline = e.code().is_none() && e.to_string().contains("WRONGTYPE");
+        let code = if wrongtype_in_pipeline {
+            "WRONGTYPE"
+        } else {
+            e.code().unwrap_or("")
+        };
         let detail = e.detail().unwrap_or("").to_string();
         match code {
             "WRONGTYPE" => Error::WrongType {
@@ -351,17 +359,77 @@ impl RedisBroker {
         parse_publish_reply(topic, reply, messages.len())
     }
 
+    /// Reads the topic's state and at least `limit` messages from `from` (whole entries, so
+    /// possibly more), in one MULTI/EXEC transaction. Entries go straight from the stream to the
+    /// client (no Lua round trip), which matters for catch-up speed.
     pub(crate) async fn read(&self, topic: &str, from: u64, limit: usize) -> Result<ReadResult> {
+        let from = from.max(1);
         let meta = self.inner.keys.meta(topic);
         let log = self.inner.keys.log(topic);
-        let reply: Value = self
+        let entries_wanted = if limit == 0 {
+            0
+        } else {
+            let per_entry = self
+                .entry_size(topic)
+                .unwrap_or(limit as f64 / 8.0)
+                .max(1.0);
+            ((limit as f64 / per_entry).ceil() as usize).clamp(1, 1024)
+        };
+        let start = format!("{from}-0");
+        let reply: Vec<Value> = self
             .retry("read", topic, |mut conn| {
-                let mut inv = self.inner.read.prepare_invoke();
-                inv.key(&meta).key(&log).arg(from.max(1)).arg(limit);
-                Box::pin(async move { inv.invoke_async(&mut conn).await })
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                pipe.cmd("HMGET").arg(&meta).arg("epoch").arg("last");
+                pipe.cmd("XRANGE")
+                    .arg(&log)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1);
+                if entries_wanted > 0 {
+                    pipe.cmd("XREVRANGE")
+                        .arg(&log)
+                        .arg(&start)
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1);
+                    pipe.cmd("XRANGE")
+                        .arg(&log)
+                        .arg(&start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(entries_wanted);
+                }
+                Box::pin(async move { pipe.query_async(&mut conn).await })
             })
             .await?;
-        parse_read_reply(topic, reply, from.max(1), limit)
+        let result = parse_read_reply(topic, reply, from, entries_wanted)?;
+        if let Some(avg) = result.1 {
+            self.set_entry_size(topic, avg);
+        }
+        Ok(result.0)
+    }
+
+    fn entry_size(&self, topic: &str) -> Option<f64> {
+        let sizes = self
+            .inner
+            .entry_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        sizes.get(topic).copied()
+    }
+
+    fn set_entry_size(&self, topic: &str, avg: f64) {
+        let mut sizes = self
+            .inner
+            .entry_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if sizes.len() > 10_000 {
+            sizes.clear(); // a cache, not state: keep it bounded
+        }
+        sizes.insert(topic.to_string(), avg);
     }
 
     pub(crate) async fn live(&self, topics: &[String]) -> Result<RedisFeed> {
@@ -583,50 +651,91 @@ fn as_bytes(v: &Value) -> Option<&[u8]> {
     }
 }
 
-/// Parses the read script's `{epoch, last, first, entries, at_end}` into at most `limit`
-/// slots from offset `from` on.
-fn parse_read_reply(topic: &str, reply: Value, from: u64, limit: usize) -> Result<ReadResult> {
+/// Parses the read transaction's replies: `HMGET meta epoch last`, the first entry, and when
+/// entries were asked for, the entry at or before `from` and the entries from `from` on.
+/// Returns the result and the average number of messages per entry read.
+fn parse_read_reply(
+    topic: &str,
+    reply: Vec<Value>,
+    from: u64,
+    entries_wanted: usize,
+) -> Result<(ReadResult, Option<f64>)> {
     let bad = |what: &str| Error::Corrupt {
         topic: topic.to_string(),
         detail: format!("unexpected read reply: {what}"),
     };
-    let Value::Array(mut items) = reply else {
-        return Err(bad("not an array"));
-    };
-    if items.len() != 5 {
+    let expected = if entries_wanted > 0 { 4 } else { 2 };
+    if reply.len() != expected {
         return Err(bad("wrong length"));
     }
-    let at_end = items.pop().and_then(|v| as_u64(&v)) == Some(1);
-    let entries = match items.pop() {
-        Some(Value::Array(e)) => e,
-        _ => return Err(bad("entries")),
+    let mut reply = reply.into_iter();
+    let state = match reply.next() {
+        Some(Value::Array(v)) if v.len() == 2 => v,
+        _ => return Err(bad("meta")),
     };
-    let epoch = match &items[0] {
+    let epoch = match &state[0] {
         Value::Nil => None,
         v => Some(as_u64(v).ok_or_else(|| Error::Corrupt {
             topic: topic.to_string(),
             detail: "meta field \"epoch\" is not a number".into(),
         })?),
     };
-    let last = as_u64(&items[1]).ok_or_else(|| Error::Corrupt {
-        topic: topic.to_string(),
-        detail: "meta field \"last\" is not a number".into(),
-    })?;
-    let first = as_u64(&items[2]).unwrap_or(0);
+    let last = match &state[1] {
+        Value::Nil => 0,
+        v => as_u64(v).ok_or_else(|| Error::Corrupt {
+            topic: topic.to_string(),
+            detail: "meta field \"last\" is not a number".into(),
+        })?,
+    };
+    let first = match reply.next() {
+        Some(Value::Array(head)) => head.first().and_then(entry_offset).unwrap_or(0),
+        _ => return Err(bad("head")),
+    };
+    let mut raw_entries = Vec::new();
+    let mut at_end = true;
+    if entries_wanted > 0 {
+        // The entry holding `from` starts before it when `from` is inside a batch.
+        if let Some(Value::Array(mut at)) = reply.next() {
+            if let Some(e) = at.pop() {
+                if entry_offset(&e).is_some_and(|o| o < from) {
+                    raw_entries.push(e);
+                }
+            }
+        }
+        match reply.next() {
+            Some(Value::Array(rest)) => {
+                at_end = rest.len() < entries_wanted;
+                raw_entries.extend(rest);
+            }
+            _ => return Err(bad("entries")),
+        }
+    }
+    let entry_count = raw_entries.len();
     let mut slots = Vec::new();
-    for raw in entries {
+    for raw in raw_entries {
         decode_entry(topic, raw, last, &mut slots);
     }
+    let avg = (entry_count > 0).then(|| slots.len().max(1) as f64 / entry_count as f64);
     slots.retain(|s| s.offset() >= from);
-    let truncated = slots.len() > limit;
-    slots.truncate(limit);
-    Ok(ReadResult {
-        epoch,
-        last,
-        first,
-        slots,
-        complete: at_end && !truncated,
-    })
+    Ok((
+        ReadResult {
+            epoch,
+            last,
+            first,
+            slots,
+            complete: at_end,
+        },
+        avg,
+    ))
+}
+
+/// The offset in an entry's ID (`<offset>-0`), if it has that form.
+fn entry_offset(entry: &Value) -> Option<u64> {
+    let Value::Array(parts) = entry else {
+        return None;
+    };
+    let id = std::str::from_utf8(as_bytes(parts.first()?)?).ok()?;
+    id.strip_suffix("-0")?.parse().ok()
 }
 
 /// Decodes one XRANGE entry (`<first offset>-0`, fields `n t` then `k h d` per message) into

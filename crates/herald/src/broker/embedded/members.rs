@@ -83,12 +83,20 @@ impl EmbeddedBroker {
         }
     }
 
+    pub(crate) fn member_topics(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .topics()
+            .iter()
+            .filter(|(_, log)| !log.members.is_empty())
+            .map(|(t, _)| t.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     pub(crate) fn all_cursors(&self, topic: &str) -> Vec<(String, CursorPosition)> {
         self.topics().get(topic).map_or_else(Vec::new, |log| {
-            log.cursors
-                .iter()
-                .map(|(n, p)| (n.clone(), *p))
-                .collect()
+            log.cursors.iter().map(|(n, p)| (n.clone(), *p)).collect()
         })
     }
 }

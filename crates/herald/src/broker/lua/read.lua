@@ -23,14 +23,15 @@ if wanted > 0 then
   local at = redis.call('XREVRANGE', KEYS[2], ARGV[1] .. '-0', '-', 'COUNT', 1)
   if at[1] then start = at[1][1] end
   local got = 0
-  for _ = 1, 10000 do
-    local part = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', 64)
+  for _ = 1, 100000 do
+    local part = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', 16)
     for _, e in ipairs(part) do
       entries[#entries + 1] = e
       got = got + math.max(1, math.floor((#e[2] - 4) / 6))
+      if got >= wanted then break end
     end
-    if #part < 64 then at_end = 1; break end
     if got >= wanted then break end
+    if #part < 16 then at_end = 1; break end
     start = '(' .. part[#part][1]
   end
 end

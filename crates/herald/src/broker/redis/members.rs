@@ -55,12 +55,7 @@ impl RedisBroker {
             .members_call(
                 "join",
                 topic,
-                &[
-                    b"JOIN",
-                    id.as_bytes(),
-                    meta_json.as_bytes(),
-                    ttl.as_bytes(),
-                ],
+                &[b"JOIN", id.as_bytes(), meta_json.as_bytes(), ttl.as_bytes()],
             )
             .await?;
         let bad = |what: &str| corrupt(topic, format!("unexpected join reply: {what}"));
@@ -135,17 +130,54 @@ impl RedisBroker {
         })
     }
 
+    /// Scans the namespace for members hashes (on one server: with Redis Cluster, only the
+    /// keys of the node the connection reaches).
+    pub(crate) async fn member_topics(&self) -> Result<Vec<String>> {
+        let prefix = format!(
+            "{}:{{{}",
+            self.inner.keys.ns,
+            crate::membership::MEMBERS_TOPIC_PREFIX
+        );
+        let pattern = format!("{prefix}*}}:members");
+        let mut found = std::collections::BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .retry("list groups", "", |mut conn| {
+                    let pattern = pattern.clone();
+                    Box::pin(async move {
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut conn)
+                            .await
+                    })
+                })
+                .await?;
+            for key in keys {
+                if let Some(topic) = key
+                    .strip_prefix(&format!("{}:{{", self.inner.keys.ns))
+                    .and_then(|k| k.strip_suffix("}:members"))
+                {
+                    found.insert(topic.to_string());
+                }
+            }
+            if next == 0 {
+                return Ok(found.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
     pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorPosition)>> {
         let key = self.inner.keys.cursors(topic);
         let raw: Vec<(String, String)> = self
             .retry("read cursors", topic, |mut conn| {
                 let key = key.clone();
-                Box::pin(async move {
-                    redis::cmd("HGETALL")
-                        .arg(key)
-                        .query_async(&mut conn)
-                        .await
-                })
+                Box::pin(async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await })
             })
             .await?;
         Ok(raw
@@ -177,10 +209,18 @@ fn pairs(topic: &str, items: &[Value]) -> Vec<(String, MemberRecord)> {
                 .first()
                 .and_then(as_bytes)
                 .and_then(|b| std::str::from_utf8(b).ok())?;
-            match pair.get(1).and_then(as_bytes).and_then(MemberRecord::decode) {
+            match pair
+                .get(1)
+                .and_then(as_bytes)
+                .and_then(MemberRecord::decode)
+            {
                 Some(r) => Some((id.to_string(), r)),
                 None => {
-                    tracing::warn!(topic, member = id, "skipping a member record Herald did not write");
+                    tracing::warn!(
+                        topic,
+                        member = id,
+                        "skipping a member record Herald did not write"
+                    );
                     None
                 }
             }

@@ -1,0 +1,60 @@
+//! `herald publish ... --wait-all GROUP --timeout SECS`: waits until every live member of
+//! GROUP has acknowledged a message and prints the report as one JSON line:
+//! `{"event":"acks","topic":..,"epoch":..,"offset":..,"group":..,"complete":..,"acked":[..],
+//! "pending":[..],"expired":[..],"waited_ms":..}`.
+//!
+//! Exit status 0 only when every member acknowledged in time; otherwise 5
+//! ([`NOT_ACKNOWLEDGED`]) with a one-line reason naming the members that did not.
+
+use std::time::Duration;
+
+use herald::{AckReport, Acks, Herald, Receipt};
+
+use crate::exit::{Failure, NOT_ACKNOWLEDGED};
+use crate::output::JsonLines;
+
+/// The report line.
+#[derive(Debug, serde::Serialize)]
+struct AcksLine<'a> {
+    /// Always `"acks"`.
+    event: &'static str,
+    #[serde(flatten)]
+    report: &'a AckReport,
+}
+
+/// Waits for the acknowledgements of `receipt` by `group` and prints the report.
+pub(crate) async fn run(
+    herald: &Herald,
+    receipt: &Receipt,
+    group: &str,
+    timeout: Duration,
+    out: &mut JsonLines<std::io::Stdout>,
+) -> Result<(), Failure> {
+    let report = herald
+        .wait_for_acks(receipt, group)
+        .acks(Acks::All)
+        .timeout(timeout)
+        .await?;
+    out.emit(&AcksLine {
+        event: "acks",
+        report: &report,
+    })
+    .map_err(|e| Failure::stdout(&e))?;
+    if report.complete {
+        return Ok(());
+    }
+    Err(Failure::new(
+        NOT_ACKNOWLEDGED,
+        format!(
+            "{} of {} members of group {group:?} did not acknowledge offset {} of {:?} within {:?}: {}; \
+             check them with `herald lag {}` and `herald members {group}`",
+            report.pending.len(),
+            report.pending.len() + report.acked.len() + report.expired.len(),
+            report.offset,
+            report.topic,
+            timeout,
+            report.pending.join(", "),
+            report.topic,
+        ),
+    ))
+}

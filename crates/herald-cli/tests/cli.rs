@@ -1,0 +1,685 @@
+#![allow(clippy::unwrap_used)]
+//! End-to-end tests of the `herald` binary: each test runs the built command line with
+//! `std::process::Command` against its own `redis-server` on a free 127.0.0.1 port (or against
+//! nothing, for the usage and unreachable cases), and checks its JSON lines, its one-line
+//! errors and its exit statuses. Every wait is bounded.
+
+#[rustfmt::skip]
+#[path = "../../herald/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{free_port, RedisServer};
+
+/// The longest any one run of the binary may take.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+/// How long a live test waits for one line.
+const LINE_WAIT: Duration = Duration::from_secs(15);
+
+/// The binary, with a clean environment for the variables it reads.
+fn herald_cmd(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(args)
+        .env_remove("HERALD_REDIS_URL")
+        .env("RUST_LOG", "error");
+    cmd
+}
+
+/// The outcome of one run.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// Stdout as JSON values, one per line.
+    fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect()
+    }
+
+    fn assert_ok(&self) -> &Self {
+        assert_eq!(self.code(), 0, "{self:#?}");
+        self
+    }
+}
+
+/// Reads a pipe to its end on a thread.
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test when it takes longer.
+fn wait_bounded(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herald did not exit within {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the binary with `stdin` as standard input, bounded by [`RUN_LIMIT`].
+fn run_with_input(args: &[&str], stdin: &[u8]) -> Run {
+    let mut child = herald_cmd(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let status = wait_bounded(&mut child, RUN_LIMIT);
+    writer.join().unwrap();
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Runs the binary with empty standard input.
+fn run(args: &[&str]) -> Run {
+    run_with_input(args, b"")
+}
+
+/// Runs the binary against `server`.
+fn run_on(server: &RedisServer, args: &[&str]) -> Run {
+    let url = server.url();
+    let mut all = vec!["--redis", url.as_str()];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+/// A running `herald` whose stdout is read line by line, as a script would.
+struct Live {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Live {
+    fn start(server: &RedisServer, args: &[&str]) -> Self {
+        let url = server.url();
+        let mut all = vec!["--redis", url.as_str()];
+        all.extend_from_slice(args);
+        let mut child = herald_cmd(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Some(drain(child.stderr.take().unwrap()));
+        Live {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next line of output, as JSON; fails the test if none comes within [`LINE_WAIT`].
+    fn next(&mut self) -> Value {
+        match self.lines.recv_timeout(LINE_WAIT) {
+            Ok(line) => serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}")),
+            Err(e) => {
+                let _ = self.child.kill();
+                panic!("no line from herald within {LINE_WAIT:?}: {e}");
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its status and standard error.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let status = wait_bounded(&mut self.child, RUN_LIMIT);
+        let stderr = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that standard error is exactly one line `herald: <...>` containing `needle`.
+fn assert_one_error_line(run: &Run, needle: &str) {
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{run:#?}");
+    assert!(lines[0].starts_with("herald: "), "{run:#?}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {run:#?}");
+}
+
+fn offsets(lines: &[Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|l| l["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn publish_then_tail_from_earliest() {
+    let server = RedisServer::start();
+    let first = run_on(
+        &server,
+        &[
+            "publish", "orders", "hello", "--key", "k1", "--header", "a=b", "--header", "c=x=y",
+        ],
+    );
+    first.assert_ok();
+    let receipt = &first.json()[0];
+    assert_eq!(receipt["topic"], "orders");
+    assert_eq!(receipt["offset"], 1);
+    assert_eq!(receipt["duplicate"], false);
+    assert!(receipt["epoch"].as_u64().unwrap() > 0);
+    let receipt_keys: Vec<&String> = receipt.as_object().unwrap().keys().collect();
+    assert_eq!(receipt_keys.len(), 4, "{receipt}");
+    run_on(&server, &["publish", "orders", "world"]).assert_ok();
+
+    let tail = run_on(
+        &server,
+        &["tail", "orders", "--from", "earliest", "--count", "2"],
+    );
+    tail.assert_ok();
+    let lines = tail.json();
+    assert_eq!(lines.len(), 2, "{tail:#?}");
+    assert_eq!(offsets(&lines), [1, 2]);
+    let m = &lines[0];
+    assert_eq!(m["topic"], "orders");
+    assert_eq!(m["epoch"], receipt["epoch"]);
+    assert_eq!(m["key"], "k1");
+    assert_eq!(m["data"], "hello");
+    assert_eq!(m["headers"], serde_json::json!({"a": "b", "c": "x=y"}));
+    assert!(m["node"].as_str().is_some_and(|n| !n.is_empty()));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let published_at = m["published_at"].as_u64().unwrap();
+    assert!(
+        published_at <= now_ms + 60_000 && published_at + 600_000 > now_ms,
+        "{m}"
+    );
+    assert!(m.get("data_base64").is_none());
+    assert_eq!(lines[1]["data"], "world");
+    assert_eq!(lines[1]["headers"], serde_json::json!({}));
+}
+
+#[test]
+fn same_key_twice_is_a_duplicate() {
+    let server = RedisServer::start();
+    let a = run_on(&server, &["publish", "t", "x", "--key", "once"]);
+    let b = run_on(&server, &["publish", "t", "x", "--key", "once"]);
+    let (a, b) = (&a.assert_ok().json()[0], &b.assert_ok().json()[0]);
+    assert_eq!(a["duplicate"], false);
+    assert_eq!(b["duplicate"], true);
+    assert_eq!(a["offset"], b["offset"]);
+    assert_eq!(a["epoch"], b["epoch"]);
+    // Without a key, the same data is a new message.
+    let c = run_on(&server, &["publish", "t", "x"]);
+    assert_eq!(c.assert_ok().json()[0]["offset"], 2);
+}
+
+#[test]
+fn publish_lines_from_stdin() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let args = [
+        "--redis",
+        url.as_str(),
+        "publish",
+        "lines",
+        "-",
+        "--key",
+        "run",
+    ];
+    let first = run_with_input(&args, b"one\ntwo\r\n\nthree");
+    let receipts = first.assert_ok().json();
+    assert_eq!(offsets(&receipts), [1, 2, 3, 4]);
+    assert!(receipts.iter().all(|r| r["duplicate"] == false));
+    // The same input with the same --key publishes nothing twice.
+    let again = run_with_input(&args, b"one\ntwo\r\n\nthree");
+    let receipts = again.assert_ok().json();
+    assert_eq!(offsets(&receipts), [1, 2, 3, 4]);
+    assert!(
+        receipts.iter().all(|r| r["duplicate"] == true),
+        "{again:#?}"
+    );
+
+    let tail = run_on(
+        &server,
+        &["tail", "lines", "--from", "earliest", "--count", "4"],
+    );
+    let lines = tail.assert_ok().json();
+    let data: Vec<&str> = lines.iter().map(|l| l["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["one", "two", "", "three"]);
+    let keys: Vec<&str> = lines.iter().map(|l| l["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["run-1", "run-2", "run-3", "run-4"]);
+
+    // Many lines (several batches), without a key: one receipt per line, in order.
+    let input: String = (1..=1000).map(|i| format!("line {i}\n")).collect();
+    let bulk = run_with_input(
+        &[
+            "--redis",
+            url.as_str(),
+            "publish",
+            "bulk",
+            "-",
+            "--header",
+            "h=1",
+        ],
+        input.as_bytes(),
+    );
+    let receipts = bulk.assert_ok().json();
+    assert_eq!(offsets(&receipts), (1..=1000).collect::<Vec<_>>());
+    let tail = run_on(&server, &["tail", "bulk", "--from", "990", "--count", "11"]);
+    let lines = tail.assert_ok().json();
+    assert_eq!(lines[0]["data"], "line 990");
+    assert_eq!(lines[10]["data"], "line 1000");
+    assert_eq!(lines[10]["headers"]["h"], "1");
+}
+
+#[test]
+fn durable_tail_resumes_after_the_last_printed_message() {
+    let server = RedisServer::start();
+    let url = server.url();
+    run_with_input(
+        &["--redis", url.as_str(), "publish", "jobs", "-"],
+        b"1\n2\n3\n4\n5\n",
+    )
+    .assert_ok();
+    let durable = |extra: &[&str]| {
+        let mut args = vec!["tail", "jobs", "--durable", "worker"];
+        args.extend_from_slice(extra);
+        run_on(&server, &args)
+    };
+    let first = durable(&["--from", "earliest", "--count", "2"]);
+    assert_eq!(offsets(&first.assert_ok().json()), [1, 2]);
+    // --from applies only when the cursor does not exist yet.
+    let second = durable(&["--from", "latest", "--count", "2"]);
+    assert_eq!(offsets(&second.assert_ok().json()), [3, 4]);
+    // --timeout ends the command (status 0) once nothing more arrives.
+    let started = Instant::now();
+    let third = durable(&["--timeout", "1"]);
+    assert_eq!(offsets(&third.assert_ok().json()), [5]);
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    let info = &run_on(&server, &["inspect", "jobs"]).assert_ok().json()[0];
+    let cursor = &info["cursors"][0];
+    assert_eq!(cursor["name"], "worker");
+    assert_eq!(cursor["offset"], 5);
+    assert_eq!(cursor["lag"], 0);
+    // Nothing left for this cursor.
+    let fourth = durable(&["--timeout", "0.5"]);
+    assert_eq!(fourth.assert_ok().stdout, "");
+}
+
+#[test]
+fn inspect_and_configure_print_json() {
+    let server = RedisServer::start();
+    let conf = run_on(
+        &server,
+        &[
+            "configure",
+            "metrics",
+            "--max-len",
+            "10",
+            "--max-age",
+            "60",
+            "--dedup-window",
+            "1.5",
+            "--max-size",
+            "2048",
+        ],
+    );
+    let settings = &conf.assert_ok().json()[0];
+    assert_eq!(
+        *settings,
+        serde_json::json!({
+            "topic": "metrics",
+            "max_len": 10,
+            "max_age_ms": 60_000,
+            "dedup_window_ms": 1500,
+            "max_size": 2048,
+        })
+    );
+    // Only the given settings change.
+    let conf = run_on(&server, &["configure", "metrics", "--max-age", "0"]);
+    let settings = &conf.assert_ok().json()[0];
+    assert_eq!(settings["max_age_ms"], 0);
+    assert_eq!(settings["max_len"], 10);
+
+    // One publish each: a batch is kept or trimmed whole, so publish them separately.
+    for i in 1..=12 {
+        run_on(&server, &["publish", "metrics", &i.to_string()]).assert_ok();
+    }
+    let info = run_on(&server, &["inspect", "metrics"]);
+    assert_eq!(info.stdout.lines().count(), 1);
+    let info = &info.assert_ok().json()[0];
+    assert_eq!(info["topic"], "metrics");
+    assert!(info["epoch"].as_u64().is_some());
+    assert_eq!(info["last_offset"], 12);
+    assert_eq!(info["first_offset"], 3);
+    assert_eq!(info["length"], 10);
+    assert_eq!(info["settings"]["max_len"], 10);
+    assert_eq!(info["configured"], true);
+    assert_eq!(info["cursors"], serde_json::json!([]));
+
+    // A topic never published: no epoch.
+    let empty = &run_on(&server, &["inspect", "nothing"]).assert_ok().json()[0];
+    assert_eq!(empty["epoch"], Value::Null);
+    assert_eq!(empty["last_offset"], 0);
+
+    // Bad settings and an empty change are bad input.
+    let bad = run_on(&server, &["configure", "metrics", "--max-len", "0"]);
+    assert_eq!(bad.code(), 2);
+    assert_one_error_line(&bad, "max_len");
+    let nothing = run_on(&server, &["configure", "metrics"]);
+    assert_eq!(nothing.code(), 2);
+    assert_one_error_line(&nothing, "nothing to change");
+}
+
+#[test]
+fn binary_payload_is_printed_as_base64() {
+    let server = RedisServer::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let node = herald::Herald::builder()
+            .redis(server.url())
+            .connect()
+            .await
+            .unwrap();
+        node.publish("bin", vec![0xff_u8, 0x00, 0x80, b'a'])
+            .await
+            .unwrap();
+        node.publish("bin", "text").await.unwrap();
+    });
+    let tail = run_on(
+        &server,
+        &["tail", "bin", "--from", "earliest", "--count", "2"],
+    );
+    let lines = tail.assert_ok().json();
+    assert_eq!(lines[0]["data_base64"], "/wCAYQ==");
+    assert!(lines[0].get("data").is_none(), "{}", lines[0]);
+    assert_eq!(lines[1]["data"], "text");
+    assert!(lines[1].get("data_base64").is_none());
+}
+
+#[test]
+fn gap_and_reset_events() {
+    let server = RedisServer::start();
+    run_on(&server, &["configure", "small", "--max-len", "2"]).assert_ok();
+    for data in ["a", "b", "c", "d", "e"] {
+        run_on(&server, &["publish", "small", data]).assert_ok();
+    }
+    let tail = run_on(&server, &["tail", "small", "--from", "1", "--count", "2"]);
+    let lines = tail.assert_ok().json();
+    assert_eq!(lines.len(), 3, "{tail:#?}");
+    let gap = &lines[0];
+    assert_eq!(gap["event"], "gap");
+    assert_eq!(gap["topic"], "small");
+    assert_eq!(
+        (gap["from"].as_u64(), gap["to"].as_u64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(gap["reason"], "retention");
+    assert!(gap["epoch"].as_u64().is_some());
+    assert_eq!(offsets(&lines[1..]), [4, 5]);
+
+    // A live tail sees the log lost (FLUSHALL) and a new epoch begin.
+    run_on(&server, &["publish", "fragile", "before"]).assert_ok();
+    let mut live = Live::start(
+        &server,
+        &["tail", "fragile", "--from", "earliest", "--count", "2"],
+    );
+    let before = live.next();
+    assert_eq!(before["data"], "before");
+    let _: () = server.cmd(&["FLUSHALL"]);
+    run_on(&server, &["publish", "fragile", "after"]).assert_ok();
+    let reset = live.next();
+    assert_eq!(reset["event"], "reset", "{reset}");
+    assert_eq!(reset["topic"], "fragile");
+    assert_eq!(reset["previous_epoch"], before["epoch"]);
+    assert_ne!(reset["epoch"], before["epoch"]);
+    assert_eq!(reset["last_delivered"], 1);
+    let after = live.next();
+    assert_eq!(
+        (after["data"].as_str(), after["offset"].as_u64()),
+        (Some("after"), Some(1))
+    );
+    assert_eq!(after["epoch"], reset["epoch"]);
+    let (status, stderr) = live.finish();
+    assert!(status.success(), "{status:?} {stderr}");
+}
+
+#[test]
+fn tail_prints_live_and_stops_on_ctrl_c() {
+    let server = RedisServer::start();
+    let mut live = Live::start(&server, &["tail", "a", "b"]);
+    // --from latest: publish until the tail shows it is listening (each line flushed at once).
+    let deadline = Instant::now() + LINE_WAIT;
+    let first = loop {
+        run_on(&server, &["publish", "a", "ping"]).assert_ok();
+        match live.lines.recv_timeout(Duration::from_millis(300)) {
+            Ok(line) => break serde_json::from_str::<Value>(&line).unwrap(),
+            Err(_) if Instant::now() < deadline => continue,
+            Err(e) => panic!("tail printed nothing: {e}"),
+        }
+    };
+    assert_eq!(first["topic"], "a");
+    run_on(&server, &["publish", "b", "pong"]).assert_ok();
+    let mut next = live.next();
+    while next["topic"] == "a" {
+        next = live.next(); // further pings sent before the first one arrived
+    }
+    assert_eq!(
+        (next["topic"].as_str(), next["data"].as_str()),
+        (Some("b"), Some("pong"))
+    );
+
+    let pid = live.child.id().to_string();
+    let killed = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(killed.success());
+    let (status, stderr) = live.finish();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    // Nothing listens here: bad input is reported before any connection is tried.
+    let port = free_port().to_string();
+    let url = format!("redis://127.0.0.1:{port}");
+    let url = url.as_str();
+    for args in [
+        vec!["--redis", url, "publish", "bad topic", "x"],
+        vec!["--redis", url, "tail", "ok", "not*ok"],
+        vec!["--redis", url, "inspect", ""],
+        vec!["--redis", url, "configure", "a{b}", "--max-len", "3"],
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code(), 2, "{args:?}: {r:#?}");
+        assert_one_error_line(&r, "invalid topic name");
+        assert_eq!(r.stdout, "");
+    }
+    // Usage errors (clap) also exit with 2.
+    for args in [
+        vec!["publish", "t", "x", "--header", "no-equals-sign"],
+        vec!["tail", "t", "--from", "first"],
+        vec!["tail", "t", "--count", "0"],
+        vec!["tail"],
+        vec!["frobnicate"],
+        vec!["--connect-timeout", "soon", "inspect", "t"],
+    ] {
+        let r = run(&args);
+        assert_eq!(r.code(), 2, "{args:?}: {r:#?}");
+        assert!(!r.stderr.is_empty());
+    }
+    let header = run(&["publish", "t", "x", "--header", "novalue"]);
+    assert!(header.stderr.contains("NAME=VALUE"), "{header:#?}");
+    // A malformed URL is bad input too.
+    let r = run(&["--redis", "http://127.0.0.1:1", "inspect", "t"]);
+    assert_eq!(r.code(), 2, "{r:#?}");
+    assert_one_error_line(&r, "Redis URL");
+}
+
+#[test]
+fn unreachable_redis_exits_3() {
+    let port = free_port().to_string();
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = Instant::now();
+    let r = run(&[
+        "--redis",
+        &url,
+        "--connect-timeout",
+        "1",
+        "publish",
+        "t",
+        "x",
+    ]);
+    assert_eq!(r.code(), 3, "{r:#?}");
+    assert_one_error_line(&r, "cannot reach Redis");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // A server that accepts connections but never answers: --connect-timeout still holds.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let r = run(&[
+        "--redis",
+        &silent_url,
+        "--connect-timeout",
+        "1",
+        "inspect",
+        "t",
+    ]);
+    assert_eq!(r.code(), 3, "{r:#?}");
+    assert_one_error_line(&r, "cannot reach Redis");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+    // The environment variable works like --redis.
+    let mut child = herald_cmd(&["--connect-timeout", "0.2", "inspect", "t"])
+        .env("HERALD_REDIS_URL", &url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    let status = wait_bounded(&mut child, RUN_LIMIT);
+    assert_eq!(status.code(), Some(3));
+    assert!(err.join().unwrap().contains(&port));
+}
+
+#[test]
+fn demo_on_the_embedded_broker() {
+    let r = run(&["demo"]);
+    r.assert_ok();
+    assert!(
+        r.stdout
+            .contains("OK: all 4 nodes received the same 100 messages in the same order"),
+        "{r:#?}"
+    );
+    assert!(r.stdout.contains("duplicate: true"), "{r:#?}");
+    assert!(r.stdout.contains("embedded"), "{r:#?}");
+    let r = run(&["demo", "--nodes", "3", "--messages", "40"]);
+    r.assert_ok();
+    assert!(
+        r.stdout
+            .contains("OK: all 3 nodes received the same 120 messages"),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn demo_on_redis() {
+    let server = RedisServer::start();
+    let r = run_on(&server, &["demo", "--nodes", "3", "--messages", "20"]);
+    r.assert_ok();
+    assert!(r.stdout.contains("Redis"), "{r:#?}");
+    assert!(
+        r.stdout
+            .contains("OK: all 3 nodes received the same 60 messages"),
+        "{r:#?}"
+    );
+    // A rerun uses a new topic, so it is not confused by the first run's messages.
+    let again = run_on(&server, &["demo", "--nodes", "2", "--messages", "5"]);
+    assert!(
+        again.assert_ok().stdout.contains("OK: all 2 nodes"),
+        "{again:#?}"
+    );
+}
+
+#[test]
+fn help_documents_exit_statuses() {
+    let r = run(&["--help"]);
+    r.assert_ok();
+    for needle in [
+        "Exit status",
+        "3  Redis could not be reached",
+        "4  Redis refused",
+        "HERALD_REDIS_URL",
+    ] {
+        assert!(
+            r.stdout.contains(needle),
+            "{needle:?} missing from {}",
+            r.stdout
+        );
+    }
+    let publish = run(&["publish", "--help"]);
+    assert!(
+        publish.assert_ok().stdout.contains("KEY-N"),
+        "{}",
+        publish.stdout
+    );
+    assert!(publish.stdout.contains("Exit status"));
+}

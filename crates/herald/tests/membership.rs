@@ -1,0 +1,441 @@
+//! Membership, acknowledgement through cursors and lag (SPEC §4, issue 6): the behaviours
+//! run against the embedded broker and a real Redis; restarts run against real Redis only.
+//! Every wait is bounded.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use herald::{Acks, Event, Herald, MemberEvent, MemberWatch, Membership, Start};
+use support::{Backend, RedisServer};
+
+/// The longest any single expected thing may take.
+const WAIT: Duration = Duration::from_secs(15);
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::embedded()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::redis()).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    join_list_watch_leave,
+    dropped_member_expires_once,
+    wait_for_all_and_laggard,
+    expiring_member_is_reported_not_waited_for,
+    members_are_rebuilt_by_heartbeats_after_loss,
+    lag_reports_cursors,
+    bad_names_are_rejected,
+);
+
+/// The next membership event, failing the test after [`WAIT`].
+async fn next(watch: &mut MemberWatch) -> MemberEvent {
+    match tokio::time::timeout(WAIT, watch.next()).await {
+        Ok(Some(Ok(e))) => e,
+        Ok(Some(Err(e))) => panic!("watch error: {e}"),
+        Ok(None) => panic!("watch ended"),
+        Err(_) => panic!("no membership event within {WAIT:?}"),
+    }
+}
+
+/// Waits (bounded) until `group` has exactly the members `ids`.
+async fn until_members(node: &Herald, group: &str, ids: &[&str]) -> Vec<herald::Member> {
+    let want: BTreeSet<&str> = ids.iter().copied().collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let members = node.members(group).await.unwrap();
+        let got: BTreeSet<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        if got == want {
+            return members;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members of {group}: {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn join_list_watch_leave(b: Backend) {
+    let a = b.node("node-a").await;
+    let c = b.node("node-c").await;
+    let mut watch = c.watch_members("web").await.unwrap();
+    assert_eq!(next(&mut watch).await, MemberEvent::Snapshot(Vec::new()));
+
+    let ma = a
+        .join("web")
+        .meta("address", "10.0.0.1:80")
+        .meta("version", "2.3")
+        .await
+        .unwrap();
+    assert_eq!(ma.id(), "node-a");
+    let mc = c.join("web").id("custom-id").await.unwrap();
+    let members = c.members("web").await.unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[0].id, "custom-id");
+    assert_eq!(members[1].id, "node-a");
+    assert_eq!(members[1].meta["address"], "10.0.0.1:80");
+    assert_eq!(members[1].meta["version"], "2.3");
+    assert_eq!(a.member_groups().await.unwrap(), ["web"]);
+
+    match next(&mut watch).await {
+        MemberEvent::Joined(m) => assert_eq!((m.id.as_str(), m.meta.len()), ("node-a", 2)),
+        other => panic!("expected Joined, got {other:?}"),
+    }
+    assert!(matches!(next(&mut watch).await, MemberEvent::Joined(m) if m.id == "custom-id"));
+
+    ma.leave().await.unwrap();
+    assert!(matches!(next(&mut watch).await, MemberEvent::Left(m) if m.id == "node-a"));
+    until_members(&c, "web", &["custom-id"]).await;
+
+    // A late watcher learns the current membership from its snapshot, not from history.
+    let mut late = a.watch_members("web").await.unwrap();
+    match next(&mut late).await {
+        MemberEvent::Snapshot(m) => assert_eq!(m.len(), 1),
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+    mc.leave().await.unwrap();
+    assert!(matches!(next(&mut late).await, MemberEvent::Left(m) if m.id == "custom-id"));
+    assert!(c.members("web").await.unwrap().is_empty());
+}
+
+async fn dropped_member_expires_once(b: Backend) {
+    let watcher = b.node("watcher").await;
+    let mut watch = watcher.watch_members("cache").await.unwrap();
+    next(&mut watch).await; // snapshot
+                            // Two live members reap concurrently: the expiry must still be announced once.
+    let keep1 = b
+        .node("keep-1")
+        .await
+        .join("cache")
+        .ttl(Duration::from_secs(3))
+        .await
+        .unwrap();
+    let keep2 = b
+        .node("keep-2")
+        .await
+        .join("cache")
+        .ttl(Duration::from_secs(3))
+        .await
+        .unwrap();
+    let doomed_node = b.node("doomed").await;
+    let doomed = doomed_node
+        .join("cache")
+        .ttl(Duration::from_millis(400))
+        .await
+        .unwrap();
+    let joined_at = doomed.joined_at_ms();
+    for _ in 0..3 {
+        assert!(matches!(next(&mut watch).await, MemberEvent::Joined(_)));
+    }
+    drop(doomed); // as kill -9 would: no leave
+    match next(&mut watch).await {
+        MemberEvent::Expired(m) => {
+            assert_eq!(m.id, "doomed");
+            assert_eq!(m.joined_at_ms, joined_at);
+        }
+        other => panic!("expected Expired, got {other:?}"),
+    }
+    until_members(&watcher, "cache", &["keep-1", "keep-2"]).await;
+    // No second Expired (nor anything else) for the same incarnation.
+    if let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(1500), watch.next()).await {
+        panic!("unexpected event after the expiry: {e:?}");
+    }
+    drop((keep1, keep2));
+}
+
+/// A member that applies every message of `topic` and commits its cursor, unless paused.
+fn applier(
+    node: Herald,
+    member: &Membership,
+    topic: &'static str,
+    paused: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let id = member.id().to_string();
+    tokio::spawn(async move {
+        let mut sub = node
+            .subscribe([topic])
+            .durable(id)
+            .from(Start::Earliest)
+            .await
+            .unwrap();
+        while let Some(Ok(Event::Message(d))) = sub.next_event().await {
+            let mut paused = paused.clone();
+            while *paused.borrow_and_update() {
+                if paused.changed().await.is_err() {
+                    return;
+                }
+            }
+            sub.commit(&d).await.unwrap();
+        }
+    })
+}
+
+async fn wait_for_all_and_laggard(b: Backend) {
+    let publisher = b.node("publisher").await;
+    let (run_tx, run_rx) = tokio::sync::watch::channel(false);
+    let (pause_tx, pause_rx) = tokio::sync::watch::channel(false);
+    let mut members = Vec::new();
+    let mut tasks = Vec::new();
+    for id in ["web-1", "web-2", "web-3"] {
+        let node = b.node(id).await;
+        let m = node.join("web").ttl(Duration::from_secs(10)).await.unwrap();
+        let rx = if id == "web-3" {
+            pause_rx.clone()
+        } else {
+            run_rx.clone()
+        };
+        tasks.push(applier(node, &m, "config", rx));
+        members.push(m);
+    }
+
+    let v1 = publisher.publish("config", "v1").await.unwrap();
+    let report = publisher
+        .wait_for_acks(&v1, "web")
+        .timeout(WAIT)
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.acked, ["web-1", "web-2", "web-3"]);
+    assert!(report.pending.is_empty() && report.expired.is_empty());
+
+    // web-3 is paused: the wait times out and names it.
+    pause_tx.send(true).unwrap();
+    let v2 = publisher.publish("config", "v2").await.unwrap();
+    let started = Instant::now();
+    let report = publisher
+        .wait_for_acks(&v2, "web")
+        .acks(Acks::All)
+        .timeout(Duration::from_millis(800))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!report.complete, "{report:?}");
+    assert_eq!(report.acked, ["web-1", "web-2"]);
+    assert_eq!(report.pending, ["web-3"]);
+    // Two out of three is enough when asked for two.
+    let report = publisher
+        .wait_for_acks(&v2, "web")
+        .acks(Acks::Count(2))
+        .timeout(WAIT)
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    let report = publisher
+        .publish_and_wait("config", "v2b", "web")
+        .wait_for(Acks::Count(2))
+        .timeout(WAIT)
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.offset, v2.offset + 1);
+    assert!(!report.acked.contains(&"web-3".to_string()));
+
+    // Members joining after the publish are not waited for, whether they join before the
+    // wait starts or during it.
+    let v3 = publisher.publish("config", "v3").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let early = b.node("web-early").await.join("web").await.unwrap();
+    let waiting = tokio::spawn({
+        let publisher = publisher.clone();
+        async move { publisher.wait_for_acks(&v3, "web").timeout(WAIT).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = b.node("web-late").await.join("web").await.unwrap();
+    pause_tx.send(false).unwrap();
+    let report = tokio::time::timeout(WAIT * 2, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.acked, ["web-1", "web-2", "web-3"]);
+    drop((early, late, members, run_tx));
+    for t in tasks {
+        t.abort();
+    }
+}
+
+async fn expiring_member_is_reported_not_waited_for(b: Backend) {
+    let publisher = b.node("publisher").await;
+    let live = publisher
+        .join("ops")
+        .ttl(Duration::from_secs(3))
+        .await
+        .unwrap();
+    let dying = b
+        .node("dying")
+        .await
+        .join("ops")
+        .ttl(Duration::from_millis(400))
+        .await
+        .unwrap();
+    let receipt = publisher.publish("flush", "all").await.unwrap();
+    publisher
+        .commit("flush", live.id(), receipt.epoch, receipt.offset)
+        .await
+        .unwrap();
+    drop(dying);
+    let started = Instant::now();
+    let report = publisher
+        .wait_for_acks(&receipt, "ops")
+        .timeout(WAIT)
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "{report:?}");
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.acked, ["publisher"]);
+    assert_eq!(report.expired, ["dying"]);
+    assert!(report.pending.is_empty());
+    drop(live);
+}
+
+async fn members_are_rebuilt_by_heartbeats_after_loss(mut b: Backend) {
+    let node = b.node("survivor").await;
+    let m = node
+        .join("grp")
+        .ttl(Duration::from_millis(900))
+        .await
+        .unwrap();
+    let before = m.joined_at_ms();
+    b.lose_everything();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let members = node.members("grp").await.unwrap();
+        if let Some(s) = members.iter().find(|s| s.id == "survivor") {
+            assert!(s.joined_at_ms >= before);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the member was not rebuilt");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The rejoin is announced on the (new epoch of the) event topic.
+    let mut sub = node
+        .subscribe(["__members/grp"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    match support::next_event(&mut sub).await {
+        Event::Message(d) => assert!(matches!(
+            MemberEvent::from_delivery(&d),
+            Some(MemberEvent::Joined(j)) if j.id == "survivor"
+        )),
+        other => panic!("expected the Joined event, got {other:?}"),
+    }
+    m.leave().await.unwrap();
+}
+
+async fn lag_reports_cursors(b: Backend) {
+    let node = b.node("n").await;
+    for i in 0..5 {
+        node.publish("t", format!("{i}")).await.unwrap();
+    }
+    let r = node.publish("t", "last").await.unwrap();
+    node.commit("t", "slow", r.epoch, 2).await.unwrap();
+    node.commit("t", "fast", r.epoch, r.offset).await.unwrap();
+    let lag = node.lag("t").await.unwrap();
+    assert_eq!(lag.len(), 2);
+    assert_eq!((lag[0].cursor.as_str(), lag[0].lag), ("fast", 0));
+    assert_eq!(
+        (lag[1].cursor.as_str(), lag[1].lag, lag[1].offset),
+        ("slow", 4, 2)
+    );
+    assert_eq!(lag[1].last_offset, 6);
+    assert!(lag[1].age_ms < 60_000);
+    assert!(node.lag("empty").await.unwrap().is_empty());
+}
+
+async fn bad_names_are_rejected(b: Backend) {
+    let node = b.node("n").await;
+    assert!(node.join("bad group").await.is_err());
+    assert!(node.join("").await.is_err());
+    assert!(node.join("g").id("bad id").await.is_err());
+    assert!(node.join("g").ttl(Duration::from_millis(1)).await.is_err());
+    assert!(node.members("a*b").await.is_err());
+    assert!(node.join("g".repeat(191)).await.is_err());
+    assert!(node.members("g").await.unwrap().is_empty());
+}
+
+/// A member on a Redis that is killed and restarted: with persistence the same incarnation
+/// is still listed right after the restart; without it, heartbeats rebuild it as a new one.
+async fn restart(persistent: bool) {
+    let mut server = if persistent {
+        RedisServer::start_persistent()
+    } else {
+        RedisServer::start()
+    };
+    let node = Herald::builder()
+        .node_id("member")
+        .redis(server.url())
+        .poll_interval(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    // A long time to live, heartbeats far apart: what is listed right after the restart
+    // comes from Redis's persistence, not from a heartbeat.
+    let m = node
+        .join("cluster")
+        .ttl(Duration::from_secs(30))
+        .heartbeat_interval(Duration::from_secs(3))
+        .await
+        .unwrap();
+    let joined_at = m.joined_at_ms();
+    server.kill9();
+    server.restart();
+    let deadline = Instant::now() + WAIT;
+    let listed = loop {
+        match node.members("cluster").await {
+            Ok(members) if persistent || !members.is_empty() => break members,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no members listed after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, "member");
+    if persistent {
+        assert_eq!(
+            listed[0].joined_at_ms, joined_at,
+            "the same incarnation survived"
+        );
+    } else {
+        assert!(
+            listed[0].joined_at_ms > joined_at,
+            "a new incarnation was rebuilt"
+        );
+        assert_eq!(m.joined_at_ms(), listed[0].joined_at_ms);
+    }
+    m.leave().await.unwrap();
+    assert!(node.members("cluster").await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_survives_a_restart_with_persistence() {
+    restart(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_is_rebuilt_after_a_restart_without_persistence() {
+    restart(false).await;
+}
