@@ -1,13 +1,15 @@
 //! The envelope: how a message's fields are encoded on the wire (see `docs/PROTOCOL.md`).
 //!
-//! Two encodings exist. In history (a Redis stream) every entry holds its fields by name
-//! (`k`, `n`, `t`, `h`, `d`). A live notification carries a whole batch of freshly published
-//! entries in one Pub/Sub message, as a sequence of length-prefixed fields
-//! (`<decimal length>:<bytes>`), which any language can build and parse without a library:
+//! A message travels as a *piece*: three length-prefixed fields (`<decimal length>:<bytes>`),
+//! which any language can build and parse without a library. The publisher builds the pieces;
+//! one publish is stored as one stream entry whose field `m` is the concatenation of its
+//! pieces (with the node id in `n` and the publish time in `t`), and is announced by one live
+//! notification, a *frame*, carrying the same pieces:
 //!
 //! ```text
-//! frame   = field("h1") field(epoch) field(first offset) field(count) entry*
-//! entry   = field(key) field(node) field(published_at_ms) field(headers json or "") field(data)
+//! piece    = field(key) field(headers JSON object or "") field(payload)
+//! frame    = field("h1") field(epoch) field(first offset) field(count) field(node)
+//!            field(published_at_ms) piece{count}
 //! field(x) = <len(x) in decimal> ":" x
 //! ```
 
@@ -45,8 +47,7 @@ pub(crate) fn decode_headers(raw: &[u8]) -> Result<Headers, String> {
 }
 
 /// Appends one length-prefixed field to `out`.
-#[cfg(test)]
-fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+pub(crate) fn put_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(field.len().to_string().as_bytes());
     out.push(b':');
     out.extend_from_slice(field);
@@ -56,21 +57,28 @@ fn put_field(out: &mut Vec<u8>, field: &[u8]) {
 /// in Redis the publish script builds the same bytes).
 #[cfg(test)]
 fn encode_frame(epoch: Epoch, entries: &[Entry]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(64 + entries.iter().map(|e| e.payload.len() + 64).sum::<usize>());
+    let mut out = Vec::new();
     put_field(&mut out, FRAME_VERSION);
     put_field(&mut out, epoch.to_string().as_bytes());
     let first = entries.first().map_or(0, |e| e.offset);
     put_field(&mut out, first.to_string().as_bytes());
     put_field(&mut out, entries.len().to_string().as_bytes());
+    let (node, time) = entries
+        .first()
+        .map_or((String::new(), 0), |e| (e.node.clone(), e.published_at_ms));
+    put_field(&mut out, node.as_bytes());
+    put_field(&mut out, time.to_string().as_bytes());
     for e in entries {
-        put_field(&mut out, e.key.as_bytes());
-        put_field(&mut out, e.node.as_bytes());
-        put_field(&mut out, e.published_at_ms.to_string().as_bytes());
-        put_field(&mut out, encode_headers(&e.headers).as_bytes());
-        put_field(&mut out, &e.payload);
+        put_piece(&mut out, &e.key, &encode_headers(&e.headers), &e.payload);
     }
     out
+}
+
+/// Appends a message's piece (key, headers, payload) to `out`.
+pub(crate) fn put_piece(out: &mut Vec<u8>, key: &str, headers: &str, payload: &[u8]) {
+    put_field(out, key.as_bytes());
+    put_field(out, headers.as_bytes());
+    put_field(out, payload);
 }
 
 /// Reads length-prefixed fields out of a shared buffer without copying payloads.
@@ -124,30 +132,62 @@ pub(crate) fn decode_frame(topic: &str, frame: Bytes) -> Result<Notification, St
     let epoch = r.next_u64()?;
     let first = r.next_u64()?;
     let count = r.next_u64()?;
+    let node = r.next_str()?;
+    let published_at_ms = r.next_u64()?;
     let mut entries = Vec::with_capacity(count.min(10_000) as usize);
     for i in 0..count {
-        let key = r.next_str()?;
-        let node = r.next_str()?;
-        let published_at_ms = r.next_u64()?;
-        let headers = decode_headers(&r.next()?)?;
-        let payload = r.next()?;
+        let (key, headers, payload) = read_piece(&mut r)?;
         entries.push(Entry {
             offset: first + i,
             key,
-            node,
+            node: node.clone(),
             published_at_ms,
             headers,
             payload,
         });
     }
     if r.pos != r.buf.len() {
-        return Err("trailing bytes after the last entry".into());
+        return Err("trailing bytes after the last message".into());
     }
     Ok(Notification {
         topic: topic.to_string(),
         epoch,
         entries,
     })
+}
+
+fn read_piece(r: &mut FieldReader) -> Result<(String, Headers, Bytes), String> {
+    let key = r.next_str()?;
+    let headers = decode_headers(&r.next()?)?;
+    let payload = r.next()?;
+    Ok((key, headers, payload))
+}
+
+/// One message decoded from a stream entry's `m` field: its data, or why it is unreadable.
+pub(crate) type Piece = Result<(String, Headers, Bytes), String>;
+
+/// Splits a stream entry's `m` field into its messages' pieces. A piece whose headers are not
+/// valid is reported on its own; a broken framing ends the list with one error (the offsets
+/// after it cannot be told apart).
+pub(crate) fn decode_pieces(blob: Bytes) -> Vec<Piece> {
+    let mut r = FieldReader { buf: blob, pos: 0 };
+    let mut out = Vec::new();
+    while r.pos < r.buf.len() {
+        let fields = (r.next(), r.next(), r.next());
+        let (key, headers, payload) = match fields {
+            (Ok(k), Ok(h), Ok(p)) => (k, h, p),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                out.push(Err(e));
+                break;
+            }
+        };
+        out.push(
+            String::from_utf8(key.to_vec())
+                .map_err(|_| "key is not UTF-8".to_string())
+                .and_then(|key| decode_headers(&headers).map(|h| (key, h, payload))),
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -539,13 +539,16 @@ async fn python_decodes_live_frames() {
         field(&mut out, epoch.to_string().as_bytes());
         field(&mut out, first.to_string().as_bytes());
         field(&mut out, items.len().to_string().as_bytes());
+        let published_at = entries[0]["published_at"].as_u64().unwrap();
+        field(&mut out, b"rust-node");
+        field(&mut out, published_at.to_string().as_bytes());
         for ((key, _, payload, headers), e) in items.iter().zip(entries) {
-            field(&mut out, key);
-            field(&mut out, b"rust-node");
-            field(
-                &mut out,
-                e["published_at"].as_u64().unwrap().to_string().as_bytes(),
+            assert_eq!(
+                e["published_at"].as_u64(),
+                Some(published_at),
+                "one time per publish"
             );
+            field(&mut out, key);
             let h = if headers.as_object().unwrap().is_empty() {
                 String::new()
             } else {

@@ -15,7 +15,7 @@ pub(crate) mod members;
 
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::cursor::CursorPosition;
-use crate::envelope::{self, decode_headers};
+use crate::envelope;
 use crate::error::{Error, Result};
 use crate::inspect::TopicInfo;
 use crate::message::{Entry, Epoch, Message};
@@ -333,9 +333,16 @@ impl RedisBroker {
         let mut key_names = vec![keys.meta(topic), keys.log(topic), keys.settings(topic)];
         key_names.push(keys.dedup(topic));
         key_names.push(keys.dedup_old(topic));
-        let headers: Vec<String> = messages
+        // Each message travels as its piece (key, headers, payload), built once here.
+        let pieces: Vec<Vec<u8>> = messages
             .iter()
-            .map(|(_, m)| envelope::encode_headers(&m.headers))
+            .map(|(key, m)| {
+                let headers = envelope::encode_headers(&m.headers);
+                let mut piece =
+                    Vec::with_capacity(key.len() + headers.len() + m.payload.len() + 24);
+                envelope::put_piece(&mut piece, key, &headers, &m.payload);
+                piece
+            })
             .collect();
         let channel = keys.live(topic);
         let reply: Value = self
@@ -350,8 +357,8 @@ impl RedisBroker {
                     .arg(d.dedup_window_ms)
                     .arg(d.max_size);
                 inv.arg("PUBLISH");
-                for ((key, m), h) in messages.iter().zip(&headers) {
-                    inv.arg(key).arg(h).arg(m.payload.as_ref());
+                for ((key, m), piece) in messages.iter().zip(&pieces) {
+                    inv.arg(key).arg(m.payload.len()).arg(piece.as_slice());
                 }
                 Box::pin(async move { inv.invoke_async(&mut conn).await })
             })
@@ -738,16 +745,16 @@ fn entry_offset(entry: &Value) -> Option<u64> {
     id.strip_suffix("-0")?.parse().ok()
 }
 
-/// Decodes one XRANGE entry (`<first offset>-0`, fields `n t` then `k h d` per message) into
-/// `out`. Entries that do not sit at a Herald offset, or whose structure is not Herald's, are
-/// skipped with a warning (their offsets then show up as a gap); a message whose headers
-/// cannot be decoded becomes `Slot::Corrupt`.
+/// Decodes one XRANGE entry (`<first offset>-0`, fields `n <node> t <ms> m <pieces>`) into
+/// `out`. Entries that do not sit at a Herald offset, or lack Herald's fields, are skipped with
+/// a warning (their offsets then show up as a gap); a message that cannot be decoded becomes
+/// `Slot::Corrupt`.
 fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
     let Value::Array(mut parts) = raw else {
         tracing::warn!(topic, "skipping a history entry that is not an array");
         return;
     };
-    let fields = match parts.pop() {
+    let mut fields = match parts.pop() {
         Some(Value::Array(f)) => f,
         _ => Vec::new(),
     };
@@ -764,13 +771,16 @@ fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
         }
     };
     let field = |i: usize| fields.get(i).and_then(as_bytes);
-    let text = |i: usize| field(i).and_then(|b| std::str::from_utf8(b).ok());
-    let node = text(1).filter(|_| field(0) == Some(b"n"));
-    let time = text(3)
+    let node = field(1)
+        .filter(|_| field(0) == Some(b"n"))
+        .and_then(|b| std::str::from_utf8(b).ok());
+    let time = field(3)
         .filter(|_| field(2) == Some(b"t"))
+        .and_then(|b| std::str::from_utf8(b).ok())
         .and_then(|t| t.parse::<u64>().ok());
-    let count = fields.len().saturating_sub(4) / 6;
-    let (Some(node), Some(published_at_ms)) = (node, time) else {
+    let has_blob = field(4) == Some(b"m") && fields.len() == 6;
+    let (Some(node), Some(published_at_ms), true) = (node.map(str::to_string), time, has_blob)
+    else {
         tracing::warn!(
             topic,
             id,
@@ -778,15 +788,11 @@ fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
         );
         return;
     };
-    if count == 0 || fields.len() != 4 + 6 * count {
-        tracing::warn!(
-            topic,
-            id,
-            "skipping a history entry without Herald's fields"
-        );
-        return;
-    }
-    for i in 0..count {
+    let blob = match fields.pop() {
+        Some(Value::BulkString(b)) => Bytes::from(b),
+        _ => Bytes::new(),
+    };
+    for (i, piece) in envelope::decode_pieces(blob).into_iter().enumerate() {
         let offset = first + i as u64;
         if offset > last {
             tracing::warn!(
@@ -796,23 +802,15 @@ fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
             );
             return;
         }
-        let at = 4 + 6 * i;
-        let names = (field(at), field(at + 2), field(at + 4));
-        let decoded = match (names, text(at + 1), field(at + 3), field(at + 5)) {
-            ((Some(b"k"), Some(b"h"), Some(b"d")), Some(key), Some(headers), Some(data)) => {
-                decode_headers(headers).map(|headers| Entry {
-                    offset,
-                    key: key.to_string(),
-                    node: node.to_string(),
-                    published_at_ms,
-                    headers,
-                    payload: Bytes::copy_from_slice(data),
-                })
-            }
-            _ => Err("fields are not k, h, d with a UTF-8 key".to_string()),
-        };
-        out.push(match decoded {
-            Ok(e) => Slot::Entry(e),
+        out.push(match piece {
+            Ok((key, headers, payload)) => Slot::Entry(Entry {
+                offset,
+                key,
+                node: node.clone(),
+                published_at_ms,
+                headers,
+                payload,
+            }),
             Err(reason) => {
                 tracing::warn!(topic, offset, %reason, "history entry cannot be decoded");
                 Slot::Corrupt { offset, reason }

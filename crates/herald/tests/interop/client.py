@@ -102,33 +102,34 @@ def entry_json(epoch, offset, key_, node, published_at, headers, data):
 
 
 def decode_entry(epoch, last, raw):
-    """One XRANGE item -> list of message dicts (one entry holds a whole publish: fields
-    n <node> t <ms>, then k <key> h <headers> d <data> per message, at offsets id, id+1, ...).
-    A foreign entry yields [] (skipped with a warning)."""
+    """One XRANGE item -> list of message dicts. One entry holds one publish: fields
+    n <node>, t <ms>, m <pieces>, each piece field(key) field(headers) field(data), the i-th at
+    offset id + i. A foreign entry yields [] (skipped with a warning)."""
     entry_id, flat = raw[0], raw[1]
     m = ENTRY_ID.match(entry_id)
     first = int(m.group(1)) if m else 0
     if not (1 <= first <= last):
         sys.stderr.write("skipping foreign entry %r\n" % entry_id)
         return []
-    if isinstance(flat, dict):  # field names repeat, so RESP3 maps cannot carry an entry
-        sys.stderr.write("entry %r came back as a map; use RESP2\n" % entry_id)
-        return []
-    count = (len(flat) - 4) // 6
-    if len(flat) != 4 + 6 * count or count < 1 or flat[0] != b"n" or flat[2] != b"t":
+    if isinstance(flat, dict):
+        flat = [x for kv in flat.items() for x in kv]
+    if len(flat) != 6 or flat[0] != b"n" or flat[2] != b"t" or flat[4] != b"m":
         sys.stderr.write("skipping entry %r without Herald's fields\n" % entry_id)
         return []
-    node, t = flat[1], int(flat[3])
+    node, t, r = flat[1], int(flat[3]), FrameReader(flat[5])
     out = []
-    for i in range(count):
-        k, kv, h, hv, d, dv = flat[4 + 6 * i: 10 + 6 * i]
-        offset = first + i
+    offset = first
+    while r.pos < len(r.buf):
         try:
-            if (k, h, d) != (b"k", b"h", b"d"):
-                raise ValueError("fields are not k, h, d")
-            out.append(entry_json(epoch, offset, kv, node, t, decode_headers(hv), dv))
+            k, h, d = r.field(), r.field(), r.field()
+        except ValueError as e:
+            out.append({"epoch": epoch, "offset": offset, "corrupt": str(e)})
+            break
+        try:
+            out.append(entry_json(epoch, offset, k, node, t, decode_headers(h), d))
         except (ValueError, UnicodeDecodeError) as e:
             out.append({"epoch": epoch, "offset": offset, "corrupt": str(e)})
+        offset += 1
     return out
 
 
@@ -157,22 +158,25 @@ class FrameReader:
 
 
 def decode_frame(buf):
+    """frame = field("h1") field(epoch) field(first) field(count) field(node) field(t) piece*"""
     r = FrameReader(buf)
     tag = r.field()
     if tag != b"h1":
         raise ValueError("unknown frame version %r" % tag)
     epoch, first, count = r.number(), r.number(), r.number()
+    node, t = r.field(), r.number()
     entries = []
     for i in range(count):
-        k, n = r.field(), r.field()
-        t = r.number()
-        h = decode_headers(r.field())
-        d = r.field()
-        entries.append(entry_json(epoch, first + i, k, n, t, h, d))
+        k, h, d = r.field(), decode_headers(r.field()), r.field()
+        entries.append(entry_json(epoch, first + i, k, node, t, h, d))
     if r.pos != len(buf):
-        raise ValueError("trailing bytes after the last entry")
+        raise ValueError("trailing bytes after the last message")
     return {"event": "frame", "epoch": epoch, "first": first, "count": count,
             "entries": entries, "raw_hex": buf.hex()}
+
+
+def field(x):
+    return str(len(x)).encode() + b":" + x
 
 
 # -- subcommands ---------------------------------------------------------------------------
@@ -189,9 +193,11 @@ def cmd_publish(a):
     argv = [a.protocol, key(a.ns, a.topic, "live"), a.node] + list(a.defaults) + [a.notify]
     for m in messages:
         headers = m.get("headers") or {}
-        argv.append(m["key"])
-        argv.append(json.dumps(headers, separators=(",", ":"), sort_keys=True) if headers else "")
-        argv.append(bytes.fromhex(m["data_hex"]) if "data_hex" in m else m["data"].encode("utf-8"))
+        k = m["key"].encode("utf-8")
+        h = json.dumps(headers, separators=(",", ":"), sort_keys=True).encode() if headers else b""
+        d = bytes.fromhex(m["data_hex"]) if "data_hex" in m else m["data"].encode("utf-8")
+        # Per message: key, payload size, piece = field(key) field(headers) field(payload).
+        argv += [k, str(len(d)), field(k) + field(h) + field(d)]
     try:
         reply = Script(r, "publish.lua")(keys, argv)
     except redis.exceptions.ResponseError as e:

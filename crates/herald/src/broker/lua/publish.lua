@@ -1,33 +1,36 @@
 -- Herald publish, protocol version 1 (see docs/PROTOCOL.md).
 --
--- KEYS[1] meta      hash   {epoch, last}
--- KEYS[2] log       stream; one entry per publish (at most 1000 messages each): ID
---                   "<first offset>-0", fields n <node> t <ms>, then k <key> h <headers> d <data>
---                   per message, the i-th message (from 0) at offset first + i
+-- KEYS[1] meta      hash   {epoch, last, dedup_at}
+-- KEYS[2] log       stream, one entry per publish of up to 1000 messages: ID "<first offset>-0",
+--                   fields n <node> t <publish time ms> m <messages>, where <messages> is the
+--                   concatenation of the messages' pieces; the i-th (from 0) has offset first + i
 -- KEYS[3] settings  hash   {max_len, max_age_ms, dedup_ms, max_size}
--- KEYS[4] dedup     hash   idempotency key -> "<epoch>:<offset>", keys of the current window
+-- KEYS[4] dedup     hash   idempotency key -> offset, keys of the current dedup window
 -- KEYS[5] dedup_old hash   the same for the previous window
 -- ARGV[1] protocol version ("1")
 -- ARGV[2] live channel
 -- ARGV[3] publishing node id
 -- ARGV[4..7] defaults for a topic without settings: max_len, max_age_ms, dedup_ms, max_size
 -- ARGV[8] notify command: PUBLISH or SPUBLISH
--- ARGV[9..] per message: idempotency key, headers (JSON object or ""), data
+-- ARGV[9..] per message: idempotency key, payload size in bytes, piece, where piece is
+--           field(key) field(headers JSON or "") field(payload) and field(x) = #x ":" x
 --
 -- Returns {epoch, offset_1, duplicate_1, ..., offset_N, duplicate_N}.
 -- All checks run before the first write, so a failed publish writes nothing.
--- Redis >= 6.2 (XTRIM MINID); SPUBLISH needs Redis >= 7.0.
+-- Redis >= 6.2 (XTRIM MINID, exclusive ranges); SPUBLISH needs Redis >= 7.0.
 
 if ARGV[1] ~= '1' then
   return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 1, not ' .. tostring(ARGV[1]))
 end
-local meta, log, settings = KEYS[1], KEYS[2], KEYS[3]
+local meta, log, settings, dedup, dedup_old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel, node, notify = ARGV[2], ARGV[3], ARGV[8]
 local n = (#ARGV - 8) / 3
 if n < 1 or n ~= math.floor(n) or #KEYS ~= 5 then
   return redis.error_reply('HERALD_ARGS expected 5 KEYS and 8 + 3 ARGV per message')
 end
-local dedup, dedup_old = KEYS[4], KEYS[5]
+if notify ~= 'PUBLISH' and notify ~= 'SPUBLISH' then
+  return redis.error_reply('HERALD_ARGS ARGV[8] must be PUBLISH or SPUBLISH')
+end
 
 -- HMGET / HSET over long lists, in slices that Lua's unpack can take.
 local function hmget(key, list)
@@ -43,11 +46,11 @@ local function hset(key, list)
     redis.call('HSET', key, unpack(list, s, math.min(s + 999, #list)))
   end
 end
-
--- Reads and checks (no writes yet).
-if notify ~= 'PUBLISH' and notify ~= 'SPUBLISH' then
-  return redis.error_reply('HERALD_ARGS ARGV[8] must be PUBLISH or SPUBLISH')
+local function field(x)
+  return #x .. ':' .. x
 end
+
+-- 1. Read and check; nothing is written before every check has passed.
 local have_settings = redis.call('EXISTS', settings) == 1
 local s = redis.call('HMGET', settings, 'max_len', 'max_age_ms', 'dedup_ms', 'max_size')
 local function setting(stored, default, min, name)
@@ -70,21 +73,22 @@ dedup_ms, bad = setting(s[3], ARGV[6], 1, 'dedup_ms')
 if bad then return redis.error_reply(bad) end
 max_size, bad = setting(s[4], ARGV[7], 1, 'max_size')
 if bad then return redis.error_reply(bad) end
-for i = 0, n - 1 do
-  local key, headers, data = ARGV[9 + i * 3], ARGV[10 + i * 3], ARGV[11 + i * 3]
+
+local keys = {}
+for i = 1, n do
+  local key, size = ARGV[6 + i * 3], tonumber(ARGV[7 + i * 3])
   if #key == 0 then
-    return redis.error_reply('HERALD_ARGS message ' .. i .. ' has an empty idempotency key')
+    return redis.error_reply('HERALD_ARGS message ' .. (i - 1) .. ' has an empty idempotency key')
   end
-  if #data > max_size then
-    return redis.error_reply('HERALD_TOO_LARGE ' .. i .. ' ' .. #data .. ' ' .. max_size)
+  if size == nil or size > #ARGV[8 + i * 3] then
+    return redis.error_reply('HERALD_ARGS message ' .. (i - 1) .. ' has no valid payload size')
   end
-  if headers ~= '' then
-    local ok, h = pcall(cjson.decode, headers)
-    if not ok or type(h) ~= 'table' then
-      return redis.error_reply('HERALD_ARGS message ' .. i .. ' headers are not a JSON object')
-    end
+  if size > max_size then
+    return redis.error_reply('HERALD_TOO_LARGE ' .. (i - 1) .. ' ' .. size .. ' ' .. max_size)
   end
+  keys[i] = key
 end
+
 local m = redis.call('HMGET', meta, 'epoch', 'last', 'dedup_at')
 local epoch = m[1]
 local last = 0
@@ -100,97 +104,70 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_ms = string.format('%d', now)
 
--- Dedup: the current window's hash holds keys published since `dedup_at`, the previous
--- window's hash those of the window before. A key is remembered for at least `dedup_ms`
--- (and at most twice that). Which hashes still count depends on the age of the current one.
+-- Dedup: the current window's hash holds the keys published since `dedup_at`, the previous
+-- window's hash those of the window before. A key is remembered for at least `dedup_ms` (and
+-- at most twice that). Which hashes still count depends on the current window's age.
 local age = now - (tonumber(m[3]) or 0)
-if not epoch then age = math.huge end
-local keys = {}
-for i = 1, n do keys[i] = ARGV[6 + i * 3] end
+if not epoch then age = math.huge end -- a new epoch starts with no keys
 local prev, prev_old = {}, {}
 if age < 2 * dedup_ms then prev = hmget(dedup, keys) end
 if age < dedup_ms then prev_old = hmget(dedup_old, keys) end
 
--- Writes (the first one, for an existing epoch, is the checked XADD below).
+-- 2. Assign offsets. Duplicates (known keys, or a key repeated in this call) get the
+-- original offset and write nothing.
 local new_epoch = not epoch
 if new_epoch then
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('DEL', log)
 end
-
-local function field(x)
-  return #x .. ':' .. x
-end
-local function recorded(value)
-  if value then
-    local pe, po = string.match(value, '^(%d+):(%d+)$')
-    if pe == epoch then return tonumber(po) end
-  end
-  return nil
-end
-local node_and_time = field(node) .. field(now_ms)
 local result = {epoch}
-local frame = {}
+local pieces = {}
 local remember = {}
-local entries = {}
-local first_new = nil
-local count = 0
 local seen = {}
+local first = last + 1
 for i = 1, n do
-  local key, headers, data = keys[i], ARGV[7 + i * 3], ARGV[8 + i * 3]
-  local dup = seen[key] or recorded(prev[i]) or recorded(prev_old[i])
+  local key = keys[i]
+  local dup = seen[key] or tonumber(prev[i]) or tonumber(prev_old[i])
   if dup then
     result[#result + 1] = dup
     result[#result + 1] = 1
   else
     last = last + 1
-    local offset = string.format('%d', last)
-    if count % 1000 == 0 then
-      entries[#entries + 1] = {offset .. '-0', 'n', node, 't', now_ms}
-    end
-    local e = entries[#entries]
-    local m = #e
-    e[m + 1] = 'k'
-    e[m + 2] = key
-    e[m + 3] = 'h'
-    e[m + 4] = headers
-    e[m + 5] = 'd'
-    e[m + 6] = data
-    remember[#remember + 1] = key
-    remember[#remember + 1] = epoch .. ':' .. offset
     seen[key] = last
-    first_new = first_new or offset
-    count = count + 1
-    local f = #frame
-    frame[f + 1] = field(key)
-    frame[f + 2] = node_and_time
-    frame[f + 3] = field(headers)
-    frame[f + 4] = #data .. ':'
-    frame[f + 5] = data
+    pieces[#pieces + 1] = ARGV[8 + i * 3]
+    remember[#remember + 1] = key
+    remember[#remember + 1] = last
     result[#result + 1] = last
     result[#result + 1] = 0
   end
 end
+local count = #pieces
 
--- Append: the first XADD is the first write for an existing epoch; if the stream's last ID is
--- past `last` (entries Herald did not write), it fails and nothing is written.
-for j, e in ipairs(entries) do
-  local added = redis.pcall('XADD', log, unpack(e))
+-- 3. Write. For an existing epoch the first write is the first XADD, and it is checked: if the
+-- stream's last ID is past `last` (entries Herald did not write), nothing has been written.
+if new_epoch then
+  redis.call('DEL', log, dedup, dedup_old)
+end
+local frame_body = {}
+for c = 1, count, 1000 do
+  local body = table.concat(pieces, '', c, math.min(c + 999, count))
+  local id = string.format('%d', first + c - 1) .. '-0'
+  local added = redis.pcall('XADD', log, id, 'n', node, 't', now_ms, 'm', body)
   if type(added) == 'table' and added.err then
     if string.sub(added.err, 1, 9) == 'WRONGTYPE' then
       return redis.error_reply(added.err) -- a foreign type, not foreign entries
     end
-    return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (tonumber(first_new) - 1) .. ': ' .. added.err)
+    return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (first - 1) .. ': ' .. added.err)
   end
+  frame_body[#frame_body + 1] = body
 end
-
 if not have_settings then
   redis.call('HSET', settings, 'max_len', max_len, 'max_age_ms', max_age, 'dedup_ms', dedup_ms, 'max_size', max_size)
 end
+
 -- Rotate the dedup windows, then remember the new keys in the current one.
 local dedup_at = nil
 if age >= 2 * dedup_ms then
-  redis.call('DEL', dedup, dedup_old)
+  if not new_epoch then redis.call('DEL', dedup, dedup_old) end
   dedup_at = now_ms
 elseif age >= dedup_ms then
   if redis.call('EXISTS', dedup) == 1 then
@@ -204,24 +181,26 @@ if count > 0 then
   hset(dedup, remember)
   redis.call('PEXPIRE', dedup, 2 * dedup_ms)
 end
+local last_s = string.format('%d', last)
 if new_epoch then
-  redis.call('HSET', meta, 'epoch', epoch, 'last', string.format('%d', last), 'dedup_at', dedup_at)
+  redis.call('HSET', meta, 'epoch', epoch, 'last', last_s, 'dedup_at', dedup_at)
 elseif dedup_at then
-  redis.call('HSET', meta, 'last', string.format('%d', last), 'dedup_at', dedup_at)
+  redis.call('HSET', meta, 'last', last_s, 'dedup_at', dedup_at)
 elseif count > 0 then
-  redis.call('HSET', meta, 'last', string.format('%d', last))
+  redis.call('HSET', meta, 'last', last_s)
 end
+
 if count > 0 then
-  -- Retention by length: drop entries that hold only offsets older than the newest max_len.
-  -- An entry straddling the boundary stays whole (history keeps at least max_len messages).
+  -- 4. Retention. By length: drop the entries that hold only offsets older than the newest
+  -- max_len (an entry straddling the boundary stays whole: at least max_len are kept).
   if last - max_len >= 1 then
     local boundary = redis.call('XREVRANGE', log, string.format('%d', last - max_len + 1) .. '-0', '-', 'COUNT', 1)
     if boundary[1] then
       redis.call('XTRIM', log, 'MINID', boundary[1][1])
     end
   end
+  -- By age: drop whole entries older than max_age, a bounded amount of work per publish.
   if max_age > 0 then
-    -- Retention by age: drop whole entries older than max_age, a bounded amount per publish.
     local cutoff = now - max_age
     for _ = 1, 8 do
       local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 128)
@@ -240,6 +219,8 @@ if count > 0 then
       end
     end
   end
-  redis.call(notify, channel, field('h1') .. field(epoch) .. field(first_new) .. field(tostring(count)) .. table.concat(frame))
+
+  -- 5. Notify: one frame carries every message appended by this call.
+  redis.call(notify, channel, field('h1') .. field(epoch) .. field(string.format('%d', first)) .. field(tostring(count)) .. field(node) .. field(now_ms) .. table.concat(frame_body))
 end
 return result

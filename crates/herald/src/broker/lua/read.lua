@@ -1,13 +1,12 @@
 -- Herald history read, protocol version 1 (see docs/PROTOCOL.md).
 --
 -- KEYS[1] meta, KEYS[2] log
--- ARGV[1] first offset wanted, ARGV[2] most messages wanted (0: state only)
+-- ARGV[1] first offset wanted, ARGV[2] most entries wanted (0: state only)
 --
 -- Returns {epoch or false, last offset, first retained offset or 0, entries, at_end}, read
 -- atomically. `entries` is an XRANGE reply starting with the entry that holds ARGV[1] (or the
--- first entry after it) and holding at least ARGV[2] messages unless the log ends first;
--- `at_end` is 1 when it reaches the end of the log. Each entry holds the messages from its ID's
--- offset on: fields n, t, then k h d per message.
+-- first entry after it), at most ARGV[2] entries; `at_end` is 1 when it reaches the end of the
+-- log. Each entry holds the messages of one publish from its ID's offset on (fields n, t, m).
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local last = redis.call('HGET', KEYS[1], 'last') or '0'
 local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
@@ -22,17 +21,8 @@ if wanted > 0 then
   local start = '-'
   local at = redis.call('XREVRANGE', KEYS[2], ARGV[1] .. '-0', '-', 'COUNT', 1)
   if at[1] then start = at[1][1] end
-  local got = 0
-  for _ = 1, 100000 do
-    local part = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', 16)
-    for _, e in ipairs(part) do
-      entries[#entries + 1] = e
-      got = got + math.max(1, math.floor((#e[2] - 4) / 6))
-      if got >= wanted then break end
-    end
-    if got >= wanted then break end
-    if #part < 16 then at_end = 1; break end
-    start = '(' .. part[#part][1]
-  end
+  local part = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', wanted)
+  for _, e in ipairs(part) do entries[#entries + 1] = e end
+  if #part < wanted then at_end = 1 end
 end
 return {epoch or false, last, first, entries, at_end}
