@@ -68,3 +68,8 @@ pub use topic::{validate_topic, SettingsChange, TopicSettings};
 
 /// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
