@@ -179,10 +179,24 @@ impl RedisBroker {
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
         let conn = loop {
-            match client
-                .get_connection_manager_with_config(config.clone())
-                .await
-            {
+            // Each attempt is bounded by what is left of the deadline, so that a server that
+            // accepts connections but never answers cannot hold `connect` past it.
+            let left = opts
+                .connect_deadline
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_millis(10));
+            let attempt = tokio::time::timeout(
+                left,
+                client.get_connection_manager_with_config(config.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from Redis",
+                )))
+            });
+            match attempt {
                 Ok(conn) => break conn,
                 Err(e) if !is_transient(&e) => {
                     return Err(Error::Refused {
@@ -550,32 +564,34 @@ impl RedisBroker {
         topic: &str,
         change: &SettingsChange,
     ) -> Result<TopicSettings> {
-        let current = self
-            .stored_settings(topic)
-            .await?
-            .unwrap_or(self.inner.opts.defaults);
-        let s = change.apply(current);
-        s.validate()?;
+        // Each field is checked on its own (the ranges do not depend on each other), then
+        // written without a read-modify-write, so concurrent changes of different fields both
+        // land. A topic never configured first takes the defaults for the other fields.
+        change.apply(self.inner.opts.defaults).validate()?;
+        let d = self.inner.opts.defaults;
         let key = self.inner.keys.settings(topic);
+        let fields = [
+            ("max_len", change.max_len, d.max_len),
+            ("max_age_ms", change.max_age_ms, d.max_age_ms),
+            ("dedup_ms", change.dedup_window_ms, d.dedup_window_ms),
+            ("max_size", change.max_size, d.max_size),
+        ];
         self.retry("configure", topic, |mut conn| {
-            let key = key.clone();
-            Box::pin(async move {
-                redis::cmd("HSET")
-                    .arg(key)
-                    .arg("max_len")
-                    .arg(s.max_len)
-                    .arg("max_age_ms")
-                    .arg(s.max_age_ms)
-                    .arg("dedup_ms")
-                    .arg(s.dedup_window_ms)
-                    .arg("max_size")
-                    .arg(s.max_size)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for (name, new, default) in fields {
+                match new {
+                    Some(v) => pipe.cmd("HSET").arg(&key).arg(name).arg(v).ignore(),
+                    None => pipe.cmd("HSETNX").arg(&key).arg(name).arg(default).ignore(),
+                };
+            }
+            Box::pin(async move { pipe.query_async::<()>(&mut conn).await })
         })
         .await?;
-        Ok(s)
+        Ok(self
+            .stored_settings(topic)
+            .await?
+            .unwrap_or(self.inner.opts.defaults))
     }
 
     pub(crate) async fn inspect(&self, topic: &str) -> Result<TopicInfo> {
