@@ -55,8 +55,7 @@ pub(crate) fn put_field(out: &mut Vec<u8>, field: &[u8]) {
 
 /// Encodes a live notification frame (used by the embedded broker's tests and documentation;
 /// in Redis the publish script builds the same bytes).
-#[cfg(test)]
-fn encode_frame(epoch: Epoch, entries: &[Entry]) -> Vec<u8> {
+pub(crate) fn encode_frame(epoch: Epoch, entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::new();
     put_field(&mut out, FRAME_VERSION);
     put_field(&mut out, epoch.to_string().as_bytes());

@@ -69,6 +69,51 @@ pub use topic::{validate_topic, SettingsChange, TopicSettings};
 /// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Entry points for the micro-benchmarks in `benches/` (not part of the API).
+#[doc(hidden)]
+pub mod __bench {
+    use bytes::Bytes;
+
+    use crate::message::{Entry, Headers};
+
+    fn entries(count: usize, payload: usize) -> Vec<Entry> {
+        (0..count)
+            .map(|i| Entry {
+                offset: i as u64 + 1,
+                key: format!("node-1.18c2f3a4b5.{i:x}"),
+                node: "node-1".into(),
+                published_at_ms: 1_764_070_000_000,
+                headers: Headers::new(),
+                payload: Bytes::from(vec![b'x'; payload]),
+            })
+            .collect()
+    }
+
+    /// A live notification frame of `count` messages of `payload` bytes.
+    pub fn frame(count: usize, payload: usize) -> Bytes {
+        Bytes::from(crate::envelope::encode_frame(7, &entries(count, payload)))
+    }
+
+    /// Decodes a frame; returns how many messages it held.
+    pub fn decode_frame(frame: Bytes) -> usize {
+        crate::envelope::decode_frame("t", frame).map_or(0, |n| n.entries.len())
+    }
+
+    /// A stream entry's `m` field holding `count` messages of `payload` bytes.
+    pub fn pieces(count: usize, payload: usize) -> Bytes {
+        let mut out = Vec::new();
+        for e in entries(count, payload) {
+            crate::envelope::put_piece(&mut out, &e.key, "", &e.payload);
+        }
+        Bytes::from(out)
+    }
+
+    /// Decodes a stream entry's `m` field; returns how many messages it held.
+    pub fn decode_pieces(blob: Bytes) -> usize {
+        crate::envelope::decode_pieces(blob).len()
+    }
+}
+
 /// The README's Rust examples, compiled as doctests so that they stay true.
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]

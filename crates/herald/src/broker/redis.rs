@@ -66,7 +66,7 @@ impl KeySpace {
     pub(crate) fn cursors(&self, topic: &str) -> String {
         self.key(topic, "cursors")
     }
-    /// The current dedup window's hash (idempotency key to `<epoch>:<offset>`).
+    /// The current dedup window's hash (idempotency key to offset).
     pub(crate) fn dedup(&self, topic: &str) -> String {
         self.key(topic, "dedup")
     }

@@ -106,7 +106,7 @@ local now_ms = string.format('%d', now)
 
 -- Dedup: the current window's hash holds the keys published since `dedup_at`, the previous
 -- window's hash those of the window before. A key is remembered for at least `dedup_ms` (and
--- at most twice that). Which hashes still count depends on the current window's age.
+-- less than three times that). Which hashes still count depends on the current window's age.
 local age = now - (tonumber(m[3]) or 0)
 if not epoch then age = math.huge end -- a new epoch starts with no keys
 local prev, prev_old = {}, {}
