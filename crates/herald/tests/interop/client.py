@@ -116,10 +116,16 @@ def decode_entry(epoch, last, raw):
     if len(flat) != 6 or flat[0] != b"n" or flat[2] != b"t" or flat[4] != b"m":
         sys.stderr.write("skipping entry %r without Herald's fields\n" % entry_id)
         return []
+    if not flat[3].isdigit():
+        sys.stderr.write("skipping entry %r without Herald's fields\n" % entry_id)
+        return []
     node, t, r = flat[1], int(flat[3]), FrameReader(flat[5])
     out = []
     offset = first
     while r.pos < len(r.buf):
+        if offset > last:
+            sys.stderr.write("entry %r holds messages past the last offset\n" % entry_id)
+            break
         try:
             k, h, d = r.field(), r.field(), r.field()
         except ValueError as e:
@@ -220,19 +226,27 @@ def cmd_read(a):
     read = Script(r, "read.lua")
     meta, log = key(a.ns, a.topic, "meta"), key(a.ns, a.topic, "log")
     nxt = max(a.from_, 1)
-    while True:
-        epoch, last, first, entries, at_end = read([meta, log], [nxt, a.chunk])
+    chunk = max(a.chunk, 1)
+    for _ in range(100000):  # bounded: every round advances, or asks for more entries
+        epoch, last, first, entries, at_end = read([meta, log], [nxt, chunk])
         epoch = None if epoch is None else int(epoch)
         last, first = int(last), int(first)
         if epoch is None:
             break
+        before = nxt
         for raw in entries:
             for e in decode_entry(epoch, last, raw):
                 if e["offset"] >= nxt:
                     emit(e)
                     nxt = e["offset"] + 1
+            # An entry past a hole (trimmed or foreign offsets) moves the reader on, too.
+            m = ENTRY_ID.match(raw[0])
+            if m and int(m.group(1)) > nxt:
+                nxt = int(m.group(1))
         if int(at_end) == 1 or nxt > last:
             break
+        if nxt == before:
+            chunk *= 2  # the entry holding `nxt` came back alone: look further
     emit({"event": "end", "epoch": epoch, "first": first, "last": last})
     return 0
 
