@@ -15,7 +15,8 @@
 //! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...]
 //! ```
 //!
-//! Global options: `--redis URL` (or `HERALD_REDIS_URL`, default `redis://127.0.0.1:6379`),
+//! Global options: `--redis URL` (or `HERALD_REDIS_URL`, default `redis://127.0.0.1:6379`;
+//! also `redis+sentinel://host:port,.../NAME` and `redis+cluster://host:port,...`),
 //! `--namespace NAME` (default `herald`) and `--connect-timeout SECS` (default 5).
 //! Machine-readable output is JSON, one object per line ([`output`]); errors are one line on
 //! standard error and the exit status says what kind of error it was ([`exit`]).

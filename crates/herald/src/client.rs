@@ -57,6 +57,8 @@ pub struct HeraldBuilder {
     connect_deadline: Duration,
     response_timeout: Duration,
     operation_deadline: Duration,
+    min_replicas: usize,
+    replica_timeout: Duration,
     buffer: usize,
     poll_interval: Duration,
 }
@@ -72,6 +74,8 @@ impl Default for HeraldBuilder {
             connect_deadline: Duration::from_secs(10),
             response_timeout: Duration::from_secs(2),
             operation_deadline: Duration::from_secs(10),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
             buffer: 1024,
             poll_interval: Duration::from_secs(1),
         }
@@ -79,7 +83,16 @@ impl Default for HeraldBuilder {
 }
 
 impl HeraldBuilder {
-    /// Use Redis at `url` (`redis://[user:password@]host:port[/db]`, or `rediss://` for TLS).
+    /// Use Redis at `url`:
+    ///
+    /// - `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS): one server;
+    /// - `redis+sentinel://[user:password@]host1:port1,host2:port2/<primary name>[/db]`: the
+    ///   primary that these sentinels name (port 26379 by default; the credentials are those of
+    ///   the data nodes, the sentinels are contacted without); Herald follows failovers;
+    /// - `redis+cluster://[user:password@]host1:port1,host2:port2`: a Redis Cluster, from these
+    ///   seed nodes; live notifications use sharded Pub/Sub (Redis >= 7).
+    ///
+    /// TLS is not supported yet with the Sentinel and Cluster forms.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self.embedded = None;
@@ -131,6 +144,22 @@ impl HeraldBuilder {
         self
     }
 
+    /// Durability of publishes (Redis with replicas): a publish succeeds only once `replicas`
+    /// replicas have it (Redis `WAIT`), and fails with [`Error::NotReplicated`] if they do not
+    /// confirm within `timeout`. With it, an acknowledged publish survives a failover to one of
+    /// those replicas. Default: 0 (acknowledged once on the primary). The embedded broker has
+    /// no replicas and ignores this.
+    ///
+    /// To survive a manual failover (`SENTINEL FAILOVER`, during which the old primary still
+    /// accepts writes for a moment), require every replica; to survive a crash of the primary,
+    /// one is enough when the most up-to-date replica is the one promoted, which Sentinel and
+    /// Cluster prefer.
+    pub fn min_replicas(mut self, replicas: usize, timeout: Duration) -> Self {
+        self.min_replicas = replicas;
+        self.replica_timeout = timeout;
+        self
+    }
+
     /// Default buffer of new subscriptions, in events (default 1024).
     pub fn subscription_buffer(mut self, events: usize) -> Self {
         self.buffer = events.max(1);
@@ -165,6 +194,8 @@ impl HeraldBuilder {
                     connect_deadline: self.connect_deadline,
                     response_timeout: self.response_timeout,
                     operation_deadline: self.operation_deadline,
+                    min_replicas: self.min_replicas,
+                    replica_timeout: self.replica_timeout,
                 })
                 .await?,
             ),

@@ -33,7 +33,7 @@ pub enum Error {
         name: String,
     },
     /// The Redis URL could not be understood.
-    #[error("invalid Redis URL {url:?}: {reason}; expected redis://[user:password@]host:port[/db] or rediss://...")]
+    #[error("invalid Redis URL {url:?}: {reason}; expected redis://[user:password@]host:port[/db], rediss://..., redis+sentinel://host:port,.../<primary name>[/db] or redis+cluster://host:port,...")]
     InvalidUrl {
         /// The URL as given (password masked).
         url: String,
@@ -98,6 +98,26 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+    /// A publish was written on the primary but fewer replicas than `min_replicas` confirmed
+    /// it in time: a failover now could lose it. Publishing the same messages again (same
+    /// idempotency keys) does not duplicate them and waits again.
+    #[error("publish to {topic:?} (epoch {epoch}, offsets {first}..={last}) reached only {acked} of the {wanted} replicas required within {waited:?}; it is on the primary but may be lost in a failover: retry with the same idempotency keys, or check the replicas")]
+    NotReplicated {
+        /// The topic.
+        topic: String,
+        /// The epoch of the publish.
+        epoch: u64,
+        /// The first offset of the publish.
+        first: u64,
+        /// The last offset of the publish.
+        last: u64,
+        /// How many replicas confirmed it.
+        acked: usize,
+        /// How many were required.
+        wanted: usize,
+        /// How long Herald waited.
+        waited: Duration,
+    },
     /// `commit` was called on a subscription that has no durable cursor name.
     #[error("this subscription has no durable cursor: subscribe with `.durable(name)` to commit")]
     NotDurable,
@@ -131,7 +151,9 @@ impl Error {
             | Error::InvalidSettings(_)
             | Error::MessageTooLarge { .. }
             | Error::NotDurable => ErrorKind::BadInput,
-            Error::Unreachable { .. } | Error::Timeout { .. } => ErrorKind::Unreachable,
+            Error::Unreachable { .. } | Error::Timeout { .. } | Error::NotReplicated { .. } => {
+                ErrorKind::Unreachable
+            }
             Error::Refused { .. } | Error::WrongType { .. } | Error::Corrupt { .. } => {
                 ErrorKind::Refused
             }

@@ -27,7 +27,9 @@ pub(crate) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Options accepted by every command.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct GlobalArgs {
-    /// Redis to use: redis://[user:password@]host:port[/db], or rediss://... for TLS
+    /// Redis to use: redis://[user:password@]host:port[/db], or rediss://... for TLS;
+    /// redis+sentinel://[user:password@]host:port,.../NAME[/db] for the primary that these
+    /// sentinels name; redis+cluster://[user:password@]host:port,... for a Redis Cluster
     /// [default: redis://127.0.0.1:6379; `herald demo` uses an in-process broker unless this
     /// is given]
     #[arg(

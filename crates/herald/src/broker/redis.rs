@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::{ErrorKind as RedisKind, RedisError, RetryMethod, Script, ServerErrorKind, Value};
 
 pub(crate) mod members;
+mod topology;
+
+use topology::{Conn, Target};
 
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::cursor::CursorPosition;
@@ -38,6 +41,10 @@ pub(crate) struct RedisOptions {
     pub(crate) response_timeout: Duration,
     /// How long an operation (a publish, a read) keeps retrying transient failures.
     pub(crate) operation_deadline: Duration,
+    /// Replicas that must have a publish before it is acknowledged (WAIT); 0: none.
+    pub(crate) min_replicas: usize,
+    /// How long a publish waits for `min_replicas`.
+    pub(crate) replica_timeout: Duration,
 }
 
 /// Key names of one namespace. Every key of a topic carries the hash tag `{topic}`, so a
@@ -93,8 +100,17 @@ pub(crate) struct RedisBroker {
 }
 
 struct Inner {
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// Where the data lives (one server, Sentinel, Cluster).
+    topology: Target,
+    /// The server, or the primary Sentinel named last: Pub/Sub connections go there.
+    client: std::sync::RwLock<redis::Client>,
+    /// The command connection; replaced when Sentinel names a new primary.
+    conn: std::sync::RwLock<Conn>,
+    /// With Sentinel, the primary's address in use; held while following a failover.
+    primary: tokio::sync::Mutex<Option<(String, u16)>>,
+    manager_config: ConnectionManagerConfig,
+    /// PUBLISH, or SPUBLISH (sharded Pub/Sub) with a cluster.
+    notify: &'static str,
     keys: KeySpace,
     publish: Script,
     opts: RedisOptions,
@@ -144,6 +160,25 @@ fn is_transient(e: &RedisError) -> bool {
     if matches!(e.kind(), RedisKind::Server(ServerErrorKind::ReadOnly)) {
         return true; // a replica that is being promoted, or a failover in progress
     }
+    if matches!(e.kind(), RedisKind::Server(ServerErrorKind::ExecAbort)) {
+        // A transaction (MULTI/EXEC) aborted because its commands were refused for a
+        // transient reason, e.g. LOADING while Redis reads its data after a restart.
+        return e.clone().into_server_errors().is_some_and(|errors| {
+            !errors.is_empty()
+                && errors.iter().all(|(_, s)| {
+                    matches!(
+                        s.kind(),
+                        Some(
+                            ServerErrorKind::BusyLoading
+                                | ServerErrorKind::TryAgain
+                                | ServerErrorKind::MasterDown
+                                | ServerErrorKind::ClusterDown
+                                | ServerErrorKind::ReadOnly
+                        )
+                    )
+                })
+        });
+    }
     e.is_io_error()
         || matches!(
             e.retry_method(),
@@ -161,19 +196,25 @@ impl RedisBroker {
     /// Connects, retrying with backoff until `connect_deadline`.
     pub(crate) async fn connect(opts: RedisOptions) -> Result<Self> {
         let target = redact(&opts.url);
-        let client = redis::Client::open(opts.url.as_str()).map_err(|e| Error::InvalidUrl {
+        let topology = topology::parse(&opts.url).map_err(|e| Error::InvalidUrl {
             url: target.clone(),
             // "did not parse" says little when only the scheme is wrong (http://...).
             reason: match opts.url.split_once("://") {
                 Some((scheme, _)) if !URL_SCHEMES.contains(&scheme) => {
                     format!("unsupported scheme {scheme:?}")
                 }
-                _ => e.to_string(),
+                _ => e,
             },
         })?;
+        // With `min_replicas`, a publish's WAIT blocks its connection up to `replica_timeout`.
+        let response_timeout = if opts.min_replicas > 0 {
+            opts.response_timeout + opts.replica_timeout
+        } else {
+            opts.response_timeout
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(opts.response_timeout))
-            .set_response_timeout(Some(opts.response_timeout))
+            .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
         let started = Instant::now();
@@ -187,7 +228,7 @@ impl RedisBroker {
                 .max(Duration::from_millis(10));
             let attempt = tokio::time::timeout(
                 left,
-                client.get_connection_manager_with_config(config.clone()),
+                Self::open(&topology, &config, opts.response_timeout, response_timeout),
             )
             .await
             .unwrap_or_else(|_| {
@@ -221,10 +262,19 @@ impl RedisBroker {
                 }
             }
         };
+        let (conn, client, primary) = conn;
+        let notify = match topology {
+            Target::Cluster(_) => "SPUBLISH",
+            _ => "PUBLISH",
+        };
         Ok(RedisBroker {
             inner: Arc::new(Inner {
-                client,
-                conn,
+                topology,
+                client: std::sync::RwLock::new(client),
+                conn: std::sync::RwLock::new(conn),
+                primary: tokio::sync::Mutex::new(primary),
+                manager_config: config,
+                notify,
                 keys: KeySpace::new(&opts.namespace),
                 publish: Script::new(PUBLISH_SCRIPT),
                 opts,
@@ -234,20 +284,111 @@ impl RedisBroker {
         })
     }
 
+    /// Opens the command connection: to the server, to the primary Sentinel names (also
+    /// returned), or to the cluster. Also returns the client for Pub/Sub connections.
+    async fn open(
+        topology: &Target,
+        config: &ConnectionManagerConfig,
+        timeout: Duration,
+        command_timeout: Duration,
+    ) -> redis::RedisResult<(Conn, redis::Client, Option<(String, u16)>)> {
+        match topology {
+            Target::Single(client) => {
+                let m = client
+                    .get_connection_manager_with_config(config.clone())
+                    .await?;
+                Ok((Conn::Single(m), client.clone(), None))
+            }
+            Target::Sentinel(s) => {
+                let (host, port) = s.primary(timeout).await?;
+                let client = redis::Client::open(s.data_url(&host, port))?;
+                let m = client
+                    .get_connection_manager_with_config(config.clone())
+                    .await?;
+                Ok((Conn::Single(m), client, Some((host, port))))
+            }
+            Target::Cluster(c) => {
+                let client = redis::Client::open(c.nodes[0].as_str())?;
+                let conn = redis::cluster::ClusterClientBuilder::new(c.nodes.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(command_timeout)
+                    .retries(4)
+                    .build()?
+                    .get_async_connection()
+                    .await?;
+                Ok((Conn::Cluster(conn), client, None))
+            }
+        }
+    }
+
+    /// The command connection.
+    fn conn(&self) -> Conn {
+        self.inner
+            .conn
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// With Sentinel: asks the sentinels for the primary and, when it moved, connects to the
+    /// new one. Called after transient errors and before each Pub/Sub connection.
+    async fn follow_primary(&self) {
+        let Target::Sentinel(s) = &self.inner.topology else {
+            return;
+        };
+        let mut primary = self.inner.primary.lock().await;
+        let timeout = self.inner.opts.response_timeout;
+        let (host, port) = match s.primary(timeout).await {
+            Ok(addr) if Some(&addr) != primary.as_ref() => addr,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "sentinels did not name a primary");
+                return;
+            }
+        };
+        let opened = async {
+            let client = redis::Client::open(s.data_url(&host, port))?;
+            let m = tokio::time::timeout(
+                timeout,
+                client.get_connection_manager_with_config(self.inner.manager_config.clone()),
+            )
+            .await
+            .map_err(|_| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from the new primary",
+                ))
+            })??;
+            Ok::<_, RedisError>((client, m))
+        };
+        match opened.await {
+            Ok((client, m)) => {
+                tracing::info!(master = %s.master, host = %host, port, "following the primary Sentinel names");
+                *self.inner.conn.write().unwrap_or_else(|p| p.into_inner()) = Conn::Single(m);
+                *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+                *primary = Some((host, port));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, host = %host, port, "cannot reach the primary Sentinel names yet");
+            }
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the operation deadline passes.
     async fn retry<'a, T>(
         &'a self,
         operation: &'static str,
         topic: &str,
-        mut attempt: impl FnMut(ConnectionManager) -> BoxFuture<'a, redis::RedisResult<T>>,
+        mut attempt: impl FnMut(Conn) -> BoxFuture<'a, redis::RedisResult<T>>,
     ) -> Result<T> {
         let started = Instant::now();
         let deadline = self.inner.opts.operation_deadline;
         let mut delay = Duration::from_millis(20);
         loop {
-            match attempt(self.inner.conn.clone()).await {
+            match attempt(self.conn()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if is_transient(&e) => {
+                    self.follow_primary().await;
                     let elapsed = started.elapsed();
                     if elapsed >= deadline {
                         return Err(Error::Timeout {
@@ -290,7 +431,7 @@ impl RedisBroker {
         for (key, _) in &expected {
             pipe.cmd("TYPE").arg(key);
         }
-        let mut conn = self.inner.conn.clone();
+        let mut conn = self.conn();
         let types: Vec<String> = pipe.query_async(&mut conn).await.ok()?;
         expected
             .into_iter()
@@ -359,7 +500,11 @@ impl RedisBroker {
             })
             .collect();
         let channel = keys.live(topic);
-        let reply: Value = self
+        let wanted = self.inner.opts.min_replicas;
+        let wait_ms = u64::try_from(self.inner.opts.replica_timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let (reply, acked): (Value, usize) = self
             .retry("publish", topic, |mut conn| {
                 let mut inv = self.inner.publish.prepare_invoke();
                 for k in &key_names {
@@ -370,14 +515,48 @@ impl RedisBroker {
                     .arg(d.max_age_ms)
                     .arg(d.dedup_window_ms)
                     .arg(d.max_size);
-                inv.arg("PUBLISH");
+                inv.arg(self.inner.notify);
                 for ((key, m), piece) in messages.iter().zip(&pieces) {
                     inv.arg(key).arg(m.payload.len()).arg(piece.as_slice());
                 }
-                Box::pin(async move { inv.invoke_async(&mut conn).await })
+                let meta = &key_names[0];
+                Box::pin(async move {
+                    let reply = inv.invoke_async(&mut conn).await?;
+                    // With `min_replicas`, WAIT on the server that ran the script. If this
+                    // fails, the whole attempt is retried: the script then finds the
+                    // idempotency keys (on this server, or on a new primary that has the
+                    // write) or writes them anew, and WAIT runs where the write is.
+                    let acked = match wanted {
+                        0 => 0,
+                        n => conn.wait(n, wait_ms, meta).await?,
+                    };
+                    Ok((reply, acked))
+                })
             })
             .await?;
-        parse_publish_reply(topic, reply, messages.len())
+        let placed = parse_publish_reply(topic, reply, messages.len())?;
+        if acked < wanted {
+            return Err(self.not_replicated(topic, &placed, acked));
+        }
+        Ok(placed)
+    }
+
+    /// Fewer replicas than `min_replicas` confirmed a publish within `replica_timeout`. The
+    /// publish itself stands on the primary; publishing again with the same idempotency keys
+    /// waits again without duplicating.
+    fn not_replicated(&self, topic: &str, placed: &(Epoch, Vec<Placed>), acked: usize) -> Error {
+        let wanted = self.inner.opts.min_replicas;
+        let timeout = self.inner.opts.replica_timeout;
+        let offsets = placed.1.iter().map(|p| p.0);
+        Error::NotReplicated {
+            topic: topic.to_string(),
+            epoch: placed.0,
+            first: offsets.clone().min().unwrap_or(0),
+            last: offsets.max().unwrap_or(0),
+            acked,
+            wanted,
+            waited: timeout,
+        }
     }
 
     /// Reads the topic's state and at least `limit` messages from `from` (whole entries, so
@@ -397,8 +576,13 @@ impl RedisBroker {
             ((limit as f64 / per_entry).ceil() as usize).clamp(1, 1024)
         };
         let start = format!("{from}-0");
-        let reply: Vec<Value> = self
-            .retry("read", topic, |mut conn| {
+        let reply: Vec<Value> = if matches!(self.inner.topology, Target::Cluster(_)) {
+            // The cluster client does not follow MOVED/ASK inside a transaction: read with the
+            // script, whose EVALSHA it routes and redirects like any keyed command.
+            self.read_by_script(topic, &meta, &log, from, entries_wanted)
+                .await?
+        } else {
+            self.retry("read", topic, |mut conn| {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 pipe.cmd("HMGET").arg(&meta).arg("epoch").arg("last");
@@ -424,12 +608,59 @@ impl RedisBroker {
                 }
                 Box::pin(async move { pipe.query_async(&mut conn).await })
             })
-            .await?;
+            .await?
+        };
         let result = parse_read_reply(topic, reply, from, entries_wanted)?;
         if let Some(avg) = result.1 {
             self.set_entry_size(topic, avg);
         }
         Ok(result.0)
+    }
+
+    /// The read as one EVALSHA of `lua/read.lua`, its reply reshaped like the transaction's
+    /// (`[epoch, last]`, head entry, no separate entry at `from`, entries).
+    async fn read_by_script(
+        &self,
+        topic: &str,
+        meta: &str,
+        log: &str,
+        from: u64,
+        entries_wanted: usize,
+    ) -> Result<Vec<Value>> {
+        static READ: std::sync::LazyLock<Script> =
+            std::sync::LazyLock::new(|| Script::new(READ_SCRIPT));
+        let reply: Vec<Value> = self
+            .retry("read", topic, |mut conn| {
+                let mut inv = READ.prepare_invoke();
+                inv.key(meta).key(log).arg(from).arg(entries_wanted);
+                Box::pin(async move { inv.invoke_async(&mut conn).await })
+            })
+            .await?;
+        let mut it = reply.into_iter();
+        let (Some(epoch), Some(last), Some(first), Some(entries)) =
+            (it.next(), it.next(), it.next(), it.next())
+        else {
+            return Err(Error::Corrupt {
+                topic: topic.to_string(),
+                detail: "unexpected read script reply".into(),
+            });
+        };
+        let epoch = match epoch {
+            Value::Boolean(false) => Value::Nil,
+            v => v,
+        };
+        let head = match as_u64(&first) {
+            Some(f) if f > 0 => vec![Value::Array(vec![Value::BulkString(
+                format!("{f}-0").into_bytes(),
+            )])],
+            _ => Vec::new(),
+        };
+        let mut out = vec![Value::Array(vec![epoch, last]), Value::Array(head)];
+        if entries_wanted > 0 {
+            out.push(Value::Array(Vec::new()));
+            out.push(entries);
+        }
+        Ok(out)
     }
 
     fn entry_size(&self, topic: &str) -> Option<f64> {
@@ -456,16 +687,30 @@ impl RedisBroker {
     pub(crate) async fn live(&self, topics: &[String]) -> Result<RedisFeed> {
         let channels: Vec<String> = topics.iter().map(|t| self.inner.keys.live(t)).collect();
         let timeout = self.inner.opts.response_timeout;
+        // With Sentinel, subscribe at the primary it names now (the feed of a demoted or dead
+        // primary has just ended).
+        self.follow_primary().await;
         let attempt = async {
-            let pubsub = self.inner.client.get_async_pubsub().await?;
+            if let Target::Cluster(c) = &self.inner.topology {
+                return Self::sharded_feed(&c.nodes, &channels, timeout).await;
+            }
+            let client = self
+                .inner
+                .client
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let pubsub = client.get_async_pubsub().await?;
             let (mut sink, stream) = pubsub.split();
             sink.subscribe(&channels).await?;
-            Ok::<_, RedisError>((sink, stream))
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok((sink, stream))) => Ok(RedisFeed {
+            Ok::<_, RedisError>(Feed::PubSub {
                 _sink: sink,
                 stream,
+            })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(feed)) => Ok(RedisFeed {
+                feed,
                 keys: self.inner.keys.clone(),
             }),
             Ok(Err(e)) if is_transient(&e) => Err(Error::Unreachable {
@@ -483,6 +728,30 @@ impl RedisBroker {
                 reason: "subscribe timed out".into(),
             }),
         }
+    }
+
+    /// A sharded Pub/Sub feed over its own cluster connection (RESP3, pushes into a channel):
+    /// each channel is SSUBSCRIBEd at the primary of its slot.
+    async fn sharded_feed(
+        nodes: &[String],
+        channels: &[String],
+        timeout: Duration,
+    ) -> redis::RedisResult<Feed> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut conn = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(2)
+            .build()?
+            .get_async_connection()
+            .await?;
+        // One command per channel: the channels of one feed may live on different shards.
+        for channel in channels {
+            conn.ssubscribe(channel).await?;
+        }
+        Ok(Feed::Sharded { _conn: conn, rx })
     }
 
     pub(crate) async fn get_cursor(
@@ -837,20 +1106,64 @@ fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
 
 /// A live feed over a dedicated Pub/Sub connection.
 pub(crate) struct RedisFeed {
-    _sink: PubSubSink,
-    stream: PubSubStream,
+    feed: Feed,
     keys: KeySpace,
 }
 
+enum Feed {
+    /// SUBSCRIBE on one server (or the primary Sentinel named).
+    PubSub {
+        _sink: PubSubSink,
+        stream: PubSubStream,
+    },
+    /// SSUBSCRIBE over a cluster connection of its own.
+    Sharded {
+        _conn: redis::cluster_async::ClusterConnection,
+        rx: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+    },
+}
+
 impl RedisFeed {
+    /// The next notification; `None` when the feed ended (connection lost, or a shard stopped
+    /// serving a channel), after which the subscription catches up from history and opens a
+    /// new feed.
     pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
-        let msg = self.stream.next().await?;
-        let channel = msg.get_channel_name();
-        let Some(topic) = self.keys.topic_of_channel(channel) else {
+        let (channel, payload) = match &mut self.feed {
+            Feed::PubSub { stream, .. } => {
+                let msg = stream.next().await?;
+                let channel = msg.get_channel_name().to_string();
+                (channel, Bytes::copy_from_slice(msg.get_payload_bytes()))
+            }
+            Feed::Sharded { rx, .. } => loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    redis::PushKind::SMessage => {
+                        let mut data = push.data.into_iter();
+                        let (Some(channel), Some(Value::BulkString(payload))) =
+                            (data.next(), data.next())
+                        else {
+                            return Some(LiveEvent::Lost);
+                        };
+                        let channel = as_bytes(&channel)
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default();
+                        break (channel, Bytes::from(payload));
+                    }
+                    // The server stopped serving a channel here (its slot moved, or this node
+                    // became a replica), or a connection dropped: end the feed.
+                    redis::PushKind::SUnsubscribe | redis::PushKind::Disconnection => {
+                        tracing::info!(kind = ?push.kind, "sharded live feed interrupted");
+                        return None;
+                    }
+                    _ => continue,
+                }
+            },
+        };
+        let Some(topic) = self.keys.topic_of_channel(&channel) else {
             tracing::warn!(channel, "notification on an unexpected channel");
             return Some(LiveEvent::Lost);
         };
-        match envelope::decode_frame(topic, Bytes::copy_from_slice(msg.get_payload_bytes())) {
+        match envelope::decode_frame(topic, payload) {
             Ok(n) => Some(LiveEvent::Notification(n)),
             Err(reason) => {
                 tracing::warn!(topic, %reason, "undecodable live notification; reading history instead");

@@ -1,0 +1,287 @@
+//! Where Herald's Redis is: one server (`redis://`), a primary found through Redis Sentinel
+//! (`redis+sentinel://`), or a Redis Cluster (`redis+cluster://`); and the command connection
+//! each of them uses.
+//!
+//! URL forms (credentials, when given, are those of the Redis data nodes):
+//!
+//! - `redis+sentinel://[user[:password]@]host1:port1,host2:port2/<primary name>[/<db>]`:
+//!   the sentinels (port 26379 by default, contacted without credentials) are asked for the
+//!   current primary of the named group; Herald follows it through failovers.
+//! - `redis+cluster://[user[:password]@]host1:port1,host2:port2`: seed nodes of a Redis
+//!   Cluster (port 6379 by default); the slot map is discovered from them.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, ErrorKind as RedisKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+/// Where the data lives.
+pub(crate) enum Target {
+    /// One server (or a proxy in front of it).
+    Single(redis::Client),
+    /// A primary found through Sentinel.
+    Sentinel(SentinelTarget),
+    /// A Redis Cluster.
+    Cluster(ClusterTarget),
+}
+
+/// The Sentinel form of the URL.
+pub(crate) struct SentinelTarget {
+    /// `redis://host:port` of each sentinel.
+    sentinels: Vec<String>,
+    /// The name of the primary's group, as the sentinels know it.
+    pub(crate) master: String,
+    /// `user:password@` or "".
+    userinfo: String,
+    /// `/db` or "".
+    db: String,
+}
+
+/// The Cluster form of the URL.
+pub(crate) struct ClusterTarget {
+    /// `redis://[userinfo@]host:port` of each seed node.
+    pub(crate) nodes: Vec<String>,
+}
+
+/// Splits `[userinfo@]hosts[/path]` after the scheme.
+fn split_rest(rest: &str) -> (&str, &str, &str) {
+    let (userinfo, rest) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let (hosts, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash + 1..]),
+        None => (rest, ""),
+    };
+    (userinfo, hosts, path)
+}
+
+/// `host[:port]` items of a comma-separated list, with a default port.
+fn host_list(hosts: &str, default_port: u16) -> Result<Vec<(String, u16)>, String> {
+    let mut out = Vec::new();
+    for item in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let (host, port) = match item.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in {item:?}"))?,
+            ),
+            None => (item, default_port),
+        };
+        if host.is_empty() || host.contains(['[', ']', '?', '#']) {
+            return Err(format!("bad host {item:?}"));
+        }
+        out.push((host.to_string(), port));
+    }
+    if out.is_empty() {
+        return Err("no host given".into());
+    }
+    Ok(out)
+}
+
+/// Parses a Herald Redis URL. Errors are reasons for `Error::InvalidUrl`.
+pub(crate) fn parse(url: &str) -> Result<Target, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redis::Client::open(url)
+            .map(Target::Single)
+            .map_err(|e| e.to_string());
+    };
+    match scheme {
+        "redis+sentinel" | "valkey+sentinel" => {
+            let (userinfo, hosts, path) = split_rest(rest);
+            let sentinels = host_list(hosts, 26379)?
+                .into_iter()
+                .map(|(h, p)| format!("redis://{h}:{p}"))
+                .collect();
+            let mut parts = path.split('/');
+            let master = parts.next().unwrap_or("").to_string();
+            if master.is_empty() {
+                return Err("the primary's name is missing (…/<name> after the sentinels)".into());
+            }
+            let db = match parts.next() {
+                None | Some("") => String::new(),
+                Some(db) => {
+                    db.parse::<i64>()
+                        .map_err(|_| format!("bad database number {db:?}"))?;
+                    format!("/{db}")
+                }
+            };
+            if parts.next().is_some() {
+                return Err("unexpected path after /<name>/<db>".into());
+            }
+            Ok(Target::Sentinel(SentinelTarget {
+                sentinels,
+                master,
+                userinfo: userinfo.to_string(),
+                db,
+            }))
+        }
+        "redis+cluster" | "valkey+cluster" => {
+            let (userinfo, hosts, path) = split_rest(rest);
+            if !path.is_empty() {
+                return Err("a cluster has no database number: remove the path".into());
+            }
+            let nodes = host_list(hosts, 6379)?
+                .into_iter()
+                .map(|(h, p)| format!("redis://{userinfo}{h}:{p}"))
+                .collect();
+            Ok(Target::Cluster(ClusterTarget { nodes }))
+        }
+        "rediss+sentinel" | "rediss+cluster" | "valkeys+sentinel" | "valkeys+cluster" => {
+            Err("TLS is not supported yet with Sentinel or Cluster".into())
+        }
+        _ => {
+            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+            Ok(Target::Single(client))
+        }
+    }
+}
+
+fn io_error(detail: String) -> RedisError {
+    RedisError::from((RedisKind::Io, "sentinel", detail))
+}
+
+impl SentinelTarget {
+    /// The URL of a data node at `host:port`.
+    pub(crate) fn data_url(&self, host: &str, port: u16) -> String {
+        format!("redis://{}{host}:{port}{}", self.userinfo, self.db)
+    }
+
+    /// Asks the sentinels, in order, for the current primary's address. An unreachable
+    /// sentinel is skipped; the error is transient (I/O) unless a sentinel answered that it
+    /// does not know the name.
+    pub(crate) async fn primary(&self, timeout: Duration) -> RedisResult<(String, u16)> {
+        let mut reasons = Vec::new();
+        let mut unknown = 0;
+        for sentinel in &self.sentinels {
+            let ask = async {
+                let client = redis::Client::open(sentinel.as_str())?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(timeout, ask).await {
+                Ok(Ok(Some(addr))) => return Ok(addr),
+                Ok(Ok(None)) => {
+                    unknown += 1;
+                    reasons.push(format!("{sentinel}: unknown primary name"));
+                }
+                Ok(Err(e)) => reasons.push(format!("{sentinel}: {e}")),
+                Err(_) => reasons.push(format!("{sentinel}: timed out")),
+            }
+        }
+        let detail = format!(
+            "no sentinel gave the address of {:?} ({})",
+            self.master,
+            reasons.join("; ")
+        );
+        if unknown > 0 && unknown == self.sentinels.len() {
+            Err(RedisError::from((
+                RedisKind::MasterNameNotFoundBySentinel,
+                "sentinel",
+                detail,
+            )))
+        } else {
+            Err(io_error(detail))
+        }
+    }
+}
+
+/// The command connection: one multiplexed connection (to the server, or to the primary that
+/// Sentinel named), or a cluster connection that routes each command by its key's slot.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// `WAIT replicas timeout_ms` on the primary that holds `key`: how many replicas have
+    /// every write made on that primary so far (Redis 7 counts the server's replication
+    /// offset, so it does not matter which connection wrote).
+    pub(crate) async fn wait(
+        &mut self,
+        replicas: usize,
+        timeout_ms: u64,
+        key: &str,
+    ) -> RedisResult<usize> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout_ms);
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let v = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let Ok(Target::Sentinel(s)) = parse("redis+sentinel://u:p@a:1,b/mymaster/2") else {
+            panic!("sentinel form");
+        };
+        assert_eq!(s.sentinels, vec!["redis://a:1", "redis://b:26379"]);
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(s.data_url("h", 7), "redis://u:p@h:7/2");
+        let Ok(Target::Cluster(c)) = parse("redis+cluster://h1:7000,h2:7001") else {
+            panic!("cluster form");
+        };
+        assert_eq!(c.nodes, vec!["redis://h1:7000", "redis://h2:7001"]);
+        assert!(parse("redis+sentinel://a:1").is_err());
+        assert!(parse("redis+sentinel://a:x/m").is_err());
+        assert!(parse("redis+cluster://a:1/0").is_err());
+        assert!(parse("rediss+cluster://a:1").is_err());
+        assert!(matches!(parse("redis://a:1/0"), Ok(Target::Single(_))));
+        assert!(parse("http://a").is_err());
+    }
+}

@@ -1,0 +1,414 @@
+#![allow(clippy::unwrap_used)]
+//! Redis Sentinel (issue 5, SPEC §9): Herald connects through Sentinel
+//! (`redis+sentinel://host:port,.../<name>`), follows the primary through `SENTINEL FAILOVER`
+//! and through a kill -9 of the primary, re-subscribes and recovers; `min_replicas` makes an
+//! acknowledged publish survive the failover, and fails clearly when replicas do not confirm.
+//!
+//! Harness: 1 primary, 2 replicas and 3 sentinels (`redis-server --sentinel`), all real
+//! processes on 127.0.0.1 free ports; every wait is bounded.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use herald::{Error, Event, Herald, Message, Start};
+use support::{free_port, RedisServer, EVENT_WAIT};
+
+const MASTER: &str = "herald-primary";
+
+/// A sentinel process with its own config file (Sentinel rewrites it).
+struct Sentinel {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sentinel {
+    fn start(primary_port: u16) -> Sentinel {
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+                     dir {dir}\nlogfile {dir}/sentinel.log\n\
+                     sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {MASTER} 1000\n\
+                     sentinel failover-timeout {MASTER} 6000\n\
+                     sentinel parallel-syncs {MASTER} 2\n",
+                    dir = dir.path().display()
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel");
+            let mut s = Sentinel { port, dir, child };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = s.child.try_wait() {
+                    break; // port taken: try another
+                }
+                if s.primary().is_some() {
+                    return s;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = s.child.kill();
+            eprintln!(
+                "sentinel did not start on {port}: {}",
+                std::fs::read_to_string(s.dir.path().join("sentinel.log")).unwrap_or_default()
+            );
+        }
+        panic!("no sentinel could be started");
+    }
+
+    /// The primary's port this sentinel names, if it answers.
+    fn primary(&self) -> Option<u16> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_millis(300))
+            .ok()?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(MASTER)
+            .query(&mut c)
+            .ok()?;
+        addr.map(|a| a.1)
+    }
+
+    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?
+            .get_connection_with_timeout(Duration::from_secs(2))?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut c)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 1 primary, 2 replicas, 3 sentinels.
+struct Group {
+    nodes: Vec<RedisServer>,
+    sentinels: Vec<Sentinel>,
+}
+
+impl Group {
+    fn start() -> Group {
+        let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+        let replicaof = primary.port.to_string();
+        let mut nodes = vec![primary];
+        for _ in 0..2 {
+            nodes.push(RedisServer::start_with(&[
+                "--replicaof",
+                "127.0.0.1",
+                &replicaof,
+                "--repl-diskless-sync-delay",
+                "0",
+            ]));
+        }
+        // Replicas in sync before the sentinels start watching.
+        wait_until("replicas in sync", Duration::from_secs(15), || {
+            online_replicas(&nodes[0]) == 2
+        });
+        let sentinels = (0..3).map(|_| Sentinel::start(nodes[0].port)).collect();
+        let g = Group { nodes, sentinels };
+        // Every sentinel knows the replicas and the other sentinels.
+        wait_until(
+            "sentinels discover the group",
+            Duration::from_secs(20),
+            || {
+                g.sentinels.iter().all(|s| {
+                    let m: redis::RedisResult<Vec<(String, String)>> = s
+                        .cmd::<Vec<String>>(&["SENTINEL", "MASTER", MASTER])
+                        .map(|v| v.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect());
+                    m.is_ok_and(|m| {
+                        let get = |k: &str| {
+                            m.iter()
+                                .find(|(a, _)| a == k)
+                                .map(|(_, b)| b.clone())
+                                .unwrap_or_default()
+                        };
+                        get("num-slaves") == "2" && get("num-other-sentinels") == "2"
+                    })
+                })
+            },
+        );
+        g
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
+    }
+
+    /// The primary's port as the sentinels agree on it.
+    fn primary_port(&self) -> Option<u16> {
+        let ports: BTreeSet<Option<u16>> = self.sentinels.iter().map(|s| s.primary()).collect();
+        match ports.into_iter().collect::<Vec<_>>()[..] {
+            [Some(p)] => Some(p),
+            _ => None,
+        }
+    }
+
+    fn node(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap()
+    }
+
+    /// Waits until every sentinel names a primary other than `old` that is a master.
+    fn wait_new_primary(&self, old: u16) -> u16 {
+        let mut found = 0;
+        wait_until("a new primary", Duration::from_secs(30), || {
+            match self.primary_port() {
+                Some(p) if p != old => {
+                    let role: redis::RedisResult<Vec<redis::Value>> =
+                        redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                            .and_then(|mut c| redis::cmd("ROLE").query(&mut c));
+                    let master = matches!(role.as_deref(), Ok([redis::Value::BulkString(r), ..]) if r == b"master");
+                    found = p;
+                    master
+                }
+                _ => false,
+            }
+        });
+        found
+    }
+}
+
+/// How many replicas acknowledge a fresh write within 100 ms (SET then WAIT on one
+/// connection): right after their initial sync, replicas do not stream until their first ACK.
+fn online_replicas(primary: &RedisServer) -> usize {
+    let (acked,): (usize,) = redis::pipe()
+        .cmd("SET")
+        .arg("sync-check")
+        .arg(1)
+        .ignore()
+        .cmd("WAIT")
+        .arg(2)
+        .arg(100)
+        .query(&mut primary.conn())
+        .unwrap();
+    acked
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn node(url: &str, id: &str, min_replicas: usize) -> Herald {
+    Herald::builder()
+        .node_id(id)
+        .redis(url)
+        .poll_interval(Duration::from_millis(200))
+        .operation_timeout(Duration::from_secs(20))
+        .min_replicas(min_replicas, Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Publishes `m<i>` with idempotency key `k<i>` until acknowledged (bounded); a failed
+/// attempt may or may not have been written, the retry never duplicates it.
+async fn publish_acked(h: &Herald, i: u64) -> u64 {
+    let mut last = None;
+    for _ in 0..20 {
+        match h
+            .publish("t", Message::new(format!("m{i}")).key(format!("k{i}")))
+            .await
+        {
+            Ok(r) => return r.offset,
+            Err(e) => {
+                last = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    panic!("publish m{i} never acknowledged: {last:?}");
+}
+
+/// Receives until every payload `m<from>..=m<n>` was delivered. Offsets increase between resets;
+/// a gap fails the test (nothing is trimmed here); payload order follows publish order.
+async fn receive_all(sub: &mut herald::Subscription, from: u64, n: u64) {
+    let mut seen = BTreeSet::new();
+    let mut last_offset = 0;
+    let mut last_i = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < (n + 1 - from) as usize {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} delivered",
+            seen.len()
+        );
+        let ev = match tokio::time::timeout(EVENT_WAIT, futures::StreamExt::next(sub)).await {
+            Ok(Some(Ok(e))) => e,
+            Ok(Some(Err(e))) => panic!("subscription error: {e}"),
+            Ok(None) => panic!("subscription ended"),
+            Err(_) => panic!(
+                "no event within {EVENT_WAIT:?}; have {} of {n}: {:?}",
+                seen.len(),
+                (from..=n).filter(|i| !seen.contains(i)).collect::<Vec<_>>()
+            ),
+        };
+        match ev {
+            Event::Message(d) => {
+                assert!(
+                    d.offset > last_offset,
+                    "offset {} after {last_offset}",
+                    d.offset
+                );
+                last_offset = d.offset;
+                let i: u64 = std::str::from_utf8(&d.payload).unwrap()[1..]
+                    .parse()
+                    .unwrap();
+                if i >= from && seen.insert(i) {
+                    assert!(i > last_i, "m{i} after m{last_i}");
+                    last_i = i;
+                }
+            }
+            Event::Reset { .. } => {
+                // Only unacknowledged writes may be lost; deliveries start over.
+                last_offset = 0;
+                last_i = 0;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_the_primary_through_failover_and_kill() {
+    let mut g = Group::start();
+    let url = g.url();
+    // Acknowledged only once on both replicas: whichever Sentinel promotes has it, even when
+    // the old primary keeps accepting writes for a moment during a manual failover.
+    let publisher = node(&url, "pub", 2).await;
+    let subscriber = node(&url, "sub", 0).await;
+    let mut sub = subscriber
+        .subscribe(["t"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+
+    for i in 1..=20 {
+        publish_acked(&publisher, i).await;
+    }
+    receive_all(&mut sub, 1, 20).await;
+
+    // 1. A manual failover while publishing.
+    let first = g.primary_port().unwrap();
+    let p = publisher.clone();
+    let background = tokio::spawn(async move {
+        for i in 21..=60 {
+            publish_acked(&p, i).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _: () = g.sentinels[0]
+        .cmd(&["SENTINEL", "FAILOVER", MASTER])
+        .unwrap();
+    let second = tokio::task::block_in_place(|| g.wait_new_primary(first));
+    background.await.unwrap();
+    receive_all(&mut sub, 21, 60).await;
+    let info = publisher.inspect("t").await.unwrap();
+    assert_eq!(info.last_offset, 60, "acknowledged publishes all survived");
+
+    // 2. kill -9 of the new primary while publishing. Two nodes remain, so acknowledged once
+    // on one replica: Sentinel promotes the most up-to-date replica, and the dead primary
+    // accepts nothing more.
+    let p = node(&url, "pub2", 1).await;
+    let background = tokio::spawn(async move {
+        for i in 61..=100 {
+            publish_acked(&p, i).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    g.node(second).kill9();
+    tokio::task::block_in_place(|| g.wait_new_primary(second));
+    background.await.unwrap();
+    receive_all(&mut sub, 61, 100).await;
+
+    // A new handle connects to the new primary through the same URL, and the history holds
+    // every acknowledged publish once, in order.
+    let late = node(&url, "late", 0).await;
+    let info = late.inspect("t").await.unwrap();
+    assert_eq!(info.last_offset, 100, "{info:?}");
+    let mut all = late.subscribe(["t"]).from(Start::Earliest).await.unwrap();
+    let got = support::messages(&mut all, 100).await;
+    for (i, (offset, payload)) in got.iter().enumerate() {
+        assert_eq!(
+            (*offset, payload.as_str()),
+            (i as u64 + 1, format!("m{}", i + 1).as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_replicas_fails_clearly_without_replicas() {
+    let server = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let h = Herald::builder()
+        .redis(server.url())
+        .min_replicas(1, Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let err = h
+        .publish("t", Message::new("x").key("k"))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::NotReplicated {
+            acked: 0,
+            wanted: 1,
+            first: 1,
+            last: 1,
+            ..
+        } => {}
+        other => panic!("expected NotReplicated, got {other:?}"),
+    }
+    assert!(err.to_string().contains("0 of the 1 replicas"), "{err}");
+    // The write stands on the primary; publishing it again does not duplicate it.
+    let _ = h
+        .publish("t", Message::new("x").key("k"))
+        .await
+        .unwrap_err();
+    assert_eq!(h.inspect("t").await.unwrap().last_offset, 1);
+
+    // With a replica, the same publish succeeds.
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &server.port.to_string()]);
+    wait_until("replica in sync", Duration::from_secs(15), || {
+        online_replicas(&server) == 1
+    });
+    let r = h.publish("t", Message::new("y").key("k2")).await.unwrap();
+    assert_eq!(r.offset, 2);
+}

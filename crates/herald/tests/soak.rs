@@ -1,0 +1,1050 @@
+//! Randomized soak: publishers with idempotency keys and retries, subscribers of every kind
+//! (durable, `Latest`, slow), and a seeded schedule of faults (proxy cuts, stalls, delays and
+//! refusals, `CLIENT KILL`, Redis kill -9 and restart with `appendfsync always`, subscriber
+//! restarts from a durable cursor, a pause longer than retention). Every subscriber records
+//! what it received; the history checker (`support/checker.rs`) then verifies SPEC §2: nothing
+//! acknowledged is lost without a `Gap`/`Reset`, nothing duplicated, everything in order, and
+//! one message per offset across nodes.
+//!
+//! Length: `HERALD_SOAK_SECS` (default 60). Seed: `HERALD_SOAK_SEED` (default: from the clock);
+//! the seed is always printed, so a failure can be replayed:
+//!
+//! ```text
+//! HERALD_SOAK_SECS=600 HERALD_SOAK_SEED=42 cargo test -p herald --test soak -- --nocapture
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald::{Event, Herald, Message, SettingsChange, Start};
+use support::checker::{check, check_with_retention, History, Published, Record, Retained};
+use support::proxy::{Direction, FaultProxy};
+use support::RedisServer;
+use tokio::sync::watch;
+
+/// splitmix64: a tiny seeded generator, enough for a fault schedule.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+
+    /// True with probability `percent`/100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(self.range(lo, hi))
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------
+// The fault proxy does what it says.
+// ---------------------------------------------------------------------------------------
+
+/// Sends PING over `conn` and waits (at most `wait`) for `+PONG`.
+async fn ping(conn: &mut tokio::net::TcpStream, wait: Duration) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    conn.write_all(b"PING\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    read_pong(conn, wait).await
+}
+
+async fn read_pong(conn: &mut tokio::net::TcpStream, wait: Duration) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 7];
+    match tokio::time::timeout(wait, conn.read_exact(&mut buf)).await {
+        Ok(Ok(_)) if &buf == b"+PONG\r\n" => Ok(()),
+        Ok(Ok(_)) => Err(format!("unexpected reply {buf:?}")),
+        Ok(Err(e)) => Err(format!("closed: {e}")),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cuts_refuses_stalls_and_delays() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", proxy.port()));
+    let long = Duration::from_secs(5);
+
+    let mut c = connect().await.unwrap();
+    ping(&mut c, long).await.unwrap();
+    assert_eq!(proxy.open(), 1);
+
+    // Cut: the open connection closes.
+    assert_eq!(proxy.cut(), 1);
+    assert!(
+        ping(&mut c, long).await.is_err(),
+        "a cut connection still answers"
+    );
+
+    // Refuse: new connections are closed at once; then accepted again.
+    proxy.refuse(true);
+    let mut c = connect().await.unwrap();
+    assert!(
+        ping(&mut c, long).await.is_err(),
+        "a refused connection answered"
+    );
+    assert_eq!(proxy.refused(), 1);
+    proxy.refuse(false);
+    let mut c = connect().await.unwrap();
+    ping(&mut c, long).await.unwrap();
+
+    // Stall either direction: no answer, the connection stays open; pass: the answer comes.
+    for dir in [Direction::Up, Direction::Down] {
+        proxy.stall(dir);
+        assert_eq!(
+            ping(&mut c, Duration::from_millis(300)).await,
+            Err("timed out".to_string()),
+            "{dir:?}"
+        );
+        proxy.pass();
+        read_pong(&mut c, long).await.unwrap();
+    }
+
+    // Delay: each chunk waits at least the delay.
+    proxy.delay(Direction::Down, Duration::from_millis(1000));
+    assert!(ping(&mut c, Duration::from_millis(100)).await.is_err());
+    read_pong(&mut c, long).await.unwrap();
+    proxy.pass();
+    ping(&mut c, long).await.unwrap();
+
+    // A Herald node works through the proxy and recovers from a cut.
+    let node = soak_node(&proxy.url(), "through-proxy").await.unwrap();
+    node.publish("p", "one").await.unwrap();
+    proxy.cut();
+    assert_eq!(node.publish("p", "two").await.unwrap().offset, 2);
+    assert!(proxy.accepted() >= 4);
+}
+
+// ---------------------------------------------------------------------------------------
+// The checker catches real bugs: corrupted histories must be flagged.
+// ---------------------------------------------------------------------------------------
+
+const E: u64 = 7;
+
+fn acked(n: u64) -> Vec<Published> {
+    (1..=n)
+        .map(|o| Published {
+            topic: "t".into(),
+            epoch: E,
+            offset: o,
+            key: format!("k{o}"),
+        })
+        .collect()
+}
+
+fn msg(o: u64) -> Record {
+    Record::Message {
+        epoch: E,
+        offset: o,
+        key: format!("k{o}"),
+    }
+}
+
+fn history(name: &str, records: Vec<Record>) -> History {
+    let mut h = History::new(name);
+    for r in records {
+        h.push("t", r);
+    }
+    h
+}
+
+fn from_start() -> Record {
+    Record::Start {
+        epoch: None,
+        from: 1,
+        floor: None,
+    }
+}
+
+fn clean() -> Vec<Record> {
+    std::iter::once(from_start())
+        .chain((1..=10).map(msg))
+        .collect()
+}
+
+#[test]
+fn checker_accepts_a_correct_history() {
+    let r = check(&acked(10), &[history("a", clean()), history("b", clean())]);
+    assert_eq!(r.violations(), 0, "{}", r.table());
+    assert_eq!(r.subscribers[0].delivered, 10);
+
+    // A gap or a reset explains what was not delivered.
+    let mut gapped = clean();
+    gapped.retain(|r| !matches!(r, Record::Message { offset: 4..=6, .. }));
+    gapped.insert(
+        4,
+        Record::Gap {
+            epoch: E,
+            from: 4,
+            to: 6,
+        },
+    );
+    let mut reset = clean();
+    reset.truncate(8); // delivered 1..=7
+    reset.push(Record::Reset {
+        previous_epoch: E,
+        epoch: E + 1,
+        last_delivered: 7,
+    });
+    // A Latest subscriber that started after offset 5 owes only 6..=10.
+    let mut latest = vec![Record::Start {
+        epoch: Some(E),
+        from: 6,
+        floor: None,
+    }];
+    latest.extend((6..=10).map(msg));
+    // A durable subscriber restarted from its cursor at 4 may redeliver 5..=8.
+    let mut resumed = clean();
+    resumed.truncate(9); // 1..=8
+    resumed.push(Record::Start {
+        epoch: None,
+        from: 1,
+        floor: Some((E, 4)),
+    });
+    resumed.extend((5..=10).map(msg));
+    let r = check(
+        &acked(10),
+        &[
+            history("gapped", gapped),
+            history("reset", reset),
+            history("latest", latest),
+            history("resumed", resumed),
+        ],
+    );
+    assert_eq!(r.violations(), 0, "{}", r.table());
+    assert_eq!(r.subscribers[0].gap_offsets, 3);
+    assert_eq!(r.subscribers[1].resets, 1);
+    assert_eq!(r.subscribers[3].restarts, 1);
+}
+
+#[test]
+fn checker_flags_corrupted_histories() {
+    let good = || history("good", clean());
+
+    // A dropped message.
+    let mut dropped = clean();
+    dropped.remove(5);
+    let r = check(&acked(10), &[good(), history("dropped", dropped)]);
+    assert_eq!(r.subscribers[1].lost, 1, "{}", r.table());
+    assert!(r.violations() > 0);
+
+    // A dropped message at the end (nothing after it to reveal it).
+    let mut tail = clean();
+    tail.pop();
+    let r = check(&acked(10), &[history("tail", tail)]);
+    assert_eq!(r.subscribers[0].lost, 1, "{}", r.table());
+
+    // A duplicate.
+    let mut dup = clean();
+    dup.insert(6, msg(5));
+    let r = check(&acked(10), &[good(), history("dup", dup)]);
+    assert_eq!(r.subscribers[1].duplicated, 1, "{}", r.table());
+    assert_eq!(r.subscribers[1].lost, 0);
+
+    // A swap.
+    let mut swapped = clean();
+    swapped.swap(5, 6);
+    let r = check(&acked(10), &[good(), history("swapped", swapped)]);
+    assert_eq!(r.subscribers[1].out_of_order, 1, "{}", r.table());
+    assert_eq!(r.subscribers[1].lost, 0);
+
+    // An offset that maps to another key on another node.
+    let mut conflicting = clean();
+    conflicting[3] = Record::Message {
+        epoch: E,
+        offset: 3,
+        key: "intruder".into(),
+    };
+    let r = check(&acked(10), &[good(), history("conflicting", conflicting)]);
+    assert_eq!(r.conflicts, 1, "{}", r.table());
+    assert_eq!(r.subscribers[1].conflicts, 1);
+    assert_eq!(r.subscribers[0].conflicts, 0);
+
+    // An idempotency key appended twice (at two offsets).
+    let mut twice = acked(10);
+    twice[9].key = "k9".into();
+    let r = check(&twice, &[]);
+    assert_eq!(r.key_duplicates, 1, "{}", r.table());
+
+    // A redelivery at or below the committed cursor after a restart.
+    let mut below_floor = clean();
+    below_floor.truncate(9);
+    below_floor.push(Record::Start {
+        epoch: None,
+        from: 1,
+        floor: Some((E, 6)),
+    });
+    below_floor.extend((6..=10).map(msg));
+    let r = check(&acked(10), &[history("below_floor", below_floor)]);
+    assert_eq!(r.subscribers[0].duplicated, 1, "{}", r.table());
+
+    // A gap that does not cover the missing offset.
+    let mut short_gap = clean();
+    short_gap.retain(|r| !matches!(r, Record::Message { offset: 4..=6, .. }));
+    short_gap.insert(
+        4,
+        Record::Gap {
+            epoch: E,
+            from: 4,
+            to: 5,
+        },
+    );
+    let r = check(&acked(10), &[history("short_gap", short_gap)]);
+    assert_eq!(r.subscribers[0].lost, 1, "{}", r.table());
+
+    // Messages of a new epoch without a Reset.
+    let mut no_reset = clean();
+    no_reset.push(Record::Message {
+        epoch: E + 1,
+        offset: 1,
+        key: "n1".into(),
+    });
+    let r = check(&acked(10), &[history("no_reset", no_reset)]);
+    assert_eq!(r.subscribers[0].out_of_order, 1, "{}", r.table());
+
+    // A gap over offsets retention never trimmed (the log still holds 3..=10 at the end).
+    let mut unjustified = clean();
+    unjustified.retain(|r| !matches!(r, Record::Message { offset: 4..=6, .. }));
+    unjustified.insert(
+        4,
+        Record::Gap {
+            epoch: E,
+            from: 4,
+            to: 6,
+        },
+    );
+    let retained = |first| {
+        vec![Retained {
+            topic: "t".into(),
+            epoch: E,
+            first,
+        }]
+    };
+    let h = [history("unjustified", unjustified)];
+    let r = check_with_retention(&acked(10), &h, &retained(3));
+    assert_eq!(r.subscribers[0].unjustified_gaps, 1, "{}", r.table());
+    let r = check_with_retention(&acked(10), &h, &retained(7));
+    assert_eq!(r.violations(), 0, "{}", r.table());
+}
+
+// ---------------------------------------------------------------------------------------
+// The soak.
+// ---------------------------------------------------------------------------------------
+
+const TOPIC_A: &str = "soak.a";
+/// A topic with a tiny retention, so that a paused subscriber gets a `Gap`.
+const TOPIC_B: &str = "soak.b";
+const TOPICS: [&str; 2] = [TOPIC_A, TOPIC_B];
+const B_MAX_LEN: u64 = 40;
+/// Publishers; the first one bypasses the proxy.
+const PUBLISHERS: usize = 3;
+const MAX_ATTEMPTS: u32 = 8;
+
+/// A node with short timeouts, so that faults surface as errors the callers must handle;
+/// `operation_timeout` bounds each publish attempt (publishers retry above it).
+async fn soak_node(url: &str, id: &str) -> herald::Result<Herald> {
+    soak_node_with(url, id, Duration::from_secs(3)).await
+}
+
+async fn soak_node_with(url: &str, id: &str, operation: Duration) -> herald::Result<Herald> {
+    Herald::builder()
+        .node_id(id)
+        .redis(url)
+        .poll_interval(Duration::from_millis(250))
+        .response_timeout(Duration::from_millis(1000))
+        .operation_timeout(operation)
+        .connect_timeout(Duration::from_secs(20))
+        .connect()
+        .await
+}
+
+#[derive(Default)]
+struct PublishStats {
+    attempted: AtomicU64,
+    acknowledged: AtomicU64,
+    duplicate_receipts: AtomicU64,
+    retries: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// One publisher: single and batch publishes with idempotency keys, each retried with the
+/// same keys until acknowledged or `MAX_ATTEMPTS` failed.
+async fn publisher(
+    id: usize,
+    url: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Published>>>,
+    stats: Arc<PublishStats>,
+) {
+    let mut rng = Rng::new(seed);
+    let node = soak_node_with(&url, &format!("pub{id}"), Duration::from_millis(1200))
+        .await
+        .unwrap_or_else(|e| panic!("publisher {id} cannot connect: {e}"));
+    let mut seq = 0u64;
+    while !stop.load(Ordering::SeqCst) && seq < 10_000_000 {
+        let topic = if rng.chance(60) { TOPIC_A } else { TOPIC_B };
+        let n = if rng.chance(20) { rng.range(2, 5) } else { 1 };
+        let keys: Vec<String> = (0..n)
+            .map(|_| {
+                seq += 1;
+                format!("p{id}-{seq}")
+            })
+            .collect();
+        stats.attempted.fetch_add(n, Ordering::SeqCst);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let batch = keys
+                .iter()
+                .map(|k| Message::new(format!("payload of {k}")).key(k.clone()));
+            match node.publish_batch(topic, batch).await {
+                Ok(receipts) => {
+                    let mut acked = acked.lock().unwrap();
+                    for (r, k) in receipts.iter().zip(&keys) {
+                        if r.duplicate {
+                            stats.duplicate_receipts.fetch_add(1, Ordering::SeqCst);
+                        }
+                        acked.push(Published {
+                            topic: topic.to_string(),
+                            epoch: r.epoch,
+                            offset: r.offset,
+                            key: k.clone(),
+                        });
+                    }
+                    stats.acknowledged.fetch_add(n, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) if attempt < MAX_ATTEMPTS => {
+                    tracing::debug!(publisher = id, attempt, error = %e, "publish failed; retrying");
+                    stats.retries.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(rng.millis(50, 300)).await;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "publisher {id}: giving up on {keys:?} after {attempt} attempts: {e}"
+                    );
+                    stats.abandoned.fetch_add(n, Ordering::SeqCst);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(rng.millis(3, 15)).await;
+    }
+}
+
+/// How a subscriber is told to behave.
+#[derive(Debug, Clone, Copy, Default)]
+struct Control {
+    stop: bool,
+    paused: bool,
+    /// Bumped to kill the current incarnation and start a new one (from the durable cursor).
+    incarnation: u64,
+    /// Per-message processing time of a slow subscriber.
+    slow: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+struct SubSpec {
+    name: &'static str,
+    durable: bool,
+    latest: bool,
+    buffer: usize,
+    /// Commit every n messages (durable only).
+    commit_every: u64,
+}
+
+#[derive(Default)]
+struct SubStats {
+    errors: AtomicU64,
+    /// The first few distinct errors the stream yielded.
+    first_errors: Mutex<Vec<String>>,
+    commits: AtomicU64,
+    commit_failures: AtomicU64,
+}
+
+/// One logical subscriber: incarnations one after the other, each recording what it receives.
+async fn subscriber(
+    spec: SubSpec,
+    url: String,
+    mut control: watch::Receiver<Control>,
+    record: Arc<Mutex<History>>,
+    stats: Arc<SubStats>,
+) {
+    let topics: Vec<String> = TOPICS.iter().map(|t| t.to_string()).collect();
+    let mut first = true;
+    'incarnations: loop {
+        if control.borrow().stop {
+            return;
+        }
+        let incarnation = control.borrow().incarnation;
+        // Connect, read the cursors (durable), subscribe: each retried (bounded) while faults
+        // are injected.
+        let mut tries = 0;
+        let (node, mut sub, floors) = loop {
+            tries += 1;
+            assert!(
+                tries < 200,
+                "{}: cannot subscribe after {tries} tries",
+                spec.name
+            );
+            let attempt = async {
+                let node = soak_node(&url, spec.name).await?;
+                let mut floors = Vec::new();
+                if spec.durable {
+                    for t in &topics {
+                        floors.push(node.cursor(t, spec.name).await?);
+                    }
+                }
+                let builder = node.subscribe(topics.clone()).buffer(spec.buffer);
+                let builder = if spec.durable {
+                    builder.durable(spec.name).from(Start::Earliest)
+                } else if spec.latest {
+                    builder.from(Start::Latest)
+                } else {
+                    builder.from(Start::Earliest)
+                };
+                let sub = builder.await?;
+                Ok::<_, herald::Error>((node, sub, floors))
+            };
+            match tokio::time::timeout(Duration::from_secs(30), attempt).await {
+                Ok(Ok(x)) => break x,
+                Ok(Err(e)) => {
+                    tracing::debug!(subscriber = spec.name, error = %e, "subscribe failed; retrying");
+                }
+                Err(_) => eprintln!("{}: subscribe attempt timed out", spec.name),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // Where this incarnation starts: what it owes (first one only) and its floor.
+        for (k, t) in topics.iter().enumerate() {
+            let start = if spec.durable {
+                let floor = floors[k].map(|c| (c.epoch, c.offset));
+                Record::Start {
+                    epoch: None,
+                    from: 1,
+                    floor,
+                }
+            } else if spec.latest {
+                // Everything published after this inspection is owed (the subscription was
+                // already listening before it).
+                let mut tries = 0;
+                let info = loop {
+                    tries += 1;
+                    match node.inspect(t).await {
+                        Ok(info) => break info,
+                        Err(e) if tries < 100 => {
+                            tracing::debug!(error = %e, "inspect failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => panic!("{}: inspect keeps failing: {e}", spec.name),
+                    }
+                };
+                Record::Start {
+                    epoch: info.epoch,
+                    from: info.last_offset + 1,
+                    floor: None,
+                }
+            } else {
+                Record::Start {
+                    epoch: None,
+                    from: 1,
+                    floor: None,
+                }
+            };
+            assert!(first || spec.durable, "only durable subscribers restart");
+            record.lock().unwrap().push(t, start);
+        }
+        first = false;
+        let mut received = 0u64;
+        loop {
+            let now = *control.borrow_and_update();
+            if now.stop {
+                return;
+            }
+            if now.incarnation != incarnation {
+                // Killed: the subscription and its node are dropped between two events.
+                drop(sub);
+                drop(node);
+                continue 'incarnations;
+            }
+            let item = tokio::select! {
+                changed = control.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                item = sub.next(), if !now.paused => item,
+            };
+            let event = match item {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    stats.errors.fetch_add(1, Ordering::SeqCst);
+                    let mut first = stats.first_errors.lock().unwrap();
+                    let text = e.to_string();
+                    if first.len() < 3 && !first.contains(&text) {
+                        first.push(text);
+                    }
+                    continue;
+                }
+                None => {
+                    eprintln!("{}: subscription ended; restarting it", spec.name);
+                    continue 'incarnations;
+                }
+            };
+            let (topic, r, commit_at) = match event {
+                Event::Message(d) => {
+                    received += 1;
+                    let commit =
+                        (received % spec.commit_every.max(1) == 0).then_some((d.epoch, d.offset));
+                    (
+                        d.topic,
+                        Record::Message {
+                            epoch: d.epoch,
+                            offset: d.offset,
+                            key: d.key,
+                        },
+                        commit,
+                    )
+                }
+                Event::Gap {
+                    topic,
+                    epoch,
+                    from,
+                    to,
+                    ..
+                } => (topic, Record::Gap { epoch, from, to }, Some((epoch, to))),
+                Event::Reset {
+                    topic,
+                    previous_epoch,
+                    epoch,
+                    last_delivered,
+                } => (
+                    topic,
+                    Record::Reset {
+                        previous_epoch,
+                        epoch,
+                        last_delivered,
+                    },
+                    None,
+                ),
+                other => panic!("unknown event {other:?}"),
+            };
+            record.lock().unwrap().push(&topic, r);
+            if let (true, Some((epoch, offset))) = (spec.durable, commit_at) {
+                let commit = sub.commit_offset(&topic, epoch, offset);
+                match tokio::time::timeout(Duration::from_secs(5), commit).await {
+                    Ok(Ok(())) => stats.commits.fetch_add(1, Ordering::SeqCst),
+                    _ => stats.commit_failures.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+            if let Some(d) = now.slow {
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+/// Runs one command on Redis directly (not through the proxy); `None` if it failed.
+fn redis_cmd(port: u16, args: &[&str]) -> Option<i64> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .ok()?;
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c.query(&mut conn).ok()
+}
+
+/// The last position (epoch, offset) a subscriber's history reached on `topic`.
+fn reached(h: &History, topic: &str) -> Option<(u64, u64)> {
+    h.topics.get(topic)?.iter().rev().find_map(|r| match r {
+        Record::Message { epoch, offset, .. } => Some((*epoch, *offset)),
+        Record::Gap { epoch, to, .. } => Some((*epoch, *to)),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_SOAK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_test_writer()
+        .try_init();
+    let secs = env_u64("HERALD_SOAK_SECS").unwrap_or(60);
+    let seed = env_u64("HERALD_SOAK_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let banner = format!("soak: HERALD_SOAK_SEED={seed} HERALD_SOAK_SECS={secs}");
+    println!("{banner}");
+    let mut rng = Rng::new(seed);
+
+    let server = RedisServer::start_persistent();
+    let port = server.port;
+    let server = Arc::new(Mutex::new(server));
+    let proxy = FaultProxy::start(port).await;
+    let url = proxy.url();
+    let direct = format!("redis://127.0.0.1:{port}");
+
+    let admin = soak_node(&direct, "admin").await.unwrap();
+    let mut change = SettingsChange::default();
+    change.max_len = Some(B_MAX_LEN);
+    admin.configure(TOPIC_B, change).await.unwrap();
+
+    // Subscribers first, so that the Earliest and durable ones owe everything.
+    let specs = [
+        SubSpec {
+            name: "durable-1",
+            durable: true,
+            latest: false,
+            buffer: 256,
+            commit_every: 1,
+        },
+        SubSpec {
+            name: "durable-10",
+            durable: true,
+            latest: false,
+            buffer: 64,
+            commit_every: 10,
+        },
+        SubSpec {
+            name: "latest",
+            durable: false,
+            latest: true,
+            buffer: 1024,
+            commit_every: 0,
+        },
+        SubSpec {
+            name: "slow",
+            durable: false,
+            latest: false,
+            buffer: 16,
+            commit_every: 0,
+        },
+    ];
+    let mut controls = Vec::new();
+    let mut histories = Vec::new();
+    let mut sub_stats = Vec::new();
+    let mut sub_tasks = Vec::new();
+    for spec in &specs {
+        let (tx, rx) = watch::channel(Control {
+            slow: (spec.name == "slow").then_some(Duration::from_millis(2)),
+            ..Control::default()
+        });
+        let h = Arc::new(Mutex::new(History::new(spec.name)));
+        let st = Arc::new(SubStats::default());
+        sub_tasks.push(tokio::spawn(subscriber(
+            spec.clone(),
+            url.clone(),
+            rx,
+            h.clone(),
+            st.clone(),
+        )));
+        controls.push(tx);
+        histories.push(h);
+        sub_stats.push(st);
+    }
+    // Wait (bounded) until every subscriber has started.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while histories
+        .iter()
+        .any(|h| h.lock().unwrap().topics.len() < TOPICS.len())
+    {
+        assert!(Instant::now() < deadline, "subscribers did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let pub_stats = Arc::new(PublishStats::default());
+    // Publisher 0 talks to Redis directly: it keeps publishing while the proxy cuts, stalls
+    // or refuses the others and every subscriber (who then fall behind and catch up).
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|id| {
+            tokio::spawn(publisher(
+                id,
+                if id == 0 { direct.clone() } else { url.clone() },
+                rng.next_u64(),
+                stop.clone(),
+                acked.clone(),
+                pub_stats.clone(),
+            ))
+        })
+        .collect();
+
+    // The fault schedule.
+    let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let started = Instant::now();
+    let run_for = Duration::from_secs(secs);
+    let mut count = |kind: &'static str| *faults.entry(kind).or_default() += 1;
+    let slow = specs.iter().position(|s| s.name == "slow").unwrap();
+    let durables: Vec<usize> = (0..specs.len()).filter(|&i| specs[i].durable).collect();
+    let mut rounds = 0u64;
+    while started.elapsed() < run_for && rounds < 100_000 {
+        rounds += 1;
+        tokio::time::sleep(rng.millis(300, 1500)).await;
+        if started.elapsed() >= run_for {
+            break;
+        }
+        match rng.range(0, 10) {
+            0 => {
+                proxy.cut();
+                count("proxy cut");
+            }
+            1 => {
+                let dir = if rng.chance(50) {
+                    Direction::Up
+                } else {
+                    Direction::Down
+                };
+                proxy.stall(dir);
+                tokio::time::sleep(rng.millis(300, 2500)).await;
+                proxy.pass();
+                count(if dir == Direction::Up {
+                    "proxy stall up"
+                } else {
+                    "proxy stall down"
+                });
+            }
+            2 => {
+                let dir = if rng.chance(50) {
+                    Direction::Up
+                } else {
+                    Direction::Down
+                };
+                proxy.delay(dir, rng.millis(5, 60));
+                tokio::time::sleep(rng.millis(500, 3000)).await;
+                proxy.pass();
+                count("proxy delay");
+            }
+            3 => {
+                proxy.refuse(true);
+                proxy.cut();
+                tokio::time::sleep(rng.millis(300, 2000)).await;
+                proxy.refuse(false);
+                count("proxy refuse");
+            }
+            4 => {
+                if redis_cmd(port, &["CLIENT", "KILL", "TYPE", "pubsub"]).is_some() {
+                    count("client kill pubsub");
+                }
+            }
+            5 => {
+                if redis_cmd(port, &["CLIENT", "KILL", "TYPE", "normal"]).is_some() {
+                    count("client kill normal");
+                }
+            }
+            6 => {
+                let down = rng.millis(100, 1500);
+                let server = server.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut s = server.lock().unwrap();
+                    s.kill9();
+                    std::thread::sleep(down);
+                    s.restart();
+                })
+                .await
+                .unwrap();
+                count("redis kill -9 + restart");
+            }
+            7 | 8 => {
+                let i = durables[rng.range(0, durables.len() as u64 - 1) as usize];
+                controls[i].send_modify(|c| c.incarnation += 1);
+                count("subscriber restart");
+            }
+            _ => {
+                // Longer than retention of TOPIC_B at the publish rate.
+                controls[slow].send_modify(|c| c.paused = true);
+                tokio::time::sleep(rng.millis(1500, 4000)).await;
+                controls[slow].send_modify(|c| c.paused = false);
+                count("subscriber pause");
+            }
+        }
+    }
+    proxy.pass();
+    let fault_secs = started.elapsed().as_secs_f64();
+
+    // Stop publishing; let every subscriber catch up with the heads.
+    stop.store(true, Ordering::SeqCst);
+    for p in publishers {
+        tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .expect("publisher did not stop within 60 s")
+            .unwrap();
+    }
+    for c in &controls {
+        c.send_modify(|c| {
+            c.paused = false;
+            c.slow = None;
+        });
+    }
+    let mut heads = Vec::new();
+    let mut retained = Vec::new();
+    for t in TOPICS {
+        let info = admin.inspect(t).await.unwrap();
+        heads.push((t, info.epoch, info.last_offset));
+        if let Some(epoch) = info.epoch {
+            retained.push(Retained {
+                topic: t.to_string(),
+                epoch,
+                first: info.first_offset,
+            });
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let behind: Vec<String> = histories
+            .iter()
+            .flat_map(|h| {
+                let h = h.lock().unwrap();
+                heads
+                    .iter()
+                    .filter(|(t, epoch, last)| match (epoch, reached(&h, t)) {
+                        (None, _) => false,
+                        (Some(e), Some((re, ro))) => re != *e || ro < *last,
+                        (Some(_), None) => true,
+                    })
+                    .map(|(t, _, last)| {
+                        format!("{} on {t} (head {last}): {:?}", h.name, reached(&h, t))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if behind.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("not caught up after 120 s: {behind:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in &controls {
+        c.send_modify(|c| c.stop = true);
+    }
+    for t in sub_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+
+    // Check.
+    let acked = acked.lock().unwrap().clone();
+    let histories: Vec<History> = histories
+        .iter()
+        .map(|h| h.lock().unwrap().clone())
+        .collect();
+    let report = check_with_retention(&acked, &histories, &retained);
+
+    let mut table = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(table, "\n=== Herald soak report ===");
+    let _ = writeln!(
+        table,
+        "{banner}; faults injected for {fault_secs:.0} s; proxy: {} connections, {} cut, {} refused",
+        proxy.accepted(),
+        proxy.cut_count(),
+        proxy.refused()
+    );
+    let _ = writeln!(table, "faults injected:");
+    for (kind, n) in &faults {
+        let _ = writeln!(table, "  {kind:<26} {n:>6}");
+    }
+    let _ = writeln!(
+        table,
+        "  {:<26} {:>6}",
+        "total",
+        faults.values().sum::<u64>()
+    );
+    let _ = writeln!(
+        table,
+        "publishes: attempted {}, acknowledged {} ({} after a retry returned a duplicate receipt), retries {}, abandoned {}",
+        pub_stats.attempted.load(Ordering::SeqCst),
+        pub_stats.acknowledged.load(Ordering::SeqCst),
+        pub_stats.duplicate_receipts.load(Ordering::SeqCst),
+        pub_stats.retries.load(Ordering::SeqCst),
+        pub_stats.abandoned.load(Ordering::SeqCst),
+    );
+    for (t, epoch, last) in &heads {
+        let first = retained
+            .iter()
+            .find(|r| r.topic == *t)
+            .map_or(0, |r| r.first);
+        let _ = writeln!(
+            table,
+            "topic {t}: epoch {epoch:?}, offsets {first}..={last} retained"
+        );
+    }
+    for (spec, st) in specs.iter().zip(&sub_stats) {
+        let _ = writeln!(
+            table,
+            "{}: stream errors {}, commits {} ({} failed)",
+            spec.name,
+            st.errors.load(Ordering::SeqCst),
+            st.commits.load(Ordering::SeqCst),
+            st.commit_failures.load(Ordering::SeqCst)
+        );
+        for e in st.first_errors.lock().unwrap().iter() {
+            let _ = writeln!(table, "  stream error: {e}");
+        }
+    }
+    let _ = write!(table, "{}", report.table());
+    let _ = writeln!(table, "violations: {}", report.violations());
+    println!("{table}");
+
+    assert!(
+        pub_stats.acknowledged.load(Ordering::SeqCst) > 0,
+        "nothing was published ({banner})"
+    );
+    assert!(
+        report.subscribers.iter().all(|s| s.delivered > 0),
+        "a subscriber received nothing ({banner})"
+    );
+    assert_eq!(
+        report.violations(),
+        0,
+        "the history checker found violations; replay with {banner}"
+    );
+    let resets: u64 = report.subscribers.iter().map(|s| s.resets).sum();
+    assert_eq!(
+        resets, 0,
+        "with appendfsync always no log may be lost; replay with {banner}"
+    );
+}
