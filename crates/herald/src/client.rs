@@ -294,13 +294,17 @@ impl Herald {
             .broker
             .publish(topic, &self.inner.node, &keyed)
             .await?;
+        // A generated key is unique to this call: if the broker reports it as a duplicate, that
+        // is this call's own retry (the first attempt landed but its reply was lost), so the
+        // message was published exactly once, by this call.
         Ok(placed
             .into_iter()
-            .map(|(offset, duplicate)| Receipt {
+            .zip(&messages)
+            .map(|((offset, duplicate), m)| Receipt {
                 topic: topic.to_string(),
                 epoch,
                 offset,
-                duplicate,
+                duplicate: duplicate && m.key.is_some(),
             })
             .collect())
     }

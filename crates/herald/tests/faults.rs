@@ -974,6 +974,10 @@ async fn publish_retried_after_timeout_is_not_duplicated() {
         "the publish was not held up by the pause"
     );
     assert_eq!(r.offset, 2);
+    assert!(
+        !r.duplicate,
+        "the caller published m2 once: its own retry must not be reported as a duplicate"
+    );
     let runs = script_calls(&server) - before;
     assert!(
         runs >= 2,
