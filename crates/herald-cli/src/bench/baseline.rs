@@ -7,6 +7,10 @@
 //! - `redis-streams`: the publisher XADDs (pipelined likewise), each subscriber loops on
 //!   `XREAD COUNT 1024 BLOCK 1000` on its own connection; catch-up reads the stream with
 //!   `XRANGE ... COUNT 1024` from the start to the end.
+//! - in the cluster case, `redis-pubsub` is sharded Pub/Sub: the publisher SPUBLISHes
+//!   (pipelined in batches of 64, each batch to the next channel, routed to the primary of its
+//!   slot) over a cluster connection; each subscriber has a RESP3 cluster connection of its
+//!   own and SSUBSCRIBEs every channel.
 //!
 //! Replies are walked as raw [`Value`]s and only the payload field is looked at, which is the
 //! least a real consumer does.
@@ -16,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::watch;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, watch};
 
 use super::cases::{
     drive_fan_out, prefill, FanOutRun, Measured, Publisher, RunCounters, Tally, Tasks, READ_COUNT,
@@ -156,6 +162,137 @@ pub(crate) async fn pubsub_fan_out(
     let mut publisher = PubsubPublisher {
         conn,
         channel: channel.to_string(),
+    };
+    drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
+}
+
+/// Publishes with SPUBLISH over a cluster connection, each call to the next channel in turn
+/// (a batch is one pipeline to the primary of that channel's slot).
+struct ShardedPublisher {
+    conn: ClusterConnection,
+    channels: Vec<String>,
+    next: usize,
+}
+
+impl ShardedPublisher {
+    /// The channel of the next call.
+    fn channel(&mut self) -> Result<String, BenchError> {
+        let channel = self
+            .channels
+            .get(self.next % self.channels.len().max(1))
+            .cloned()
+            .ok_or_else(|| BenchError::Internal("no channel to publish to".into()))?;
+        self.next = self.next.wrapping_add(1);
+        Ok(channel)
+    }
+}
+
+impl Publisher for ShardedPublisher {
+    async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let channel = self.channel()?;
+        let mut pipe = redis::pipe();
+        for p in &payloads {
+            pipe.cmd("SPUBLISH").arg(&channel).arg(p).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
+            .map_err(|e| BenchError::redis("SPUBLISH", e))
+    }
+
+    async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let channel = self.channel()?;
+        let sends = payloads.iter().map(|p| {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("SPUBLISH").arg(&channel).arg(p).to_owned();
+            async move { cmd.query_async::<i64>(&mut conn).await }
+        });
+        futures::future::try_join_all(sends)
+            .await
+            .map(|_| ())
+            .map_err(|e| BenchError::redis("SPUBLISH", e))
+    }
+}
+
+/// A cluster connection to the seed `nodes`; with `pushes`, RESP3 and server pushes (sharded
+/// Pub/Sub messages) sent to that channel.
+async fn cluster_connection(
+    nodes: &[String],
+    pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> Result<ClusterConnection, BenchError> {
+    let mut builder = ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(5))
+        .retries(2);
+    if let Some(tx) = pushes {
+        builder = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx);
+    }
+    builder
+        .build()
+        .map_err(|e| BenchError::redis("open the cluster's URLs", e))?
+        .get_async_connection()
+        .await
+        .map_err(|e| BenchError::redis("connect to the cluster", e))
+}
+
+/// Fan-out over raw sharded Pub/Sub on a cluster (seed `nodes`): each subscriber has a
+/// cluster connection of its own (RESP3) and SSUBSCRIBEs every channel at the primary of its
+/// slot; the publisher SPUBLISHes each batch to the next channel in turn.
+pub(crate) async fn sharded_fan_out(
+    nodes: &[String],
+    run: &FanOutRun,
+    channels: &[String],
+) -> Result<Measured, BenchError> {
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Tasks::new();
+    for _ in 0..run.case.subscribers() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut conn = cluster_connection(nodes, Some(tx)).await?;
+        for channel in channels {
+            conn.ssubscribe(channel)
+                .await
+                .map_err(|e| BenchError::redis("SSUBSCRIBE", e))?;
+        }
+        let mut tally = Tally::new(run.base, Arc::clone(&run.counters), run.case.messages, true)?;
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            let _conn = conn; // keeps the subscriptions open
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    push = rx.recv() => match push {
+                        Some(push) => match push.kind {
+                            PushKind::SMessage => match push.data.get(1) {
+                                Some(Value::BulkString(payload)) => tally.message(payload),
+                                other => tally.error(format!(
+                                    "a sharded message without a payload: {other:?}"
+                                )),
+                            },
+                            PushKind::SUnsubscribe | PushKind::Disconnection => {
+                                tally.error(format!(
+                                    "the cluster ended a sharded subscription ({:?})",
+                                    push.kind
+                                ));
+                                break;
+                            }
+                            _ => {}
+                        },
+                        None => {
+                            tally.error("the cluster connection's pushes ended");
+                            break;
+                        }
+                    },
+                }
+            }
+            tally
+        }));
+    }
+    let mut publisher = ShardedPublisher {
+        conn: cluster_connection(nodes, None).await?,
+        channels: channels.to_vec(),
+        next: 0,
     };
     drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
 }

@@ -35,6 +35,14 @@ const FAN_OUTS: [usize; 3] = [1, 4, 16];
 const PAYLOADS: [usize; 2] = [128, 4096];
 /// The payload size of the catch-up case.
 const CATCH_UP_PAYLOAD: usize = 128;
+/// Primaries of the private cluster of the cluster case (no replicas).
+pub(crate) const CLUSTER_PRIMARIES: usize = 3;
+/// Topics (channels) of the cluster case, spread over the primaries by hash slot.
+pub(crate) const CLUSTER_TOPICS: usize = 16;
+/// Subscribers of the cluster case, each subscribed to every topic.
+const CLUSTER_SUBSCRIBERS: usize = 4;
+/// The payload size of the cluster case.
+const CLUSTER_PAYLOAD: usize = 128;
 
 /// A system under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -82,6 +90,14 @@ pub(crate) enum Shape {
     },
     /// One subscriber `messages` behind reads to the end.
     CatchUp,
+    /// Live fan-out at full speed over a private Redis Cluster: each batch goes to the next
+    /// of `topics` topics in turn, every subscriber receives all of them.
+    Cluster {
+        /// Subscribers, each with connections of its own.
+        subscribers: usize,
+        /// Topics published to.
+        topics: usize,
+    },
 }
 
 /// One workload, run once per system.
@@ -104,13 +120,15 @@ impl Case {
             Shape::FanOut { .. } => &[System::RedisPubsub, System::RedisStreams, System::Herald],
             // Pub/Sub keeps no history, so it has no catch-up.
             Shape::CatchUp => &[System::RedisStreams, System::Herald],
+            // The cluster baseline is sharded Pub/Sub (SPUBLISH / SSUBSCRIBE).
+            Shape::Cluster { .. } => &[System::RedisPubsub, System::Herald],
         }
     }
 
     /// Subscribers of this case.
     pub(crate) fn subscribers(&self) -> usize {
         match self.shape {
-            Shape::FanOut { subscribers, .. } => subscribers,
+            Shape::FanOut { subscribers, .. } | Shape::Cluster { subscribers, .. } => subscribers,
             Shape::CatchUp => 1,
         }
     }
@@ -119,7 +137,7 @@ impl Case {
     pub(crate) fn rate(&self) -> Rate {
         match self.shape {
             Shape::FanOut { rate, .. } => rate,
-            Shape::CatchUp => Rate::Max,
+            Shape::CatchUp | Shape::Cluster { .. } => Rate::Max,
         }
     }
 }
@@ -158,6 +176,18 @@ pub(crate) fn plan(messages: u64, catch_up: u64, rate: u64, filters: &[String]) 
         shape: Shape::CatchUp,
         payload: CATCH_UP_PAYLOAD,
         messages: catch_up,
+    });
+    cases.push(Case {
+        name: format!(
+            "cluster-{CLUSTER_TOPICS}topics-{}-max",
+            size_label(CLUSTER_PAYLOAD)
+        ),
+        shape: Shape::Cluster {
+            subscribers: CLUSTER_SUBSCRIBERS,
+            topics: CLUSTER_TOPICS,
+        },
+        payload: CLUSTER_PAYLOAD,
+        messages,
     });
     cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())));
     cases
@@ -578,7 +608,8 @@ mod tests {
     #[test]
     fn plan_and_filter() {
         let all = plan(10, 20, 10_000, &[]);
-        assert_eq!(all.len(), 13);
+        assert_eq!(all.len(), 14);
+        assert_eq!(all[13].name, "cluster-16topics-128B-max");
         assert_eq!(all[0].name, "fan1-128B-max");
         assert!(all.iter().any(|c| c.name == "fan16-4KiB-10000/s"));
         let some = plan(10, 20, 10_000, &["fan16-128B".into(), "catchup".into()]);
@@ -587,5 +618,9 @@ mod tests {
             names,
             ["fan16-128B-max", "fan16-128B-10000/s", "catchup-128B"]
         );
+        let cluster = plan(10, 20, 10_000, &["cluster".into()]);
+        assert_eq!(cluster.len(), 1);
+        assert_eq!(cluster[0].subscribers(), 4);
+        assert_eq!(cluster[0].systems(), [System::RedisPubsub, System::Herald]);
     }
 }

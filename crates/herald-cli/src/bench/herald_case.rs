@@ -1,5 +1,9 @@
 //! Herald under the same workloads as the baselines.
 //!
+//! In the cluster case the handles connect with `redis+cluster://` to the private cluster,
+//! every subscriber subscribes to all the case's topics at once, and the publisher sends each
+//! batch of 64 to the next topic in turn.
+//!
 //! The publisher is one Herald handle; each subscriber is its own Herald handle (its own
 //! Redis connections, as a separate node would have) with `subscribe([topic])
 //! .from(Start::Earliest)` and the default buffer. At full speed the publisher calls
@@ -21,25 +25,47 @@ use super::cases::{
 };
 use super::{BenchError, Ctx};
 
-/// Publishes to one topic through one handle.
+/// Publishes through one handle, each call to the next of its topics in turn.
 struct HeraldPublisher {
     node: Herald,
-    topic: String,
+    topics: Vec<String>,
+    next: usize,
+}
+
+impl HeraldPublisher {
+    fn new(node: Herald, topics: Vec<String>) -> Self {
+        HeraldPublisher {
+            node,
+            topics,
+            next: 0,
+        }
+    }
+
+    /// The topic of the next call.
+    fn topic(&mut self) -> Result<String, BenchError> {
+        let topic = self
+            .topics
+            .get(self.next % self.topics.len().max(1))
+            .cloned()
+            .ok_or_else(|| BenchError::Internal("no topic to publish to".into()))?;
+        self.next = self.next.wrapping_add(1);
+        Ok(topic)
+    }
 }
 
 impl Publisher for HeraldPublisher {
     async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let topic = self.topic()?;
         self.node
-            .publish_batch(&self.topic, payloads)
+            .publish_batch(&topic, payloads)
             .await
             .map(|_| ())
             .map_err(|e| BenchError::herald("publish_batch", e))
     }
 
     async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
-        let sends = payloads
-            .into_iter()
-            .map(|p| self.node.publish(&self.topic, p));
+        let topic = self.topic()?;
+        let sends = payloads.into_iter().map(|p| self.node.publish(&topic, p));
         futures::future::try_join_all(sends)
             .await
             .map(|_| ())
@@ -94,18 +120,20 @@ async fn consume(
     }
 }
 
-/// Fan-out through Herald.
+/// Fan-out through Herald: every subscriber subscribes to all of `topics`, the publisher
+/// sends each batch to the next topic in turn (one topic for the fan-out cases, many over a
+/// cluster for the cluster case; `ctx` says where Redis is).
 pub(crate) async fn fan_out(
     ctx: &Ctx,
     run: &FanOutRun,
-    topic: &str,
+    topics: &[String],
 ) -> Result<Measured, BenchError> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Tasks::new();
     for i in 0..run.case.subscribers() {
         let node = connect(ctx, format!("bench-sub-{i}")).await?;
         let mut sub = node
-            .subscribe([topic])
+            .subscribe(topics.iter().cloned())
             .from(Start::Earliest)
             .await
             .map_err(|e| BenchError::herald("subscribe", e))?;
@@ -118,10 +146,8 @@ pub(crate) async fn fan_out(
             tally
         }));
     }
-    let mut publisher = HeraldPublisher {
-        node: connect(ctx, "bench-pub".into()).await?,
-        topic: topic.to_string(),
-    };
+    let mut publisher =
+        HeraldPublisher::new(connect(ctx, "bench-pub".into()).await?, topics.to_vec());
     drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
 }
 
@@ -133,10 +159,10 @@ pub(crate) async fn catch_up(
     topic: &str,
     counters: &Arc<RunCounters>,
 ) -> Result<Measured, BenchError> {
-    let mut publisher = HeraldPublisher {
-        node: connect(ctx, "bench-pub".into()).await?,
-        topic: topic.to_string(),
-    };
+    let mut publisher = HeraldPublisher::new(
+        connect(ctx, "bench-pub".into()).await?,
+        vec![topic.to_string()],
+    );
     let publish_elapsed = prefill(
         &mut publisher,
         ctx.base,

@@ -8,6 +8,10 @@
 //! object per run as each finishes. Every run is bounded in count and time and counts the
 //! messages that never arrived as lost. On Ctrl-C the runs stop, the private server is killed
 //! (or, on a given Redis, the benchmark's keys are deleted) and the results so far are shown.
+//!
+//! The cluster case (many topics over the 3 primaries of a Redis Cluster) runs on a private
+//! cluster started for it ([`server::RedisCluster`], same cleanup); it is skipped, with a
+//! note, when `--redis` names an existing server.
 
 mod baseline;
 mod cases;
@@ -29,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use cases::{Case, FanOutRun, RunCounters, Shape, System};
 use report::Row;
-use server::RedisServer;
+use server::{RedisCluster, RedisServer};
 
 /// Options of `herald bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -48,7 +52,7 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "MSG_PER_S", default_value_t = 10_000)]
     pub(crate) rate: u64,
     /// Run only the cases whose name contains one of these, e.g. `fan16-128B-max,catchup`
-    /// (names: fan{1,4,16}-{128B,4KiB}-{max,RATE/s}, catchup-128B)
+    /// (names: fan{1,4,16}-{128B,4KiB}-{max,RATE/s}, catchup-128B, cluster-16topics-128B-max)
     #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
     pub(crate) cases: Vec<String>,
     /// Run only these systems (Herald's ratios need the baselines in the same run)
@@ -229,7 +233,8 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
     if runs.is_empty() {
         return Err(BenchError::Usage(format!(
             "no case matches --cases {} with --systems {}; case names are \
-             fan{{1,4,16}}-{{128B,4KiB}}-{{max,{}/s}} and catchup-128B",
+             fan{{1,4,16}}-{{128B,4KiB}}-{{max,{}/s}}, catchup-128B and \
+             cluster-16topics-128B-max",
             args.cases.join(","),
             if args.systems.is_empty() {
                 "(all)".to_string()
@@ -242,6 +247,18 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
             },
             args.rate
         )));
+    }
+
+    // The cluster case needs a private cluster: it is skipped on a given Redis.
+    let mut runs = runs;
+    let is_cluster = |case: &Case| matches!(case.shape, Shape::Cluster { .. });
+    let skipped_cluster = redis.is_some() && runs.iter().any(|(c, _)| is_cluster(c));
+    if skipped_cluster {
+        runs.retain(|(c, _)| !is_cluster(c));
+        eprintln!("herald bench: {SKIPPED_CLUSTER}");
+        if runs.is_empty() {
+            return Ok(());
+        }
     }
 
     let server = match &redis {
@@ -273,11 +290,33 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
         private: server.is_some(),
     };
     let version = redis_version(&ctx).await?;
+    let cluster = if redis.is_none() && runs.iter().any(|(c, _)| is_cluster(c)) {
+        // Starting may take seconds: Ctrl-C drops the nodes started so far (killing them).
+        let cluster = tokio::select! {
+            r = RedisCluster::start(&args.redis_server, cases::CLUSTER_PRIMARIES) => r?,
+            () = interrupted() => return Err(BenchError::Interrupted),
+        };
+        let first = cluster.node_urls().into_iter().next().unwrap_or_default();
+        let cluster_ctx = Ctx {
+            url: cluster.url(),
+            client: redis::Client::open(first.as_str())
+                .map_err(|e| BenchError::redis("open a cluster node's URL", e))?,
+            prefix: ctx.prefix.clone(),
+            base: ctx.base,
+            run_timeout: ctx.run_timeout,
+            drain_timeout: ctx.drain_timeout,
+            herald_max_len: ctx.herald_max_len,
+            private: true,
+        };
+        Some((cluster_ctx, cluster))
+    } else {
+        None
+    };
 
     let progress = Progress::new(runs.len());
     let mut rows = Vec::new();
     let outcome = tokio::select! {
-        r = run_all(&ctx, &runs, args.json, &progress, &mut rows) => r,
+        r = run_all(&ctx, cluster.as_ref(), &runs, args.json, &progress, &mut rows) => r,
         () = interrupted() => Err(BenchError::Interrupted),
     };
     progress.clear();
@@ -286,6 +325,7 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
         let _ = tokio::time::timeout(Duration::from_secs(60), cleanup(&ctx)).await;
     }
     drop(server);
+    drop(cluster);
 
     let peak = rows
         .iter()
@@ -309,6 +349,7 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
             catch_up,
             args: &args,
             peak,
+            skipped_cluster,
         };
         write_results(&rows, &notes)
     };
@@ -327,6 +368,7 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
 /// Runs every (case, system) pair in order, appending to `rows`.
 async fn run_all(
     ctx: &Ctx,
+    cluster: Option<&(Ctx, RedisCluster)>,
     runs: &[(Case, System)],
     json: bool,
     progress: &Progress,
@@ -354,7 +396,22 @@ async fn run_all(
                 baseline::streams_fan_out(ctx, &run, &key).await?
             }
             (Shape::FanOut { .. }, System::Herald) => {
-                herald_case::fan_out(ctx, &run, &topic).await?
+                herald_case::fan_out(ctx, &run, &[topic]).await?
+            }
+            (Shape::Cluster { topics, .. }, System::RedisPubsub) => {
+                let (_, nodes) = private_cluster(cluster)?;
+                let channels: Vec<String> = (0..topics).map(|t| format!("{key}:t{t}")).collect();
+                baseline::sharded_fan_out(&nodes.node_urls(), &run, &channels).await?
+            }
+            (Shape::Cluster { topics, .. }, System::Herald) => {
+                let (cluster_ctx, _) = private_cluster(cluster)?;
+                let topics: Vec<String> = (0..topics).map(|t| format!("{topic}-t{t}")).collect();
+                herald_case::fan_out(cluster_ctx, &run, &topics).await?
+            }
+            (Shape::Cluster { .. }, System::RedisStreams) => {
+                return Err(BenchError::Internal(
+                    "the cluster case has no Streams baseline".into(),
+                ))
             }
             (Shape::CatchUp, System::RedisStreams) => {
                 baseline::streams_catch_up(ctx, case.messages, case.payload, &key, &counters)
@@ -383,10 +440,26 @@ async fn run_all(
                 .map_err(BenchError::Output)?;
         }
         rows.push(row);
-        cleanup(ctx).await?;
+        match (case.shape, cluster) {
+            (Shape::Cluster { .. }, Some((_, nodes))) => nodes.flush().await?,
+            _ => cleanup(ctx).await?,
+        }
         progress.overall.inc(1);
     }
     Ok(())
+}
+
+/// The note printed when `--redis` is given and the cluster case is skipped.
+const SKIPPED_CLUSTER: &str = "the cluster case (cluster-16topics-128B-max) was skipped: it \
+     needs the benchmark's own private cluster, and --redis names an existing Redis";
+
+/// The private cluster of the cluster case.
+fn private_cluster(
+    cluster: Option<&(Ctx, RedisCluster)>,
+) -> Result<(&Ctx, &RedisCluster), BenchError> {
+    cluster
+        .map(|(c, n)| (c, n))
+        .ok_or_else(|| BenchError::Internal("the cluster case has no private cluster".into()))
 }
 
 /// Resolves when Ctrl-C is pressed (never, if it cannot be listened for).
@@ -489,6 +562,7 @@ struct Notes<'a> {
     catch_up: u64,
     args: &'a BenchArgs,
     peak: Option<u64>,
+    skipped_cluster: bool,
 }
 
 /// The table, the errors seen and the notes, on standard output.
@@ -558,6 +632,24 @@ fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
          deliveries awaited at most {} s after it. Ratios: Herald / baseline of the same case.",
         n.args.run_timeout, n.args.drain_timeout
     )?;
+    if rows.iter().any(|r| r.case.starts_with("cluster-")) {
+        writeln!(
+            out,
+            "Cluster case: a private Redis Cluster of {} primaries (no replicas) on 127.0.0.1; \
+             {} topics spread over its slots; each batch of {} goes to the next topic in turn; \
+             every subscriber (its own connections) receives all topics. redis-pubsub is sharded \
+             Pub/Sub there: SPUBLISH pipelined per batch to the primary of the channel's slot, \
+             SSUBSCRIBE over a RESP3 cluster connection per subscriber; Herald uses \
+             redis+cluster:// (publish_batch per topic, one subscription to all topics). \
+             Across topics there is no defined order, so `reordered` is only informative there.",
+            cases::CLUSTER_PRIMARIES,
+            cases::CLUSTER_TOPICS,
+            cases::FULL_SPEED_BATCH
+        )?;
+    }
+    if n.skipped_cluster {
+        writeln!(out, "Note: {SKIPPED_CLUSTER}.")?;
+    }
     if let Some(kib) = n.peak {
         writeln!(
             out,
