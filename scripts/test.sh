@@ -13,6 +13,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
   # The Debian package starts a system Redis on 6379; the tests do not use it.
 fi
+if ! command -v openssl >/dev/null 2>&1; then
+  echo "== installing openssl (the TLS test makes its own certificates)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
+fi
 if ! python3 -c 'import redis' >/dev/null 2>&1; then
   echo "== installing Python's redis package (for the protocol interoperability test)"
   python3 -m pip install -q redis 2>/dev/null || python3 -m pip install -q --break-system-packages redis

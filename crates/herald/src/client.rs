@@ -59,6 +59,7 @@ pub struct HeraldBuilder {
     operation_deadline: Duration,
     min_replicas: usize,
     replica_timeout: Duration,
+    tls_ca: Option<Vec<u8>>,
     buffer: usize,
     poll_interval: Duration,
 }
@@ -76,6 +77,7 @@ impl Default for HeraldBuilder {
             operation_deadline: Duration::from_secs(10),
             min_replicas: 0,
             replica_timeout: Duration::from_secs(1),
+            tls_ca: None,
             buffer: 1024,
             poll_interval: Duration::from_secs(1),
         }
@@ -160,6 +162,13 @@ impl HeraldBuilder {
         self
     }
 
+    /// For `rediss://` URLs: trust this PEM root certificate (your own CA) instead of the
+    /// system's certificate store.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
     /// Default buffer of new subscriptions, in events (default 1024).
     pub fn subscription_buffer(mut self, events: usize) -> Self {
         self.buffer = events.max(1);
@@ -196,6 +205,7 @@ impl HeraldBuilder {
                     operation_deadline: self.operation_deadline,
                     min_replicas: self.min_replicas,
                     replica_timeout: self.replica_timeout,
+                    tls_ca: self.tls_ca,
                 })
                 .await?,
             ),

@@ -54,6 +54,11 @@ pub(crate) struct GlobalArgs {
         value_parser = parse_duration
     )]
     pub(crate) connect_timeout: Duration,
+
+    /// For rediss:// URLs: a PEM file with the root certificate (your CA) to trust instead of
+    /// the system's certificate store
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 impl GlobalArgs {
@@ -65,9 +70,18 @@ impl GlobalArgs {
 
 /// Connects to Redis as the global options say.
 pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
-    let builder = Herald::builder()
+    let mut builder = Herald::builder()
         .redis(global.redis_url())
         .namespace(global.namespace.as_str());
+    if let Some(path) = &global.tls_ca {
+        let pem = std::fs::read(path).map_err(|e| {
+            Failure::new(
+                crate::exit::BAD_INPUT,
+                format!("cannot read --tls-ca {}: {e}", path.display()),
+            )
+        })?;
+        builder = builder.tls_ca_pem(pem);
+    }
     connect_within(builder, global.redis_url(), global.connect_timeout).await
 }
 

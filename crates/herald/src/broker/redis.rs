@@ -45,6 +45,8 @@ pub(crate) struct RedisOptions {
     pub(crate) min_replicas: usize,
     /// How long a publish waits for `min_replicas`.
     pub(crate) replica_timeout: Duration,
+    /// A PEM root certificate to trust for `rediss://` instead of the system's.
+    pub(crate) tls_ca: Option<Vec<u8>>,
 }
 
 /// Key names of one namespace. Every key of a topic carries the hash tag `{topic}`, so a
@@ -157,6 +159,10 @@ fn is_transient(e: &RedisError) -> bool {
     if e.kind() == RedisKind::AuthenticationFailed {
         return false;
     }
+    // A TLS certificate that is not trusted stays untrusted: fail now, with rustls's reason.
+    if e.is_io_error() && e.to_string().contains("invalid peer certificate") {
+        return false;
+    }
     if matches!(e.kind(), RedisKind::Server(ServerErrorKind::ReadOnly)) {
         return true; // a replica that is being promoted, or a failover in progress
     }
@@ -196,16 +202,19 @@ impl RedisBroker {
     /// Connects, retrying with backoff until `connect_deadline`.
     pub(crate) async fn connect(opts: RedisOptions) -> Result<Self> {
         let target = redact(&opts.url);
-        let topology = topology::parse(&opts.url).map_err(|e| Error::InvalidUrl {
-            url: target.clone(),
-            // "did not parse" says little when only the scheme is wrong (http://...).
-            reason: match opts.url.split_once("://") {
-                Some((scheme, _)) if !URL_SCHEMES.contains(&scheme) => {
-                    format!("unsupported scheme {scheme:?}")
-                }
-                _ => e,
-            },
-        })?;
+        // TLS (rediss://) runs on rustls with the ring provider; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let topology =
+            topology::parse(&opts.url, opts.tls_ca.as_deref()).map_err(|e| Error::InvalidUrl {
+                url: target.clone(),
+                // "did not parse" says little when only the scheme is wrong (http://...).
+                reason: match opts.url.split_once("://") {
+                    Some((scheme, _)) if !URL_SCHEMES.contains(&scheme) => {
+                        format!("unsupported scheme {scheme:?}")
+                    }
+                    _ => e,
+                },
+            })?;
         // With `min_replicas`, a publish's WAIT blocks its connection up to `replica_timeout`.
         let response_timeout = if opts.min_replicas > 0 {
             opts.response_timeout + opts.replica_timeout

@@ -81,8 +81,9 @@ fn host_list(hosts: &str, default_port: u16) -> Result<Vec<(String, u16)>, Strin
     Ok(out)
 }
 
-/// Parses a Herald Redis URL. Errors are reasons for `Error::InvalidUrl`.
-pub(crate) fn parse(url: &str) -> Result<Target, String> {
+/// Parses a Herald Redis URL; `tls_ca` is a PEM root certificate to trust for `rediss://`
+/// instead of the system's. Errors are reasons for `Error::InvalidUrl`.
+pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return redis::Client::open(url)
             .map(Target::Single)
@@ -131,6 +132,14 @@ pub(crate) fn parse(url: &str) -> Result<Target, String> {
         }
         "rediss+sentinel" | "rediss+cluster" | "valkeys+sentinel" | "valkeys+cluster" => {
             Err("TLS is not supported yet with Sentinel or Cluster".into())
+        }
+        "rediss" | "valkeys" if tls_ca.is_some() => {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: tls_ca.map(<[u8]>::to_vec),
+            };
+            let client = redis::Client::build_with_tls(url, certs).map_err(|e| e.to_string())?;
+            Ok(Target::Single(client))
         }
         _ => {
             let client = redis::Client::open(url).map_err(|e| e.to_string())?;
@@ -267,21 +276,24 @@ mod tests {
 
     #[test]
     fn urls() {
-        let Ok(Target::Sentinel(s)) = parse("redis+sentinel://u:p@a:1,b/mymaster/2") else {
+        let Ok(Target::Sentinel(s)) = parse("redis+sentinel://u:p@a:1,b/mymaster/2", None) else {
             panic!("sentinel form");
         };
         assert_eq!(s.sentinels, vec!["redis://a:1", "redis://b:26379"]);
         assert_eq!(s.master, "mymaster");
         assert_eq!(s.data_url("h", 7), "redis://u:p@h:7/2");
-        let Ok(Target::Cluster(c)) = parse("redis+cluster://h1:7000,h2:7001") else {
+        let Ok(Target::Cluster(c)) = parse("redis+cluster://h1:7000,h2:7001", None) else {
             panic!("cluster form");
         };
         assert_eq!(c.nodes, vec!["redis://h1:7000", "redis://h2:7001"]);
-        assert!(parse("redis+sentinel://a:1").is_err());
-        assert!(parse("redis+sentinel://a:x/m").is_err());
-        assert!(parse("redis+cluster://a:1/0").is_err());
-        assert!(parse("rediss+cluster://a:1").is_err());
-        assert!(matches!(parse("redis://a:1/0"), Ok(Target::Single(_))));
-        assert!(parse("http://a").is_err());
+        assert!(parse("redis+sentinel://a:1", None).is_err());
+        assert!(parse("redis+sentinel://a:x/m", None).is_err());
+        assert!(parse("redis+cluster://a:1/0", None).is_err());
+        assert!(parse("rediss+cluster://a:1", None).is_err());
+        assert!(matches!(
+            parse("redis://a:1/0", None),
+            Ok(Target::Single(_))
+        ));
+        assert!(parse("http://a", None).is_err());
     }
 }
