@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use herald::{Event, Start};
 
-use super::{connect, parse_duration, GlobalArgs};
+use super::{connect, parse_duration, shutdown_signal, GlobalArgs};
 use crate::exit::Failure;
 use crate::output::JsonLines;
 
@@ -154,33 +154,6 @@ pub(crate) async fn run(global: &GlobalArgs, args: JoinArgs) -> Result<(), Failu
         member: &member,
     })
     .map_err(|e| Failure::stdout(&e))
-}
-
-/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM; never when no handler can be installed.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = async {
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    term.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = ctrl_c => {}
-            () = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 #[cfg(test)]

@@ -177,6 +177,33 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     parse_millis(s).map(Duration::from_millis)
 }
 
+/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM; never when no handler can be installed.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = async {
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

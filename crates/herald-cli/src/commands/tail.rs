@@ -16,7 +16,7 @@ use clap::Args;
 use futures::StreamExt;
 use herald::{Event, Start, Subscription};
 
-use super::{check_topic, connect, parse_duration, GlobalArgs};
+use super::{check_topic, connect, parse_duration, shutdown_signal, GlobalArgs};
 use crate::exit::Failure;
 use crate::output::{GapLine, JsonLines, MessageLine, ResetLine};
 
@@ -203,33 +203,6 @@ fn warn_line(line: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{line}");
     let _ = err.flush();
-}
-
-/// Completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM; never when no handler can be installed.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = async {
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    term.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = ctrl_c => {}
-            () = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await;
 }
 
 #[cfg(test)]
