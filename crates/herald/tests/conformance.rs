@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod support;
 
 use std::collections::HashSet;
@@ -11,28 +12,7 @@ use std::time::Duration;
 use herald::{Error, Event, GapReason, Message, SettingsChange, Start};
 use support::{maybe_event, messages, next_event, Backend};
 
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::embedded()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::redis()).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+on_both_backends!(
     offsets_are_dense_across_concurrent_publishers,
     all_subscribers_see_one_order,
     idempotent_publish_returns_the_original_offset,

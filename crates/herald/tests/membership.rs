@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -15,28 +16,7 @@ use support::{Backend, RedisServer};
 /// The longest any single expected thing may take.
 const WAIT: Duration = Duration::from_secs(15);
 
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::embedded()).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Backend::redis()).await;
-                }
-            )*
-        }
-    };
-}
-
-both!(
+on_both_backends!(
     join_list_watch_leave,
     dropped_member_expires_once,
     wait_for_all_and_laggard,

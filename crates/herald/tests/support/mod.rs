@@ -6,6 +6,30 @@
 
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+/// Runs each named `async fn(Backend)` as two tests: on the embedded broker (`embedded::`)
+/// and on a real Redis started for the test (`redis::`). Use with `#[macro_use] mod support;`.
+#[allow(unused_macros)] // only some test files run behavioural cases
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::embedded()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Backend::redis()).await;
+                }
+            )*
+        }
+    };
+}
+
 pub mod checker;
 pub mod proxy;
 
