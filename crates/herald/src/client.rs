@@ -11,6 +11,7 @@ use crate::cursor::CursorPosition;
 use crate::error::{Error, Result};
 use crate::inspect::TopicInfo;
 use crate::message::{Epoch, Message, Receipt};
+use crate::publish::Coalescer;
 use crate::subscription::SubscribeBuilder;
 use crate::topic::{
     validate_cursor, validate_namespace, validate_topic, SettingsChange, TopicSettings,
@@ -29,10 +30,12 @@ pub struct Herald {
 
 struct Inner {
     broker: Broker,
-    node: String,
+    node: Arc<str>,
     /// Prefix of generated idempotency keys, unique to this handle.
     key_prefix: String,
     counter: AtomicU64,
+    /// Merges concurrent single publishes (see the `publish` module).
+    coalescer: Arc<Coalescer>,
     buffer: usize,
     poll_interval: Duration,
 }
@@ -216,8 +219,9 @@ impl HeraldBuilder {
             inner: Arc::new(Inner {
                 broker,
                 key_prefix: format!("{}.{:x}", node, clock::now_us()),
-                node,
+                node: node.into(),
                 counter: AtomicU64::new(0),
+                coalescer: Arc::default(),
                 buffer: self.buffer,
                 poll_interval: self.poll_interval,
             }),
@@ -263,9 +267,41 @@ impl Herald {
 
     /// Publishes one message. Returns where it landed; `duplicate` is true when its
     /// idempotency key was already published within the topic's dedup window.
+    ///
+    /// Single publishes to the same topic that run concurrently on this handle (from several
+    /// tasks, or joined futures) are sent to the broker together, as one call, each with its
+    /// own receipt; sequential publishes keep their order.
     pub async fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<Receipt> {
-        let mut receipts = self.publish_batch(topic, [message.into()]).await?;
-        receipts.pop().ok_or(Error::Closed)
+        validate_topic(topic)?;
+        let message = message.into();
+        let key = self.resolve_key(&message)?;
+        let own_key = message.key.is_some();
+        let (epoch, (offset, duplicate)) = self
+            .inner
+            .coalescer
+            .publish(&self.inner.broker, &self.inner.node, topic, key, message)
+            .await?;
+        Ok(Receipt {
+            topic: topic.to_string(),
+            epoch,
+            offset,
+            // A generated key is unique to this call: see `publish_batch`.
+            duplicate: duplicate && own_key,
+        })
+    }
+
+    /// The message's own idempotency key, checked, or a generated one.
+    fn resolve_key(&self, m: &Message) -> Result<String> {
+        match &m.key {
+            Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
+                Err(Error::InvalidSettings(format!(
+                    "idempotency key must be 1-{MAX_KEY_LEN} bytes, got {}",
+                    k.len()
+                )))
+            }
+            Some(k) => Ok(k.clone()),
+            None => Ok(self.next_key()),
+        }
     }
 
     /// Publishes many messages to one topic in one atomic step and one round trip.
@@ -285,20 +321,10 @@ impl Herald {
                 messages.len()
             )));
         }
-        let mut keyed = Vec::with_capacity(messages.len());
-        for m in &messages {
-            let key = match &m.key {
-                Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
-                    return Err(Error::InvalidSettings(format!(
-                        "idempotency key must be 1-{MAX_KEY_LEN} bytes, got {}",
-                        k.len()
-                    )))
-                }
-                Some(k) => k.clone(),
-                None => self.next_key(),
-            };
-            keyed.push((key, m));
-        }
+        let keyed = messages
+            .iter()
+            .map(|m| Ok((self.resolve_key(m)?, m)))
+            .collect::<Result<Vec<_>>>()?;
         let (epoch, placed) = self
             .inner
             .broker

@@ -48,8 +48,9 @@ pub(crate) fn decode_headers(raw: &[u8]) -> Result<Headers, String> {
 
 /// Appends one length-prefixed field to `out`.
 pub(crate) fn put_field(out: &mut Vec<u8>, field: &[u8]) {
-    out.extend_from_slice(field.len().to_string().as_bytes());
-    out.push(b':');
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}:", field.len());
     out.extend_from_slice(field);
 }
 

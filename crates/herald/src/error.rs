@@ -9,7 +9,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Match on [`Error::kind`] for a coarse classification (the `herald` command line maps it to
 /// its exit status), or on the variants for details.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A topic name broke the naming rules.

@@ -52,6 +52,7 @@ pub mod error;
 pub mod inspect;
 pub mod membership;
 pub mod message;
+mod publish;
 pub mod subscription;
 pub mod topic;
 
@@ -67,7 +68,7 @@ pub use subscription::{Event, GapReason, Start, SubscribeBuilder, Subscription};
 pub use topic::{validate_topic, SettingsChange, TopicSettings};
 
 /// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Entry points for the micro-benchmarks in `benches/` (not part of the API).
 #[doc(hidden)]

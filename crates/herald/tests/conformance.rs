@@ -14,10 +14,13 @@ use support::{maybe_event, messages, next_event, Backend};
 
 on_both_backends!(
     offsets_are_dense_across_concurrent_publishers,
+    concurrent_publishes_on_one_handle_each_get_their_receipt,
+    a_cancelled_publish_does_not_strand_the_ones_it_gathered,
     all_subscribers_see_one_order,
     idempotent_publish_returns_the_original_offset,
     dedup_window_expires,
     batch_publish_is_one_step,
+    large_batch_with_duplicates_spans_entries,
     start_positions,
     durable_cursor_resumes_after_last_commit,
     retention_by_length_becomes_a_gap,
@@ -55,6 +58,98 @@ async fn offsets_are_dense_across_concurrent_publishers(b: Backend) {
     }
     all.sort_unstable();
     assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+}
+
+/// Single publishes that run concurrently on one handle travel together (one broker call),
+/// yet each caller gets its own receipt: a message that is too large fails alone, a known key
+/// is a duplicate alone, and every other message lands exactly once at the offset its receipt
+/// names.
+async fn concurrent_publishes_on_one_handle_each_get_their_receipt(b: Backend) {
+    let node = b.node("n").await;
+    let mut change = SettingsChange::default();
+    change.max_size = Some(100);
+    node.configure("merged", change).await.unwrap();
+    let mut sub = node
+        .subscribe(["merged"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    node.publish("merged", Message::new("known").key("known"))
+        .await
+        .unwrap();
+    let sends = (0..40).map(|i| {
+        let message = match i {
+            7 => Message::new(vec![b'x'; 101]),
+            13 => Message::new("again").key("known"),
+            21 => Message::new("m21").key("own-21"),
+            _ => Message::new(format!("m{i}")),
+        };
+        node.publish("merged", message)
+    });
+    let results = futures::future::join_all(sends).await;
+    let mut landed = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match (i, r) {
+            (7, Err(Error::MessageTooLarge { size: 101, .. })) => {}
+            (7, other) => panic!("message 7 is too large, got {other:?}"),
+            (13, Ok(r)) => assert_eq!((r.offset, r.duplicate), (1, true)),
+            (_, Ok(r)) => {
+                assert!(!r.duplicate, "message {i}");
+                landed.push((r.offset, format!("m{i}")));
+            }
+            (_, Err(e)) => panic!("message {i} failed: {e}"),
+        }
+    }
+    landed.sort();
+    let offsets: Vec<u64> = landed.iter().map(|l| l.0).collect();
+    assert_eq!(offsets, (2..=39).collect::<Vec<u64>>(), "dense, once each");
+    let mut expected = vec![(1, "known".to_string())];
+    expected.extend(landed);
+    assert_eq!(messages(&mut sub, expected.len()).await, expected);
+    assert!(maybe_event(&mut sub, Duration::from_millis(200))
+        .await
+        .is_none());
+    if let Backend::Redis(server) = &b {
+        // One stream entry per broker call: the 40 publishes took far fewer calls.
+        let entries: u64 = server.cmd(&["XLEN", "herald:{merged}:log"]);
+        assert!(
+            entries <= 5,
+            "40 concurrent publishes made {entries} entries"
+        );
+    }
+}
+
+/// The first of several concurrent publishes gathers the others; if it is cancelled while
+/// gathering, the others are still sent.
+async fn a_cancelled_publish_does_not_strand_the_ones_it_gathered(b: Backend) {
+    let node = b.node("n").await;
+    let mut leader = Box::pin(node.publish("gathered", "cancelled"));
+    assert!(
+        futures::poll!(&mut leader).is_pending(),
+        "the leader gathers"
+    );
+    let mut joiner = Box::pin(node.publish("gathered", "joined"));
+    assert!(
+        futures::poll!(&mut joiner).is_pending(),
+        "the second one waits"
+    );
+    drop(leader);
+    let receipt = tokio::time::timeout(Duration::from_secs(10), joiner)
+        .await
+        .expect("the gathered publish was sent")
+        .unwrap();
+    let mut sub = node
+        .subscribe(["gathered"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(
+        messages(&mut sub, 1).await,
+        vec![(receipt.offset, "joined".to_string())]
+    );
+    assert!(maybe_event(&mut sub, Duration::from_millis(200))
+        .await
+        .is_none());
 }
 
 async fn all_subscribers_see_one_order(b: Backend) {
@@ -194,6 +289,58 @@ async fn batch_publish_is_one_step(b: Backend) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A batch of more than one stream entry's worth (1000 messages), mixing messages with their
+/// own keys (some already published, one repeated within the batch) and keyless ones: every
+/// receipt is right and exactly the new messages are delivered, in order.
+async fn large_batch_with_duplicates_spans_entries(b: Backend) {
+    let node = b.node("n").await;
+    let mut sub = node.subscribe(["big"]).from(Start::Earliest).await.unwrap();
+    node.publish_batch(
+        "big",
+        [
+            Message::new("old-5").key("k5"),
+            Message::new("old-1500").key("k1500"),
+        ],
+    )
+    .await
+    .unwrap();
+    // Messages 0..2500: every 500th has its own key; k5 and k1500 are already known, k2000
+    // repeats k1000 within the batch.
+    let batch: Vec<Message> = (0..2500)
+        .map(|i| {
+            let m = Message::new(format!("m{i}"));
+            match i {
+                5 => m.key("k5"),
+                1500 => m.key("k1500"),
+                2000 => m.key("k1000"),
+                _ if i % 500 == 0 => m.key(format!("k{i}")),
+                _ => m,
+            }
+        })
+        .collect();
+    let receipts = node.publish_batch("big", batch).await.unwrap();
+    assert_eq!(receipts.len(), 2500);
+    let mut expected = vec![(1, "old-5".to_string()), (2, "old-1500".to_string())];
+    let mut next = 3;
+    for (i, r) in receipts.iter().enumerate() {
+        let want = match i {
+            5 => (1, true),
+            1500 => (2, true),
+            2000 => (expected.iter().find(|e| e.1 == "m1000").unwrap().0, true),
+            _ => {
+                expected.push((next, format!("m{i}")));
+                next += 1;
+                (next - 1, false)
+            }
+        };
+        assert_eq!((r.offset, r.duplicate), want, "receipt of message {i}");
+    }
+    assert_eq!(expected.len(), 2 + 2497);
+    assert_eq!(messages(&mut sub, expected.len()).await, expected);
+    let info = node.inspect("big").await.unwrap();
+    assert_eq!(info.last_offset, 2499);
 }
 
 async fn start_positions(b: Backend) {

@@ -584,7 +584,7 @@ async fn refusals_and_retention() {
         "r",
         "py",
         json!([{"key": "a", "data": "x"}]),
-        &["--protocol", "2"],
+        &["--protocol", "1"],
     )
     .await;
     assert_eq!(r["error"], "HERALD_PROTOCOL", "{r}");

@@ -497,17 +497,7 @@ impl RedisBroker {
         let mut key_names = vec![keys.meta(topic), keys.log(topic), keys.settings(topic)];
         key_names.push(keys.dedup(topic));
         key_names.push(keys.dedup_old(topic));
-        // Each message travels as its piece (key, headers, payload), built once here.
-        let pieces: Vec<Vec<u8>> = messages
-            .iter()
-            .map(|(key, m)| {
-                let headers = envelope::encode_headers(&m.headers);
-                let mut piece =
-                    Vec::with_capacity(key.len() + headers.len() + m.payload.len() + 24);
-                envelope::put_piece(&mut piece, key, &headers, &m.payload);
-                piece
-            })
-            .collect();
+        let call = PublishCall::new(messages);
         let channel = keys.live(topic);
         let wanted = self.inner.opts.min_replicas;
         let wait_ms = u64::try_from(self.inner.opts.replica_timeout.as_millis())
@@ -519,15 +509,13 @@ impl RedisBroker {
                 for k in &key_names {
                     inv.key(k);
                 }
-                inv.arg("1").arg(&channel).arg(node);
+                inv.arg("2").arg(&channel).arg(node);
                 inv.arg(d.max_len)
                     .arg(d.max_age_ms)
                     .arg(d.dedup_window_ms)
                     .arg(d.max_size);
                 inv.arg(self.inner.notify);
-                for ((key, m), piece) in messages.iter().zip(&pieces) {
-                    inv.arg(key).arg(m.payload.len()).arg(piece.as_slice());
-                }
+                call.add_args(&mut inv);
                 let meta = &key_names[0];
                 Box::pin(async move {
                     let reply = inv.invoke_async(&mut conn).await?;
@@ -914,7 +902,81 @@ impl RedisBroker {
     }
 }
 
-/// Parses `{epoch, offset_1, dup_1, ...}`.
+/// The arguments of one call of the publish script (protocol 2, `docs/PROTOCOL.md` §6.1):
+/// the pieces concatenated in groups of up to [`ENTRY_MESSAGES`], the messages that carry an
+/// idempotency key of their own (with where their piece lies, so that the script can leave a
+/// duplicate out), and the call key that covers every message without one.
+struct PublishCall<'a> {
+    count: usize,
+    call_key: &'a str,
+    largest: (usize, usize),
+    groups: Vec<Vec<u8>>,
+    /// (index, key, start of the piece in its group, length of the piece)
+    keyed: Vec<(usize, &'a str, usize, usize)>,
+}
+
+/// How many messages one stream entry holds at most.
+const ENTRY_MESSAGES: usize = 1000;
+
+impl<'a> PublishCall<'a> {
+    /// Builds the call for `messages`, each with its resolved idempotency key: a key the
+    /// caller gave (`Message::key`) is deduplicated on its own, generated keys are covered by
+    /// the call key, the first of them.
+    fn new(messages: &'a [(String, &'a Message)]) -> Self {
+        let mut call = PublishCall {
+            count: messages.len(),
+            call_key: "",
+            largest: (0, 0),
+            groups: Vec::with_capacity(messages.len().div_ceil(ENTRY_MESSAGES)),
+            keyed: Vec::new(),
+        };
+        for chunk in messages.chunks(ENTRY_MESSAGES) {
+            let size = chunk
+                .iter()
+                .map(|(k, m)| k.len() + m.payload.len() + 32)
+                .sum();
+            call.groups.push(Vec::with_capacity(size));
+        }
+        for (i, (key, m)) in messages.iter().enumerate() {
+            if m.payload.len() > call.largest.0 || i == 0 {
+                call.largest = (m.payload.len(), i);
+            }
+            let Some(group) = call.groups.get_mut(i / ENTRY_MESSAGES) else {
+                continue;
+            };
+            let start = group.len();
+            envelope::put_piece(
+                group,
+                key,
+                &envelope::encode_headers(&m.headers),
+                &m.payload,
+            );
+            if m.key.is_some() {
+                call.keyed.push((i, key, start, group.len() - start));
+            } else if call.call_key.is_empty() {
+                call.call_key = key;
+            }
+        }
+        call
+    }
+
+    /// Appends ARGV[9..] to a script invocation.
+    fn add_args(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        inv.arg(self.count)
+            .arg(self.call_key)
+            .arg(self.largest.0)
+            .arg(self.largest.1);
+        for g in &self.groups {
+            inv.arg(g.as_slice());
+        }
+        for (index, key, start, len) in &self.keyed {
+            inv.arg(index).arg(key).arg(start).arg(len);
+        }
+    }
+}
+
+/// Parses `{epoch, first}` (all `n` messages appended from `first` on) or
+/// `{epoch, offset_1, dup_1, ...}`.
 fn parse_publish_reply(topic: &str, reply: Value, n: usize) -> Result<(Epoch, Vec<Placed>)> {
     let bad = |what: &str| Error::Corrupt {
         topic: topic.to_string(),
@@ -923,15 +985,19 @@ fn parse_publish_reply(topic: &str, reply: Value, n: usize) -> Result<(Epoch, Ve
     let Value::Array(items) = reply else {
         return Err(bad("not an array"));
     };
-    if items.len() != 1 + 2 * n {
+    let epoch = items.first().and_then(as_u64).ok_or_else(|| bad("epoch"))?;
+    let placed = if items.len() == 2 {
+        let first = as_u64(&items[1]).ok_or_else(|| bad("first offset"))?;
+        (first..).take(n).map(|o| (o, false)).collect()
+    } else if items.len() == 1 + 2 * n {
+        items[1..]
+            .chunks(2)
+            .map(|pair| Some((as_u64(&pair[0])?, as_u64(&pair[1])? == 1)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("offsets"))?
+    } else {
         return Err(bad("wrong length"));
-    }
-    let epoch = as_u64(&items[0]).ok_or_else(|| bad("epoch"))?;
-    let placed = items[1..]
-        .chunks(2)
-        .map(|pair| Some((as_u64(&pair[0])?, as_u64(&pair[1])? == 1)))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| bad("offsets"))?;
+    };
     Ok((epoch, placed))
 }
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A Herald client that Herald did not write: Python's `redis` package plus the procedure of
-docs/PROTOCOL.md (wire protocol version 1). Used by crates/herald/tests/interop.rs.
+docs/PROTOCOL.md (wire protocol version 2). Used by crates/herald/tests/interop.rs.
 
 Subcommands (all output is JSON, one object per line, on standard output):
 
   publish URL NS TOPIC MESSAGES [--node ID] [--protocol V] [--defaults L A D S] [--notify CMD]
       MESSAGES is a JSON array of {"key": str, "data": str | "data_hex": hex, "headers": {..}};
-      they are published in one atomic step (one EVALSHA of publish.lua). Prints
+      they are published in one atomic step (one EVALSHA of publish.lua). A message without
+      "key" gets a generated one and is deduplicated through the call key. Prints
       {"epoch": int, "results": [{"offset": int, "duplicate": bool}, ...]}, or on a Redis error
       {"error": CODE, "message": text} and exits with status 3.
   read URL NS TOPIC FROM [--chunk N]
@@ -36,7 +37,7 @@ except ImportError:  # pragma: no cover - reported to the Rust test
     sys.stderr.write("python module 'redis' is missing; run scripts/test.sh to install it\n")
     sys.exit(5)
 
-PROTOCOL = "1"
+PROTOCOL = "2"
 LUA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "broker", "lua")
 # Defaults for a topic that has no settings hash yet (ARGV[4..7]): the library's defaults.
 DEFAULTS = ["100000", "0", "120000", "1048576"]
@@ -192,18 +193,55 @@ def emit(obj):
     sys.stdout.flush()
 
 
+# At most this many messages per ARGV group, i.e. per stream entry (docs/PROTOCOL.md §6.1).
+GROUP = 1000
+_generated = [None, 0]  # key prefix, counter
+
+
+def generated_key(node):
+    """A key for a message the caller gave none, like Herald's: <node>.<hex micros>.<hex n>."""
+    if _generated[0] is None:
+        _generated[0] = "%s.%x" % (node, time.time_ns() // 1000)
+    key_ = "%s.%x" % (_generated[0], _generated[1])
+    _generated[1] += 1
+    return key_
+
+
+def publish_args(messages, node):
+    """ARGV[9..] of publish.lua, protocol 2: N, call key, largest payload size and its index,
+    the pieces in groups of up to GROUP messages, then index, key, start, length per message
+    with a key of its own. Messages without "key" get a generated key, covered by the call
+    key (the first generated one)."""
+    groups = [bytearray() for _ in range((len(messages) + GROUP - 1) // GROUP)]
+    call_key = b""
+    largest = (0, 0)
+    keyed = []
+    for i, m in enumerate(messages):
+        headers = m.get("headers") or {}
+        own = "key" in m
+        k = (m["key"] if own else generated_key(node)).encode("utf-8")
+        h = json.dumps(headers, separators=(",", ":"), sort_keys=True).encode() if headers else b""
+        d = bytes.fromhex(m["data_hex"]) if "data_hex" in m else m["data"].encode("utf-8")
+        if i == 0 or len(d) > largest[0]:
+            largest = (len(d), i)
+        g = i // GROUP
+        start = len(groups[g])
+        # piece = field(key) field(headers) field(payload)
+        groups[g] += field(k) + field(h) + field(d)
+        if own:
+            keyed += [str(i), k, str(start), str(len(groups[g]) - start)]
+        elif not call_key:
+            call_key = k
+    return ([str(len(messages)), call_key, str(largest[0]), str(largest[1])]
+            + [bytes(g) for g in groups] + keyed)
+
+
 def cmd_publish(a):
     r = connect(a.url)
     messages = json.loads(a.messages)
     keys = [key(a.ns, a.topic, w) for w in ("meta", "log", "settings", "dedup", "dedup-old")]
     argv = [a.protocol, key(a.ns, a.topic, "live"), a.node] + list(a.defaults) + [a.notify]
-    for m in messages:
-        headers = m.get("headers") or {}
-        k = m["key"].encode("utf-8")
-        h = json.dumps(headers, separators=(",", ":"), sort_keys=True).encode() if headers else b""
-        d = bytes.fromhex(m["data_hex"]) if "data_hex" in m else m["data"].encode("utf-8")
-        # Per message: key, payload size, piece = field(key) field(headers) field(payload).
-        argv += [k, str(len(d)), field(k) + field(h) + field(d)]
+    argv += publish_args(messages, a.node)
     try:
         reply = Script(r, "publish.lua")(keys, argv)
     except redis.exceptions.ResponseError as e:
@@ -212,12 +250,20 @@ def cmd_publish(a):
         # redis-py strips the generic "ERR " prefix; coded errors keep their code.
         emit({"error": code if re.fullmatch(r"[A-Z_]+", code) else "ERR", "message": text})
         return 3
-    # {epoch, offset_1, duplicate_1, ...}
     epoch = int(reply[0])
-    pairs = reply[1:]
-    emit({"epoch": epoch,
-          "results": [{"offset": int(pairs[i]), "duplicate": int(pairs[i + 1]) == 1}
-                      for i in range(0, len(pairs), 2)]})
+    if len(reply) == 2:
+        # {epoch, first}: every message appended, offsets first .. first+N-1.
+        first = int(reply[1])
+        results = [{"offset": first + i, "duplicate": False} for i in range(len(messages))]
+    else:
+        # {epoch, offset_1, duplicate_1, ...}
+        pairs = reply[1:]
+        if len(pairs) != 2 * len(messages):
+            emit({"error": "REPLY", "message": "unexpected publish reply %r" % (reply,)})
+            return 3
+        results = [{"offset": int(pairs[i]), "duplicate": int(pairs[i + 1]) == 1}
+                   for i in range(0, len(pairs), 2)]
+    emit({"epoch": epoch, "results": results})
     return 0
 
 

@@ -1,35 +1,59 @@
--- Herald publish, protocol version 1 (see docs/PROTOCOL.md).
+-- Herald publish, protocol version 2 (see docs/PROTOCOL.md).
 --
 -- KEYS[1] meta      hash   {epoch, last, dedup_at}
--- KEYS[2] log       stream, one entry per publish of up to 1000 messages: ID "<first offset>-0",
---                   fields n <node> t <publish time ms> m <messages>, where <messages> is the
---                   concatenation of the messages' pieces; the i-th (from 0) has offset first + i
+-- KEYS[2] log       stream, one entry per group of up to 1000 messages of a publish (ARGV
+--                   groups, duplicates left out): ID "<first offset>-0", fields n <node>
+--                   t <publish time ms> m <messages>, where <messages> is the concatenation of
+--                   the new messages' pieces; the i-th (from 0) has offset first + i
 -- KEYS[3] settings  hash   {max_len, max_age_ms, dedup_ms, max_size}
--- KEYS[4] dedup     hash   idempotency key -> offset, keys of the current dedup window
+-- KEYS[4] dedup     hash   idempotency key -> record (see below), keys of the current window
 -- KEYS[5] dedup_old hash   the same for the previous window
--- ARGV[1] protocol version ("1")
+-- ARGV[1] protocol version ("2")
 -- ARGV[2] live channel
 -- ARGV[3] publishing node id
 -- ARGV[4..7] defaults for a topic without settings: max_len, max_age_ms, dedup_ms, max_size
 -- ARGV[8] notify command: PUBLISH or SPUBLISH
--- ARGV[9..] per message: idempotency key, payload size in bytes, piece, where piece is
---           field(key) field(headers JSON or "") field(payload) and field(x) = #x ":" x
+-- ARGV[9] N, the number of messages (1..10000)
+-- ARGV[10] call key: the idempotency key of the call, which covers every message that has no
+--          key of its own ("" when each message has its own key)
+-- ARGV[11] the largest payload size in bytes, ARGV[12] the index (from 0) of that message
+-- ARGV[13 .. 12+G] the pieces, G = ceil(N / 1000) groups: group g holds the pieces of messages
+--          1000g .. 1000g+999 concatenated, each piece field(key) field(headers JSON or "")
+--          field(payload) where field(x) = #x ":" x
+-- ARGV[13+G ..] per message with its own idempotency key, in increasing index order: index
+--          (from 0), key, start of its piece in its group (from 0), length of its piece
 --
--- Returns {epoch, offset_1, duplicate_1, ..., offset_N, duplicate_N}.
+-- Dedup records: a message's own key -> its offset; a call key -> the offset of the call's
+-- first message when the call appended all its messages, else the offsets of all N messages
+-- separated by commas. A call whose key is known was already published: it appends nothing
+-- and gets its recorded offsets back, all flagged duplicate. A retry MUST repeat the call
+-- exactly (same N), as the single-offset record does not hold N.
+--
+-- Returns {epoch, first} when every message was appended (offsets first .. first+N-1), else
+-- {epoch, offset_1, duplicate_1, ..., offset_N, duplicate_N}.
 -- All checks run before the first write, so a failed publish writes nothing.
 -- Redis >= 6.2 (XTRIM MINID, exclusive ranges); SPUBLISH needs Redis >= 7.0.
 
-if ARGV[1] ~= '1' then
-  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 1, not ' .. tostring(ARGV[1]))
+if ARGV[1] ~= '2' then
+  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 2, not ' .. tostring(ARGV[1]))
 end
 local meta, log, settings, dedup, dedup_old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local channel, node, notify = ARGV[2], ARGV[3], ARGV[8]
-local n = (#ARGV - 8) / 3
-if n < 1 or n ~= math.floor(n) or #KEYS ~= 5 then
-  return redis.error_reply('HERALD_ARGS expected 5 KEYS and 8 + 3 ARGV per message')
+local n = tonumber(ARGV[9])
+if #KEYS ~= 5 or n == nil or n < 1 or n > 10000 or n ~= math.floor(n) then
+  return redis.error_reply('HERALD_ARGS expected 5 KEYS and a message count of 1 to 10000 in ARGV[9]')
+end
+local groups = math.ceil(n / 1000)
+local nkeyed = (#ARGV - 12 - groups) / 4
+if nkeyed < 0 or nkeyed ~= math.floor(nkeyed) or nkeyed > n then
+  return redis.error_reply('HERALD_ARGS expected 12 + ceil(N/1000) ARGV and 4 per message with its own key')
 end
 if notify ~= 'PUBLISH' and notify ~= 'SPUBLISH' then
   return redis.error_reply('HERALD_ARGS ARGV[8] must be PUBLISH or SPUBLISH')
+end
+local call_key = ARGV[10]
+if nkeyed < n and #call_key == 0 then
+  return redis.error_reply('HERALD_ARGS ARGV[10] must name the call: some messages have no key of their own')
 end
 
 -- HMGET / HSET over long lists, in slices that Lua's unpack can take.
@@ -51,8 +75,8 @@ local function field(x)
 end
 
 -- 1. Read and check; nothing is written before every check has passed.
-local have_settings = redis.call('EXISTS', settings) == 1
 local s = redis.call('HMGET', settings, 'max_len', 'max_age_ms', 'dedup_ms', 'max_size')
+local have_settings = s[1] or s[2] or s[3] or s[4]
 local function setting(stored, default, min, name)
   local v = tonumber(stored)
   if stored and (v == nil or v < min or v ~= math.floor(v)) then
@@ -74,19 +98,35 @@ if bad then return redis.error_reply(bad) end
 max_size, bad = setting(s[4], ARGV[7], 1, 'max_size')
 if bad then return redis.error_reply(bad) end
 
-local keys = {}
-for i = 1, n do
-  local key, size = ARGV[6 + i * 3], tonumber(ARGV[7 + i * 3])
+local largest = tonumber(ARGV[11])
+if largest == nil or tonumber(ARGV[12]) == nil then
+  return redis.error_reply('HERALD_ARGS ARGV[11] and ARGV[12] must be the largest payload size and its index')
+end
+if largest > max_size then
+  return redis.error_reply('HERALD_TOO_LARGE ' .. ARGV[12] .. ' ' .. ARGV[11] .. ' ' .. max_size)
+end
+
+-- The messages with keys of their own: {index, key, start, length}, checked.
+local keyed = {}
+local lookup = {}
+if nkeyed < n then lookup[1] = call_key end
+local previous = -1
+for j = 1, nkeyed do
+  local a = 12 + groups + (j - 1) * 4
+  local index, key, start, len = tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  if index == nil or index <= previous or index >= n then
+    return redis.error_reply('HERALD_ARGS message indexes must increase and be below N')
+  end
   if #key == 0 then
-    return redis.error_reply('HERALD_ARGS message ' .. (i - 1) .. ' has an empty idempotency key')
+    return redis.error_reply('HERALD_ARGS message ' .. index .. ' has an empty idempotency key')
   end
-  if size == nil or size > #ARGV[8 + i * 3] then
-    return redis.error_reply('HERALD_ARGS message ' .. (i - 1) .. ' has no valid payload size')
+  local group = ARGV[13 + math.floor(index / 1000)]
+  if start == nil or len == nil or start < 0 or len < 1 or start + len > #group then
+    return redis.error_reply('HERALD_ARGS message ' .. index .. ' has no valid piece bounds')
   end
-  if size > max_size then
-    return redis.error_reply('HERALD_TOO_LARGE ' .. (i - 1) .. ' ' .. size .. ' ' .. max_size)
-  end
-  keys[i] = key
+  previous = index
+  keyed[j] = {index, key, start, len}
+  lookup[#lookup + 1] = key
 end
 
 local m = redis.call('HMGET', meta, 'epoch', 'last', 'dedup_at')
@@ -110,61 +150,144 @@ local now_ms = string.format('%d', now)
 local age = now - (tonumber(m[3]) or 0)
 if not epoch then age = math.huge end -- a new epoch starts with no keys
 local prev, prev_old = {}, {}
-if age < 2 * dedup_ms then prev = hmget(dedup, keys) end
-if age < dedup_ms then prev_old = hmget(dedup_old, keys) end
+if age < 2 * dedup_ms then prev = hmget(dedup, lookup) end
+if age < dedup_ms then prev_old = hmget(dedup_old, lookup) end
+local function known(j)
+  return prev[j] or prev_old[j]
+end
 
--- 2. Assign offsets. Duplicates (known keys, or a key repeated in this call) get the
--- original offset and write nothing.
+-- 2. Assign offsets. A message is a duplicate when its own key is known or repeats within the
+-- call, or when the call's key is known (the call was published before); a duplicate gets the
+-- original offset and writes nothing.
 local new_epoch = not epoch
 if new_epoch then
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
 end
-local result = {epoch}
-local pieces = {}
-local remember = {}
-local seen = {}
 local first = last + 1
-for i = 1, n do
-  local key = keys[i]
-  local dup = seen[key] or tonumber(prev[i]) or tonumber(prev_old[i])
-  if dup then
-    result[#result + 1] = dup
-    result[#result + 1] = 1
+local dup_at = {} -- index -> original offset, for duplicates
+local dups = 0
+local remember = {}
+local retry = nkeyed < n and known(1)
+if retry then
+  local record = known(1)
+  if string.find(record, '^%d+$') then
+    local o = tonumber(record)
+    for i = 0, n - 1 do dup_at[i] = o + i end
   else
-    last = last + 1
-    seen[key] = last
-    pieces[#pieces + 1] = ARGV[8 + i * 3]
-    remember[#remember + 1] = key
-    remember[#remember + 1] = last
-    result[#result + 1] = last
-    result[#result + 1] = 0
+    local i = 0
+    for o in string.gmatch(record, '%d+') do dup_at[i] = tonumber(o); i = i + 1 end
+    if i ~= n then
+      return redis.error_reply('HERALD_CORRUPT the dedup record of call key ' .. call_key .. ' does not hold ' .. n .. ' offsets')
+    end
+  end
+  dups = n
+else
+  local seen = {}
+  local base = #lookup - nkeyed
+  for j = 1, nkeyed do
+    local index, key = keyed[j][1], keyed[j][2]
+    local o = seen[key] or tonumber(known(base + j))
+    if o then
+      dup_at[index] = o
+      dups = dups + 1
+    else
+      o = first + index - dups
+      seen[key] = o
+      remember[#remember + 1] = key
+      remember[#remember + 1] = o
+    end
   end
 end
-local count = #pieces
+local count = n - dups
+last = last + count
+
+local result = {epoch}
+local offsets = nil -- offsets of all N messages, when not first .. first+N-1
+if dups == 0 then
+  result[2] = first
+else
+  offsets = {}
+  local next_new = first
+  for i = 0, n - 1 do
+    local o = dup_at[i]
+    if o then
+      result[#result + 1] = o
+      result[#result + 1] = 1
+    else
+      o = next_new
+      next_new = next_new + 1
+      result[#result + 1] = o
+      result[#result + 1] = 0
+    end
+    offsets[i + 1] = string.format('%d', o)
+  end
+end
+if nkeyed < n and not retry then
+  remember[#remember + 1] = call_key
+  remember[#remember + 1] = offsets and table.concat(offsets, ',') or first
+end
+
+-- The stream entries: per group, its pieces without the duplicates' and the offset of its
+-- first new message.
+local bodies, ids = {}, {}
+if count > 0 then
+  local cuts = {} -- group -> list of {start, length} of its duplicates' pieces
+  if dups > 0 then
+    for j = 1, nkeyed do
+      local index = keyed[j][1]
+      if dup_at[index] then
+        local g = math.floor(index / 1000)
+        cuts[g] = cuts[g] or {}
+        table.insert(cuts[g], {keyed[j][3], keyed[j][4]})
+      end
+    end
+  end
+  local new_before = 0
+  for g = 0, groups - 1 do
+    local group = ARGV[13 + g]
+    local size = math.min(1000, n - 1000 * g)
+    local body = group
+    local removed = 0
+    if cuts[g] then
+      local kept, at = {}, 1
+      for _, c in ipairs(cuts[g]) do
+        if c[1] + 1 < at then
+          return redis.error_reply('HERALD_ARGS the pieces of messages with their own keys overlap')
+        end
+        kept[#kept + 1] = string.sub(group, at, c[1])
+        at = c[1] + c[2] + 1
+      end
+      kept[#kept + 1] = string.sub(group, at)
+      body = table.concat(kept)
+      removed = #cuts[g]
+    end
+    if size > removed then
+      bodies[#bodies + 1] = body
+      ids[#ids + 1] = string.format('%d', first + new_before) .. '-0'
+    end
+    new_before = new_before + size - removed
+  end
+end
 
 -- 3. Write. For an existing epoch the first write is the first XADD, and it is checked: if the
 -- stream's last ID is past `last` (entries Herald did not write), nothing has been written.
 if new_epoch then
   redis.call('DEL', log, dedup, dedup_old)
 end
-local frame_body = {}
-for c = 1, count, 1000 do
-  local body = table.concat(pieces, '', c, math.min(c + 999, count))
-  local id = string.format('%d', first + c - 1) .. '-0'
-  local added = redis.pcall('XADD', log, id, 'n', node, 't', now_ms, 'm', body)
+for k = 1, #bodies do
+  local added = redis.pcall('XADD', log, ids[k], 'n', node, 't', now_ms, 'm', bodies[k])
   if type(added) == 'table' and added.err then
     if string.sub(added.err, 1, 9) == 'WRONGTYPE' then
       return redis.error_reply(added.err) -- a foreign type, not foreign entries
     end
     return redis.error_reply('HERALD_CORRUPT the log holds entries Herald did not write past offset ' .. (first - 1) .. ': ' .. added.err)
   end
-  frame_body[#frame_body + 1] = body
 end
 if not have_settings then
   redis.call('HSET', settings, 'max_len', max_len, 'max_age_ms', max_age, 'dedup_ms', dedup_ms, 'max_size', max_size)
 end
 
--- Rotate the dedup windows, then remember the new keys in the current one.
+-- Rotate the dedup windows, then remember the new records in the current one.
 local dedup_at = nil
 if age >= 2 * dedup_ms then
   if not new_epoch then redis.call('DEL', dedup, dedup_old) end
@@ -177,7 +300,7 @@ elseif age >= dedup_ms then
   end
   dedup_at = now_ms
 end
-if count > 0 then
+if #remember > 0 then
   hset(dedup, remember)
   redis.call('PEXPIRE', dedup, 2 * dedup_ms)
 end
@@ -221,6 +344,6 @@ if count > 0 then
   end
 
   -- 5. Notify: one frame carries every message appended by this call.
-  redis.call(notify, channel, field('h1') .. field(epoch) .. field(string.format('%d', first)) .. field(tostring(count)) .. field(node) .. field(now_ms) .. table.concat(frame_body))
+  redis.call(notify, channel, field('h1') .. field(epoch) .. field(string.format('%d', first)) .. field(string.format('%d', count)) .. field(node) .. field(now_ms) .. table.concat(bodies))
 end
 return result
