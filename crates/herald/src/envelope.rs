@@ -17,8 +17,11 @@ use bytes::Bytes;
 
 use crate::message::{Entry, Epoch, Headers};
 
-/// The version tag that opens every live notification.
+/// The tag that opens a whole live notification: header and pieces in one message.
 pub(crate) const FRAME_VERSION: &[u8] = b"h1";
+/// The tag that opens the header of a split notification, whose pieces follow as the next
+/// message on the same channel (`docs/PROTOCOL.md` §8).
+pub(crate) const SPLIT_FRAME_VERSION: &[u8] = b"h2";
 
 /// A batch of entries just appended to one topic, as carried by a live notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,29 +122,84 @@ impl FieldReader {
     }
 }
 
+/// The fields of a frame before its pieces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    epoch: Epoch,
+    first: u64,
+    count: u64,
+    node: String,
+    published_at_ms: u64,
+}
+
+/// What one live message holds: a whole notification (`h1`), or the header of a split one
+/// (`h2`), whose pieces are the next message on the same channel.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Whole(Notification),
+    Header(FrameHeader),
+}
+
 /// Decodes a live notification frame for `topic`.
-pub(crate) fn decode_frame(topic: &str, frame: Bytes) -> Result<Notification, String> {
+pub(crate) fn decode_frame(topic: &str, frame: Bytes) -> Result<Frame, String> {
     let mut r = FieldReader { buf: frame, pos: 0 };
     let version = r.next()?;
-    if version.as_ref() != FRAME_VERSION {
-        return Err(format!(
-            "unknown frame version {:?}",
-            String::from_utf8_lossy(&version)
-        ));
+    let split = match version.as_ref() {
+        FRAME_VERSION => false,
+        SPLIT_FRAME_VERSION => true,
+        other => {
+            return Err(format!(
+                "unknown frame version {:?}",
+                String::from_utf8_lossy(other)
+            ))
+        }
+    };
+    let header = FrameHeader {
+        epoch: r.next_u64()?,
+        first: r.next_u64()?,
+        count: r.next_u64()?,
+        node: r.next_str()?,
+        published_at_ms: r.next_u64()?,
+    };
+    if split {
+        if r.pos != r.buf.len() {
+            return Err("trailing bytes after a split frame's header".into());
+        }
+        return Ok(Frame::Header(header));
     }
-    let epoch = r.next_u64()?;
-    let first = r.next_u64()?;
-    let count = r.next_u64()?;
-    let node = r.next_str()?;
-    let published_at_ms = r.next_u64()?;
-    let mut entries = Vec::with_capacity(count.min(10_000) as usize);
-    for i in 0..count {
+    read_pieces(topic, &header, r).map(Frame::Whole)
+}
+
+/// Decodes the pieces that follow a split frame's header (`h2`).
+pub(crate) fn decode_split(
+    topic: &str,
+    header: &FrameHeader,
+    pieces: Bytes,
+) -> Result<Notification, String> {
+    read_pieces(
+        topic,
+        header,
+        FieldReader {
+            buf: pieces,
+            pos: 0,
+        },
+    )
+}
+
+/// Reads exactly `header.count` pieces, up to the end of the buffer.
+fn read_pieces(
+    topic: &str,
+    header: &FrameHeader,
+    mut r: FieldReader,
+) -> Result<Notification, String> {
+    let mut entries = Vec::with_capacity(header.count.min(10_000) as usize);
+    for i in 0..header.count {
         let (key, headers, payload) = read_piece(&mut r)?;
         entries.push(Entry {
-            offset: first + i,
+            offset: header.first + i,
             key,
-            node: node.clone(),
-            published_at_ms,
+            node: header.node.clone(),
+            published_at_ms: header.published_at_ms,
             headers,
             payload,
         });
@@ -151,7 +209,7 @@ pub(crate) fn decode_frame(topic: &str, frame: Bytes) -> Result<Notification, St
     }
     Ok(Notification {
         topic: topic.to_string(),
-        epoch,
+        epoch: header.epoch,
         entries,
     })
 }
@@ -211,9 +269,33 @@ mod tests {
     fn frame_round_trip() {
         let entries = vec![entry(7, b"hello"), entry(8, b"\x00\xff:12:"), entry(9, b"")];
         let frame = encode_frame(42, &entries);
-        let n = decode_frame("t", Bytes::from(frame)).unwrap();
+        let Ok(Frame::Whole(n)) = decode_frame("t", Bytes::from(frame)) else {
+            panic!("a whole frame");
+        };
         assert_eq!(n.epoch, 42);
         assert_eq!(n.entries, entries);
+    }
+
+    #[test]
+    fn split_frame_round_trip() {
+        let entries = vec![entry(7, b"hello"), entry(8, b"")];
+        let whole = encode_frame(42, &entries);
+        // The same notification split: the header tagged h2, then the pieces alone.
+        let mut header = Vec::new();
+        put_field(&mut header, SPLIT_FRAME_VERSION);
+        for f in ["42", "7", "2", "n:1", "1700000000000"] {
+            put_field(&mut header, f.as_bytes());
+        }
+        // The h1 frame has the same header fields, so its pieces start where this header ends.
+        let pieces = Bytes::copy_from_slice(&whole[header.len()..]);
+        let Ok(Frame::Header(h)) = decode_frame("t", Bytes::from(header)) else {
+            panic!("a split header");
+        };
+        let n = decode_split("t", &h, pieces.clone()).unwrap();
+        assert_eq!((n.epoch, n.entries), (42, entries));
+        for cut in 0..pieces.len() {
+            assert!(decode_split("t", &h, pieces.slice(..cut)).is_err());
+        }
     }
 
     #[test]

@@ -446,6 +446,52 @@ impl Drop for PySubscriber {
     }
 }
 
+/// (c') A publish whose pieces are large is announced split (an `h2` header, then the pieces
+/// as the next message); Python pairs the two, and a small publish after it is one `h1` frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_decodes_split_notifications() {
+    require_python();
+    let server = RedisServer::start();
+    let url = server.url();
+    let herald = Herald::builder()
+        .redis(&url)
+        .node_id("rust-node")
+        .connect()
+        .await
+        .unwrap();
+    let mut py = PySubscriber::start(&url, "split.t", 2);
+    assert_eq!(py.next().await["event"], "subscribed");
+
+    let big: Vec<Vec<u8>> = (0..3u8).map(|i| vec![b'a' + i; 1500]).collect();
+    let receipts = herald.publish_batch("split.t", big.clone()).await.unwrap();
+    herald.publish("split.t", "small").await.unwrap();
+    let (f1, f2) = (py.next().await, py.next().await);
+    assert_eq!(py.wait().await, 0);
+    assert_eq!(
+        (f1["event"].as_str(), f1["split"].as_bool()),
+        (Some("frame"), Some(true)),
+        "{f1}"
+    );
+    assert_eq!(
+        (f2["event"].as_str(), f2["split"].as_bool()),
+        (Some("frame"), Some(false)),
+        "{f2}"
+    );
+    assert_eq!(f1["epoch"].as_u64(), Some(receipts[0].epoch));
+    assert_eq!(
+        (f1["first"].as_u64(), f1["count"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let entries = f1["entries"].as_array().unwrap();
+    for (i, (e, payload)) in entries.iter().zip(&big).enumerate() {
+        assert_eq!(e["offset"].as_u64(), Some(i as u64 + 1), "{e}");
+        assert_eq!(e["data_hex"].as_str(), Some(hex(payload).as_str()), "{e}");
+        assert_eq!(e["node"], "rust-node", "{e}");
+    }
+    assert_eq!(f2["entries"][0]["data"], "small", "{f2}");
+    assert_eq!(f2["first"].as_u64(), Some(4));
+}
+
 /// (c) Python decodes the live notification frames of Herald's publishes, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_decodes_live_frames() {

@@ -1,6 +1,7 @@
 //! The Redis broker: topics as Redis keys (layout in `docs/PROTOCOL.md`), publish and read
 //! as Lua scripts so each is one atomic step, live notifications over Pub/Sub.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use topology::{Conn, Target};
 
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::cursor::CursorPosition;
-use crate::envelope;
+use crate::envelope::{self, Frame, FrameHeader};
 use crate::error::{Error, Result};
 use crate::inspect::TopicInfo;
 use crate::message::{Entry, Epoch, Message};
@@ -709,6 +710,7 @@ impl RedisBroker {
             Ok(Ok(feed)) => Ok(RedisFeed {
                 feed,
                 keys: self.inner.keys.clone(),
+                split: HashMap::new(),
             }),
             Ok(Err(e)) if is_transient(&e) => Err(Error::Unreachable {
                 target: self.inner.target.clone(),
@@ -1183,6 +1185,8 @@ fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
 pub(crate) struct RedisFeed {
     feed: Feed,
     keys: KeySpace,
+    /// Headers of split notifications whose pieces are still to come, per channel.
+    split: HashMap<String, FrameHeader>,
 }
 
 enum Feed {
@@ -1203,47 +1207,61 @@ impl RedisFeed {
     /// serving a channel), after which the subscription catches up from history and opens a
     /// new feed.
     pub(crate) async fn next(&mut self) -> Option<LiveEvent> {
-        let (channel, payload) = match &mut self.feed {
-            Feed::PubSub { stream, .. } => {
-                let msg = stream.next().await?;
-                let channel = msg.get_channel_name().to_string();
-                (channel, Bytes::copy_from_slice(msg.get_payload_bytes()))
-            }
-            Feed::Sharded { rx, .. } => loop {
-                let push = rx.recv().await?;
-                match push.kind {
-                    redis::PushKind::SMessage => {
-                        let mut data = push.data.into_iter();
-                        let (Some(channel), Some(Value::BulkString(payload))) =
-                            (data.next(), data.next())
-                        else {
-                            return Some(LiveEvent::Lost);
-                        };
-                        let channel = as_bytes(&channel)
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                            .unwrap_or_default();
-                        break (channel, Bytes::from(payload));
-                    }
-                    // The server stopped serving a channel here (its slot moved, or this node
-                    // became a replica), or a connection dropped: end the feed.
-                    redis::PushKind::SUnsubscribe | redis::PushKind::Disconnection => {
-                        tracing::info!(kind = ?push.kind, "sharded live feed interrupted");
-                        return None;
-                    }
-                    _ => continue,
+        loop {
+            let (channel, payload) = match &mut self.feed {
+                Feed::PubSub { stream, .. } => {
+                    let msg = stream.next().await?;
+                    let channel = msg.get_channel_name().to_string();
+                    (channel, Bytes::copy_from_slice(msg.get_payload_bytes()))
                 }
-            },
-        };
-        let Some(topic) = self.keys.topic_of_channel(&channel) else {
-            tracing::warn!(channel, "notification on an unexpected channel");
-            return Some(LiveEvent::Lost);
-        };
-        match envelope::decode_frame(topic, payload) {
-            Ok(n) => Some(LiveEvent::Notification(n)),
-            Err(reason) => {
-                tracing::warn!(topic, %reason, "undecodable live notification; reading history instead");
-                Some(LiveEvent::Lost)
-            }
+                Feed::Sharded { rx, .. } => loop {
+                    let push = rx.recv().await?;
+                    match push.kind {
+                        redis::PushKind::SMessage => {
+                            let mut data = push.data.into_iter();
+                            let (Some(channel), Some(Value::BulkString(payload))) =
+                                (data.next(), data.next())
+                            else {
+                                return Some(LiveEvent::Lost);
+                            };
+                            let channel = as_bytes(&channel)
+                                .map(|b| String::from_utf8_lossy(b).into_owned())
+                                .unwrap_or_default();
+                            break (channel, Bytes::from(payload));
+                        }
+                        // The server stopped serving a channel here (its slot moved, or this node
+                        // became a replica), or a connection dropped: end the feed.
+                        redis::PushKind::SUnsubscribe | redis::PushKind::Disconnection => {
+                            tracing::info!(kind = ?push.kind, "sharded live feed interrupted");
+                            return None;
+                        }
+                        _ => continue,
+                    }
+                },
+            };
+            let Some(topic) = self.keys.topic_of_channel(&channel) else {
+                tracing::warn!(channel, "notification on an unexpected channel");
+                return Some(LiveEvent::Lost);
+            };
+            // The pieces of a split notification: the message after its header on this channel.
+            let decoded = match self.split.remove(&channel) {
+                Some(header) => envelope::decode_split(topic, &header, payload),
+                None => match envelope::decode_frame(topic, payload) {
+                    Ok(Frame::Whole(n)) => Ok(n),
+                    Ok(Frame::Header(header)) => {
+                        self.split.insert(channel, header);
+                        continue;
+                    }
+                    Err(reason) => Err(reason),
+                },
+            };
+            return match decoded {
+                Ok(n) => Some(LiveEvent::Notification(n)),
+                Err(reason) => {
+                    tracing::warn!(topic, %reason, "undecodable live notification; reading history instead");
+                    Some(LiveEvent::Lost)
+                }
+            };
         }
     }
 }

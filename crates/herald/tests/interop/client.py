@@ -164,22 +164,35 @@ class FrameReader:
         return int(f)
 
 
-def decode_frame(buf):
-    """frame = field("h1") field(epoch) field(first) field(count) field(node) field(t) piece*"""
+def decode_frame(buf, split=None):
+    """frame = field("h1") field(epoch) field(first) field(count) field(node) field(t) piece*,
+    or a split notification: field("h2") and the same header fields, then the pieces alone as
+    the next message on the channel (pass that header's result as `split`).
+    Returns a frame dict, or {"event": "header", ...} for an h2 header."""
     r = FrameReader(buf)
-    tag = r.field()
-    if tag != b"h1":
-        raise ValueError("unknown frame version %r" % tag)
-    epoch, first, count = r.number(), r.number(), r.number()
-    node, t = r.field(), r.number()
+    if split is None:
+        tag = r.field()
+        if tag not in (b"h1", b"h2"):
+            raise ValueError("unknown frame version %r" % tag)
+        epoch, first, count = r.number(), r.number(), r.number()
+        node, t = r.field(), r.number()
+        if tag == b"h2":
+            if r.pos != len(buf):
+                raise ValueError("trailing bytes after a split header")
+            return {"event": "header", "epoch": epoch, "first": first, "count": count,
+                    "node": node, "t": t, "raw": buf}
+    else:
+        epoch, first, count = split["epoch"], split["first"], split["count"]
+        node, t = split["node"], split["t"]
     entries = []
     for i in range(count):
         k, h, d = r.field(), decode_headers(r.field()), r.field()
         entries.append(entry_json(epoch, first + i, k, node, t, h, d))
     if r.pos != len(buf):
         raise ValueError("trailing bytes after the last message")
+    raw = buf if split is None else split["raw"] + buf
     return {"event": "frame", "epoch": epoch, "first": first, "count": count,
-            "entries": entries, "raw_hex": buf.hex()}
+            "split": split is not None, "entries": entries, "raw_hex": raw.hex()}
 
 
 def field(x):
@@ -305,6 +318,7 @@ def cmd_subscribe(a):
     deadline = time.monotonic() + a.timeout
     confirmed = False
     frames = 0
+    header = None  # the header of a split notification whose pieces come next
     while frames < a.n:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -318,8 +332,14 @@ def cmd_subscribe(a):
             emit({"event": "subscribed", "channel": channel.decode()})
         elif msg["type"] == "message" and confirmed:
             try:
-                emit(decode_frame(msg["data"]))
+                decoded = decode_frame(msg["data"], header)
+                header = None
+                if decoded["event"] == "header":
+                    header = decoded  # the pieces are the next message
+                    continue
+                emit(decoded)
             except ValueError as e:
+                header = None
                 emit({"event": "bad_frame", "reason": str(e), "raw_hex": msg["data"].hex()})
             frames += 1
     p.close()

@@ -52,6 +52,8 @@ if notify ~= 'PUBLISH' and notify ~= 'SPUBLISH' then
   return redis.error_reply('HERALD_ARGS ARGV[8] must be PUBLISH or SPUBLISH')
 end
 local call_key = ARGV[10]
+-- A notification whose body is at least this long is sent split (step 5).
+local SPLIT_BYTES = 2048
 if nkeyed < n and #call_key == 0 then
   return redis.error_reply('HERALD_ARGS ARGV[10] must name the call: some messages have no key of their own')
 end
@@ -343,7 +345,16 @@ if count > 0 then
     end
   end
 
-  -- 5. Notify: one frame carries every message appended by this call.
-  redis.call(notify, channel, field('h1') .. field(epoch) .. field(string.format('%d', first)) .. field(string.format('%d', count)) .. field(node) .. field(now_ms) .. table.concat(bodies))
+  -- 5. Notify: one notification carries every message appended by this call. Every Lua
+  -- string is hashed over all its bytes, so a large body that is an argument as it is (one
+  -- group, no duplicates) is not copied into a new string: its header goes first, tagged h2,
+  -- and the body follows as the next message on the channel. Otherwise one h1 frame.
+  local header = field(epoch) .. field(string.format('%d', first)) .. field(string.format('%d', count)) .. field(node) .. field(now_ms)
+  if #bodies == 1 and bodies[1] == ARGV[13] and #ARGV[13] >= SPLIT_BYTES then
+    redis.call(notify, channel, '2:h2' .. header)
+    redis.call(notify, channel, ARGV[13])
+  else
+    redis.call(notify, channel, '2:h1' .. header .. table.concat(bodies))
+  end
 end
 return result
