@@ -4,13 +4,16 @@
 //! which any language can build and parse without a library. The publisher builds the pieces;
 //! one publish is stored as one stream entry whose field `m` is the concatenation of its
 //! pieces (with the node id in `n` and the publish time in `t`), and is announced by one live
-//! notification, a *frame*, carrying the same pieces:
+//! notification carrying the same pieces: either one *frame* (`h1`), or, for a large body, a
+//! *split* notification: its header (`h2`) and then the pieces alone as the next message on
+//! the same channel (which spares the publish script a copy of the body):
 //!
 //! ```text
 //! piece    = field(key) field(headers JSON object or "") field(payload)
-//! frame    = field("h1") field(epoch) field(first offset) field(count) field(node)
-//!            field(published_at_ms) piece{count}
-//! field(x) = <len(x) in decimal> ":" x
+//! header   = field(epoch) field(first offset) field(count) field(node) field(published_at_ms)
+//! frame    = field("h1") header piece{count}
+//! split    = field("h2") header, then piece{count} as the next message
+//! field(x) = <len(x) in decimal digits> ":" x
 //! ```
 
 use bytes::Bytes;
@@ -98,8 +101,10 @@ impl FieldReader {
             .take(12)
             .position(|&b| b == b':')
             .ok_or_else(|| format!("no field length at byte {}", self.pos))?;
-        let len: usize = std::str::from_utf8(&rest[..colon])
+        let digits = &rest[..colon];
+        let len: usize = std::str::from_utf8(digits)
             .ok()
+            .filter(|_| !digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| format!("bad field length at byte {}", self.pos))?;
         let start = self.pos + colon + 1;
@@ -118,7 +123,10 @@ impl FieldReader {
 
     fn next_u64(&mut self) -> Result<u64, String> {
         let s = self.next_str()?;
-        s.parse().map_err(|_| format!("{s:?} is not a number"))
+        s.parse()
+            .ok()
+            .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| format!("{s:?} is not a number"))
     }
 }
 
@@ -306,5 +314,11 @@ mod tests {
         }
         assert!(decode_frame("t", Bytes::from_static(b"99999999999999999999:x")).is_err());
         assert!(decode_frame("t", Bytes::from_static(b"2:h9")).is_err());
+        // Lengths and numbers are plain decimal digits: no sign.
+        assert!(decode_frame("t", Bytes::from_static(b"+2:h1")).is_err());
+        let unsigned = b"2:h11:11:11:00:3:100"; // epoch 1, first 1, no messages
+        assert!(decode_frame("t", Bytes::from_static(unsigned)).is_ok());
+        let signed = b"2:h12:+11:11:00:3:100";
+        assert!(decode_frame("t", Bytes::from_static(signed)).is_err());
     }
 }
