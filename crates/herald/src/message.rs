@@ -1,4 +1,4 @@
-//! Messages as published ([`Message`]), as stored ([`Entry`]) and as delivered ([`Delivery`]).
+//! Messages as published ([`Message`]), as stored (`Entry`) and as delivered ([`Delivery`]).
 
 use std::collections::BTreeMap;
 

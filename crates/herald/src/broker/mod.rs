@@ -1,6 +1,6 @@
-//! Brokers: where topics live. [`Broker`] is either Redis (the distributed engine) or the
+//! Brokers: where topics live. `Broker` is either Redis (the distributed engine) or the
 //! embedded in-process broker; both give the same semantics, so everything above this
-//! module (publishing, subscriptions, cursors) is written once against [`Broker`].
+//! module (publishing, subscriptions, cursors) is written once against `Broker`.
 //!
 //! A broker offers five primitives:
 //! - `publish`: the atomic step of SPEC §2.5 (dedup, offsets, epoch, append, trim, notify);
