@@ -12,7 +12,7 @@
 //! herald join GROUP [--id ID] [--meta K=V]... [--ttl SECS] [--ack TOPIC]...
 //! herald lag TOPIC
 //! herald demo [--nodes N] [--messages M]
-//! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...]
+//! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...] [--rounds N]
 //! ```
 //!
 //! Global options: `--redis URL` (or `HERALD_REDIS_URL`, default `redis://127.0.0.1:6379`;

@@ -683,3 +683,90 @@ fn help_documents_exit_statuses() {
     );
     assert!(publish.stdout.contains("Exit status"));
 }
+
+#[test]
+fn bench_rounds_are_paired_and_summarised() {
+    let server = RedisServer::start();
+    let r = run_on(
+        &server,
+        &[
+            "bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--cases",
+            "fan1-128B-max",
+            "--messages",
+            "500",
+            "--json",
+        ],
+    );
+    r.assert_ok();
+    let lines = r.json();
+    let (summaries, rows): (Vec<&Value>, Vec<&Value>) =
+        lines.iter().partition(|l| l.get("summary").is_some());
+    for system in ["redis-pubsub", "redis-streams", "herald"] {
+        let rounds: Vec<u64> = rows
+            .iter()
+            .filter(|l| l["system"] == system)
+            .map(|l| l["round"].as_u64().unwrap())
+            .collect();
+        assert_eq!(rounds, [1, 2], "{system}: {r:#?}");
+    }
+    assert_eq!(rows.len(), 6, "{r:#?}");
+    assert!(rows.iter().all(|l| l["case"] == "fan1-128B-max"), "{r:#?}");
+    // Rounds are interleaved system by system.
+    let order: Vec<(u64, &str)> = rows
+        .iter()
+        .map(|l| (l["round"].as_u64().unwrap(), l["system"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (1, "redis-pubsub"),
+            (1, "redis-streams"),
+            (1, "herald"),
+            (2, "redis-pubsub"),
+            (2, "redis-streams"),
+            (2, "herald"),
+        ]
+    );
+    assert_eq!(summaries.len(), 1, "{r:#?}");
+    let s = summaries[0];
+    assert_eq!(s["summary"], "rounds");
+    assert_eq!(s["case"], "fan1-128B-max");
+    assert_eq!(s["system"], "herald");
+    assert_eq!(s["rounds"], 2);
+    // The summary is printed after the case's runs.
+    assert!(lines.last().unwrap().get("summary").is_some(), "{r:#?}");
+    for key in ["ratio_pubsub", "ratio_streams"] {
+        let spread = &s[key];
+        let (median, min, max) = (
+            spread["median"].as_f64().unwrap(),
+            spread["min"].as_f64().unwrap(),
+            spread["max"].as_f64().unwrap(),
+        );
+        assert!(min <= median && median <= max, "{key}: {s}");
+        let herald: Vec<f64> = rows
+            .iter()
+            .filter(|l| l["system"] == "herald")
+            .map(|l| l[key].as_f64().unwrap())
+            .collect();
+        assert!(
+            (median - (herald[0] + herald[1]) / 2.0).abs() < 1e-3,
+            "{key}: {s}"
+        );
+    }
+}
+
+#[test]
+fn bench_rounds_out_of_range_is_a_usage_error() {
+    for rounds in ["0", "21"] {
+        let r = run(&["bench", "--rounds", rounds]);
+        assert_eq!(r.code(), 2, "{r:#?}");
+        assert_one_error_line(&r, "--rounds must be from 1 to 20");
+        assert!(r.stdout.is_empty(), "{r:#?}");
+    }
+    let help = run(&["bench", "--help"]);
+    assert!(help.assert_ok().stdout.contains("--rounds"), "{help:#?}");
+}

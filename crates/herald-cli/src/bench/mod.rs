@@ -5,7 +5,10 @@
 //! raw Pub/Sub and raw Streams ([`baseline`]) first, Herald ([`herald_case`]) last, so that
 //! Herald's row carries its ratios to both. A progress bar runs on standard error; the
 //! results ([`report`]) are a table on standard output at the end, or with `--json` one JSON
-//! object per run as each finishes. Every run is bounded in count and time and counts the
+//! object per run as each finishes. With `--rounds N` each case runs N rounds back to back,
+//! each round every system once in the usual order; Herald's ratios are paired with the
+//! baselines of the same round, and (for N > 1) a summary per case gives their median,
+//! minimum and maximum over the rounds. Every run is bounded in count and time and counts the
 //! messages that never arrived as lost. On Ctrl-C the runs stop, the private server is killed
 //! (or, on a given Redis, the benchmark's keys are deleted) and the results so far are shown.
 //!
@@ -65,6 +68,13 @@ pub(crate) struct BenchArgs {
     /// in seconds
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Run each case N times back to back (1 to 20), each round running every system of the
+    /// case once in turn, so that the systems share the machine's conditions; Herald's ratios
+    /// are to the baselines of the same round, and with N > 1 their median, min and max over
+    /// the rounds are printed per case (a second table, or with --json one extra object per
+    /// case: "summary": "rounds")
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) rounds: u32,
     /// Print one JSON object per run (as each finishes) instead of the table
     #[arg(long)]
     pub(crate) json: bool,
@@ -205,6 +215,17 @@ pub(crate) struct Ctx {
     private: bool,
 }
 
+/// The most rounds `--rounds` accepts.
+const MAX_ROUNDS: u32 = 20;
+
+/// One run of the plan: a system on a case, in a round (1-based).
+#[derive(Debug, Clone)]
+struct PlannedRun {
+    case: Case,
+    round: u32,
+    system: System,
+}
+
 /// Runs the benchmark. `redis` is the URL of an existing Redis to use instead of starting a
 /// private one (the command line's `--redis`, only when given explicitly); it must be on
 /// this machine.
@@ -220,16 +241,31 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
             "--messages, --catchup and --rate must be at least 1".into(),
         ));
     }
-    let runs: Vec<(Case, System)> = cases::plan(messages, catch_up, args.rate, &args.cases)
-        .into_iter()
-        .flat_map(|case| {
-            case.systems()
-                .iter()
-                .filter(|s| args.systems.is_empty() || args.systems.contains(s))
-                .map(move |s| (case.clone(), *s))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    if !(1..=MAX_ROUNDS).contains(&args.rounds) {
+        return Err(BenchError::Usage(format!(
+            "--rounds must be from 1 to {MAX_ROUNDS}, not {}",
+            args.rounds
+        )));
+    }
+    // Rounds of a case run back to back, each round every selected system in turn.
+    let mut runs: Vec<PlannedRun> = Vec::new();
+    for case in cases::plan(messages, catch_up, args.rate, &args.cases) {
+        let systems: Vec<System> = case
+            .systems()
+            .iter()
+            .filter(|s| args.systems.is_empty() || args.systems.contains(s))
+            .copied()
+            .collect();
+        for round in 1..=args.rounds {
+            for system in &systems {
+                runs.push(PlannedRun {
+                    case: case.clone(),
+                    round,
+                    system: *system,
+                });
+            }
+        }
+    }
     if runs.is_empty() {
         return Err(BenchError::Usage(format!(
             "no case matches --cases {} with --systems {}; case names are \
@@ -250,11 +286,10 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
     }
 
     // The cluster case needs a private cluster: it is skipped on a given Redis.
-    let mut runs = runs;
     let is_cluster = |case: &Case| matches!(case.shape, Shape::Cluster { .. });
-    let skipped_cluster = redis.is_some() && runs.iter().any(|(c, _)| is_cluster(c));
+    let skipped_cluster = redis.is_some() && runs.iter().any(|r| is_cluster(&r.case));
     if skipped_cluster {
-        runs.retain(|(c, _)| !is_cluster(c));
+        runs.retain(|r| !is_cluster(&r.case));
         eprintln!("herald bench: {SKIPPED_CLUSTER}");
         if runs.is_empty() {
             return Ok(());
@@ -290,7 +325,7 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
         private: server.is_some(),
     };
     let version = redis_version(&ctx).await?;
-    let cluster = if redis.is_none() && runs.iter().any(|(c, _)| is_cluster(c)) {
+    let cluster = if redis.is_none() && runs.iter().any(|r| is_cluster(&r.case)) {
         // Starting may take seconds: Ctrl-C drops the nodes started so far (killing them).
         let cluster = tokio::select! {
             r = RedisCluster::start(&args.redis_server, cases::CLUSTER_PRIMARIES) => r?,
@@ -316,7 +351,7 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
     let progress = Progress::new(runs.len());
     let mut rows = Vec::new();
     let outcome = tokio::select! {
-        r = run_all(&ctx, cluster.as_ref(), &runs, args.json, &progress, &mut rows) => r,
+        r = run_all(&ctx, cluster.as_ref(), &runs, &args, &progress, &mut rows) => r,
         () = interrupted() => Err(BenchError::Interrupted),
     };
     progress.clear();
@@ -365,18 +400,29 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
     }
 }
 
-/// Runs every (case, system) pair in order, appending to `rows`.
+/// Runs every planned run in order, appending to `rows`; with `--json`, prints each row as it
+/// finishes and, with several rounds, each case's [`report::RoundsSummary`] after its last run.
 async fn run_all(
     ctx: &Ctx,
     cluster: Option<&(Ctx, RedisCluster)>,
-    runs: &[(Case, System)],
-    json: bool,
+    runs: &[PlannedRun],
+    args: &BenchArgs,
     progress: &Progress,
     rows: &mut Vec<Row>,
 ) -> Result<(), BenchError> {
-    for (i, (case, system)) in runs.iter().enumerate() {
+    let (json, rounds) = (args.json, args.rounds);
+    for (i, planned) in runs.iter().enumerate() {
+        let PlannedRun {
+            case,
+            round,
+            system,
+        } = planned;
         let counters = Arc::new(RunCounters::default());
-        let label = format!("{} {}", case.name, system.name());
+        let label = if rounds > 1 {
+            format!("{} {} #{round}", case.name, system.name())
+        } else {
+            format!("{} {}", case.name, system.name())
+        };
         let _bar = progress.run_bar(label, case, &counters);
         report::reset_peak_rss();
         let key = format!("{}:raw:{i}", ctx.prefix);
@@ -427,19 +473,30 @@ async fn run_all(
             }
         };
         let rss = report::peak_rss_kib();
+        // Paired: Herald's ratios are to the baselines of the same case and round.
         let baselines: Vec<Row> = rows
             .iter()
-            .filter(|r| r.case == case.name)
+            .filter(|r| r.case == case.name && r.round == *round)
             .cloned()
             .collect();
-        let row = Row::new(case, *system, &m, rss, &baselines);
-        progress.println(&row.summary());
+        let row = Row::new(case, *system, *round, &m, rss, &baselines);
+        progress.println(&row.summary(rounds));
         if json {
             progress
                 .suspend(|| report::write_json(&mut std::io::stdout().lock(), &row))
                 .map_err(BenchError::Output)?;
         }
         rows.push(row);
+        let last_of_case = runs
+            .get(i + 1)
+            .is_none_or(|next| next.case.name != case.name);
+        if json && rounds > 1 && last_of_case {
+            if let Some(summary) = report::RoundsSummary::of(&case.name, rows) {
+                progress
+                    .suspend(|| report::write_json(&mut std::io::stdout().lock(), &summary))
+                    .map_err(BenchError::Output)?;
+            }
+        }
         match (case.shape, cluster) {
             (Shape::Cluster { .. }, Some((_, nodes))) => nodes.flush().await?,
             _ => cleanup(ctx).await?,
@@ -571,8 +628,19 @@ fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    report::write_table(&mut out, rows)?;
+    let rounds = n.args.rounds;
+    report::write_table(&mut out, rows, rounds > 1)?;
     writeln!(out)?;
+    let summaries = if rounds > 1 {
+        report::RoundsSummary::all(rows)
+    } else {
+        Vec::new()
+    };
+    if !summaries.is_empty() {
+        writeln!(out, "Herald ratios, median over {rounds} rounds (min–max)")?;
+        report::write_rounds_table(&mut out, &summaries)?;
+        writeln!(out)?;
+    }
     for r in rows
         .iter()
         .filter(|r| r.errors > 0 || r.duplicates > 0 || r.reordered > 0)
@@ -632,6 +700,17 @@ fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
          deliveries awaited at most {} s after it. Ratios: Herald / baseline of the same case.",
         n.args.run_timeout, n.args.drain_timeout
     )?;
+    if rounds > 1 {
+        writeln!(
+            out,
+            "Rounds: each case ran {rounds} rounds back to back, each round every system once in \
+             the usual order (baselines first, Herald last), so that they share the machine's \
+             conditions; each Herald row's ratios are to the baselines of the same round \
+             (paired). The second table gives, per case, the median of Herald's ratios over the \
+             rounds (for an even count, the mean of the two middle values) with their min and \
+             max; `rounds` counts the Herald runs it covers."
+        )?;
+    }
     if rows.iter().any(|r| r.case.starts_with("cluster-")) {
         writeln!(
             out,

@@ -1,5 +1,7 @@
 //! Results: one [`Row`] per run, printed as a JSON object per line (`--json`) or as a table,
-//! with Herald's ratios to the baselines of the same case, and the process's peak memory.
+//! with Herald's ratios to the baselines of the same case and round, and the process's peak
+//! memory. With several rounds (`--rounds`), a [`RoundsSummary`] per case gives the median,
+//! minimum and maximum of Herald's ratios over the rounds ([`spread`]).
 //!
 //! Throughput ratios are Herald's `delivered_per_s` divided by the baseline's (higher is
 //! better for Herald); latency ratios are Herald's p99 divided by the baseline's (lower is
@@ -32,6 +34,8 @@ pub(crate) struct Row {
     pub(crate) case: String,
     /// `herald`, `redis-pubsub` or `redis-streams`.
     pub(crate) system: &'static str,
+    /// The round (1-based): with `--rounds N`, each case runs every system N times.
+    pub(crate) round: u32,
     /// Subscribers.
     pub(crate) subscribers: usize,
     /// Payload size in bytes.
@@ -104,10 +108,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 impl Row {
-    /// The row of one run; `baselines` are the rows of the same case run before it.
+    /// The row of one run in `round`; `baselines` are the rows of the same case and round run
+    /// before it (Herald's ratios are paired with them).
     pub(crate) fn new(
         case: &Case,
         system: System,
+        round: u32,
         m: &Measured,
         peak_rss_kib: Option<u64>,
         baselines: &[Row],
@@ -116,6 +122,7 @@ impl Row {
         let mut row = Row {
             case: case.name.clone(),
             system: system.name(),
+            round,
             subscribers: case.subscribers(),
             payload_bytes: case.payload,
             rate: match case.rate() {
@@ -165,21 +172,123 @@ impl Row {
         row
     }
 
-    /// The line printed to the terminal above the progress bar when the run ends.
-    pub(crate) fn summary(&self) -> String {
+    /// The line printed to the terminal above the progress bar when the run ends (`rounds`:
+    /// how many rounds each case runs; the round is named when there are several).
+    pub(crate) fn summary(&self, rounds: u32) -> String {
         let latency = match self.p99_us {
             Some(p99) => format!(", p99 {p99} µs"),
             None => String::new(),
         };
+        let round = if rounds > 1 {
+            format!(" (round {}/{rounds})", self.round)
+        } else {
+            String::new()
+        };
         format!(
-            "{} {}: {:.0} delivered/s{latency}, lost {}",
+            "{} {}{round}: {:.0} delivered/s{latency}, lost {}",
             self.case, self.system, self.delivered_per_s, self.lost
         )
     }
 }
 
-/// Writes one row as a JSON line.
-pub(crate) fn write_json(out: &mut impl Write, row: &Row) -> std::io::Result<()> {
+/// The median, minimum and maximum of some values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Spread {
+    /// The middle value; for an even count, the mean of the two middle values (rounded to
+    /// 0.0001).
+    pub(crate) median: f64,
+    /// The smallest value.
+    pub(crate) min: f64,
+    /// The largest value.
+    pub(crate) max: f64,
+}
+
+/// The spread of the known values among `values` (`None` and non-finite values are
+/// skipped); `None` when no value is known.
+pub(crate) fn spread(values: impl IntoIterator<Item = Option<f64>>) -> Option<Spread> {
+    let mut known: Vec<f64> = values
+        .into_iter()
+        .flatten()
+        .filter(|v| v.is_finite())
+        .collect();
+    known.sort_by(f64::total_cmp);
+    let (&min, &max) = (known.first()?, known.last()?);
+    let mid = known.len() / 2;
+    let median = if known.len() % 2 == 1 {
+        known[mid]
+    } else {
+        (known[mid - 1] + known[mid]) / 2.0
+    };
+    Some(Spread {
+        median: (median * 10_000.0).round() / 10_000.0,
+        min,
+        max,
+    })
+}
+
+/// Herald's ratios over the rounds of one case (`--rounds N` with N > 1): one JSON object
+/// per case, after its runs, or a line of the second table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct RoundsSummary {
+    /// The case's name.
+    pub(crate) case: String,
+    /// Always `herald`: the ratios are Herald's.
+    pub(crate) system: &'static str,
+    /// Always `rounds`: tells this object from a run's row.
+    pub(crate) summary: &'static str,
+    /// How many Herald rows (rounds) the summary covers.
+    pub(crate) rounds: usize,
+    /// Spread of `ratio_pubsub` (null when no round has it).
+    pub(crate) ratio_pubsub: Option<Spread>,
+    /// Spread of `ratio_streams`.
+    pub(crate) ratio_streams: Option<Spread>,
+    /// Spread of `p99_ratio_pubsub`.
+    pub(crate) p99_ratio_pubsub: Option<Spread>,
+    /// Spread of `p99_ratio_streams`.
+    pub(crate) p99_ratio_streams: Option<Spread>,
+}
+
+impl RoundsSummary {
+    /// The summary of the Herald rows of `case` among `rows`; `None` when there are none.
+    pub(crate) fn of(case: &str, rows: &[Row]) -> Option<Self> {
+        let herald: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.case == case && r.system == System::Herald.name())
+            .collect();
+        if herald.is_empty() {
+            return None;
+        }
+        let over =
+            |f: fn(&Row) -> Option<Option<f64>>| spread(herald.iter().map(|r| f(r).flatten()));
+        Some(RoundsSummary {
+            case: case.to_string(),
+            system: System::Herald.name(),
+            summary: "rounds",
+            rounds: herald.len(),
+            ratio_pubsub: over(|r| r.ratio_pubsub),
+            ratio_streams: over(|r| r.ratio_streams),
+            p99_ratio_pubsub: over(|r| r.p99_ratio_pubsub),
+            p99_ratio_streams: over(|r| r.p99_ratio_streams),
+        })
+    }
+
+    /// The summaries of every case among `rows` that has Herald rows, in order of first run.
+    pub(crate) fn all(rows: &[Row]) -> Vec<Self> {
+        let mut cases: Vec<&str> = Vec::new();
+        for r in rows {
+            if !cases.contains(&r.case.as_str()) {
+                cases.push(&r.case);
+            }
+        }
+        cases
+            .into_iter()
+            .filter_map(|c| RoundsSummary::of(c, rows))
+            .collect()
+    }
+}
+
+/// Writes one row (or summary) as a JSON line.
+pub(crate) fn write_json(out: &mut impl Write, row: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, row)?;
     writeln!(out)?;
     out.flush()
@@ -199,9 +308,21 @@ fn times(v: Option<Option<f64>>) -> String {
     }
 }
 
-/// Writes the results table.
-pub(crate) fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result<()> {
-    let header = [
+/// `0.93x (0.88–1.02)`: median (min–max), or `-`.
+fn times_spread(v: Option<Spread>) -> String {
+    match v {
+        Some(s) => format!("{:.2}x ({:.2}–{:.2})", s.median, s.min, s.max),
+        None => "-".into(),
+    }
+}
+
+/// Writes the results table; `show_round` adds a `round` column (with several rounds).
+pub(crate) fn write_table(
+    out: &mut impl Write,
+    rows: &[Row],
+    show_round: bool,
+) -> std::io::Result<()> {
+    let mut header = vec![
         "case",
         "system",
         "subs",
@@ -219,9 +340,12 @@ pub(crate) fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result
         "p99 vs pubsub",
         "vs streams",
     ];
+    if show_round {
+        header.insert(2, "round");
+    }
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for r in rows {
-        cells.push(vec![
+        let mut line = vec![
             r.case.clone(),
             r.system.to_string(),
             r.subscribers.to_string(),
@@ -241,14 +365,52 @@ pub(crate) fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result
             times(r.ratio_streams),
             times(r.p99_ratio_pubsub),
             times(r.p99_ratio_streams),
+        ];
+        if show_round {
+            line.insert(2, r.round.to_string());
+        }
+        cells.push(line);
+    }
+    write_aligned(out, &cells)
+}
+
+/// Writes the second table of several rounds: per case, Herald's ratios as median (min–max)
+/// over the rounds.
+pub(crate) fn write_rounds_table(
+    out: &mut impl Write,
+    summaries: &[RoundsSummary],
+) -> std::io::Result<()> {
+    let header = [
+        "case",
+        "rounds",
+        "deliv/s vs pubsub",
+        "vs streams",
+        "p99 vs pubsub",
+        "vs streams",
+    ];
+    let mut cells: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for s in summaries {
+        cells.push(vec![
+            s.case.clone(),
+            s.rounds.to_string(),
+            times_spread(s.ratio_pubsub),
+            times_spread(s.ratio_streams),
+            times_spread(s.p99_ratio_pubsub),
+            times_spread(s.p99_ratio_streams),
         ]);
     }
-    let columns = header.len();
+    write_aligned(out, &cells)
+}
+
+/// Writes `cells` (a header row, then the rows) in aligned columns: the first two columns
+/// flush left, the others flush right, a rule under the header.
+fn write_aligned(out: &mut impl Write, cells: &[Vec<String>]) -> std::io::Result<()> {
+    let columns = cells.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
             cells
                 .iter()
-                .map(|row| row[c].chars().count())
+                .map(|row| row.get(c).map_or(0, |cell| cell.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
@@ -256,7 +418,9 @@ pub(crate) fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result
     for (i, row) in cells.iter().enumerate() {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
-            let pad = widths[c] - cell.chars().count();
+            let pad = widths
+                .get(c)
+                .map_or(0, |w| w.saturating_sub(cell.chars().count()));
             if c < 2 {
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad));
@@ -273,7 +437,7 @@ pub(crate) fn write_table(out: &mut impl Write, rows: &[Row]) -> std::io::Result
             writeln!(
                 out,
                 "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (columns - 1))
+                "-".repeat(widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1))
             )?;
         }
     }
@@ -318,10 +482,11 @@ mod tests {
     #[test]
     fn herald_rows_carry_ratios() {
         let case = &plan(100, 10, 10_000, &["fan4-128B-max".into()])[0];
-        let pubsub = Row::new(case, System::RedisPubsub, &measured(400), None, &[]);
+        let pubsub = Row::new(case, System::RedisPubsub, 1, &measured(400), None, &[]);
         let herald = Row::new(
             case,
             System::Herald,
+            1,
             &measured(300),
             None,
             std::slice::from_ref(&pubsub),
@@ -332,15 +497,109 @@ mod tests {
         assert_eq!(herald.ratio_streams, Some(None));
         let json = serde_json::to_value(&herald).unwrap();
         assert_eq!(json["rate"], "max");
+        assert_eq!(json["round"], 1);
         assert_eq!(json["publisher_batch"], 64);
         assert_eq!(json["ratio_pubsub"], 0.75);
         assert!(json["ratio_streams"].is_null());
         let json = serde_json::to_value(&pubsub).unwrap();
         assert!(json.get("ratio_pubsub").is_none());
         let mut table = Vec::new();
-        write_table(&mut table, &[pubsub, herald]).unwrap();
+        write_table(&mut table, &[pubsub.clone(), herald.clone()], false).unwrap();
         let table = String::from_utf8(table).unwrap();
         assert!(table.contains("0.75x"), "{table}");
+        assert!(!table.contains("round"), "{table}");
+        let mut table = Vec::new();
+        write_table(&mut table, &[pubsub, herald], true).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.lines().next().unwrap().contains("round"), "{table}");
+    }
+
+    fn spread_of(values: &[Option<f64>]) -> Option<Spread> {
+        spread(values.iter().copied())
+    }
+
+    #[test]
+    fn spread_of_an_odd_count() {
+        let s = spread_of(&[Some(1.9), Some(0.8), Some(1.1)]).unwrap();
+        assert_eq!(
+            s,
+            Spread {
+                median: 1.1,
+                min: 0.8,
+                max: 1.9
+            }
+        );
+        let one = spread_of(&[Some(0.75)]).unwrap();
+        assert_eq!((one.median, one.min, one.max), (0.75, 0.75, 0.75));
+    }
+
+    #[test]
+    fn spread_of_an_even_count_is_the_mean_of_the_middle_two() {
+        let s = spread_of(&[Some(1.3), Some(0.9), Some(2.0), Some(1.0)]).unwrap();
+        assert_eq!(s.median, 1.15);
+        assert_eq!((s.min, s.max), (0.9, 2.0));
+        let two = spread_of(&[Some(0.883), Some(1.0)]).unwrap();
+        assert_eq!(two.median, 0.9415);
+    }
+
+    #[test]
+    fn spread_skips_missing_values() {
+        assert_eq!(spread_of(&[]), None);
+        assert_eq!(spread_of(&[None, None]), None);
+        assert_eq!(spread_of(&[Some(f64::NAN)]), None);
+        let s = spread_of(&[None, Some(2.0), None, Some(1.0), Some(f64::INFINITY)]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (1.5, 1.0, 2.0));
+    }
+
+    #[test]
+    fn rounds_summary_pairs_rounds_and_skips_absent_ratios() {
+        let case = &plan(100, 10, 10_000, &["fan4-128B-max".into()])[0];
+        let mut rows = Vec::new();
+        for (round, (base, herald)) in [(400, 300), (400, 400), (200, 300)].into_iter().enumerate()
+        {
+            let round = round as u32 + 1;
+            let pubsub = Row::new(case, System::RedisPubsub, round, &measured(base), None, &[]);
+            let h = Row::new(
+                case,
+                System::Herald,
+                round,
+                &measured(herald),
+                None,
+                std::slice::from_ref(&pubsub),
+            );
+            rows.push(pubsub);
+            rows.push(h);
+        }
+        let ratios: Vec<_> = rows.iter().filter_map(|r| r.ratio_pubsub).collect();
+        assert_eq!(ratios, [Some(0.75), Some(1.0), Some(1.5)]);
+        let all = RoundsSummary::all(&rows);
+        assert_eq!(all.len(), 1);
+        let s = &all[0];
+        assert_eq!(s.rounds, 3);
+        assert_eq!(
+            s.ratio_pubsub,
+            Some(Spread {
+                median: 1.0,
+                min: 0.75,
+                max: 1.5
+            })
+        );
+        assert_eq!(s.ratio_streams, None);
+        assert_eq!(s.p99_ratio_pubsub, None);
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["case"], "fan4-128B-max");
+        assert_eq!(json["system"], "herald");
+        assert_eq!(json["summary"], "rounds");
+        assert_eq!(json["rounds"], 3);
+        assert_eq!(json["ratio_pubsub"]["median"], 1.0);
+        assert_eq!(json["ratio_pubsub"]["min"], 0.75);
+        assert_eq!(json["ratio_pubsub"]["max"], 1.5);
+        assert!(json["ratio_streams"].is_null());
+        assert_eq!(RoundsSummary::of("catchup-128B", &rows), None);
+        let mut table = Vec::new();
+        write_rounds_table(&mut table, &all).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("1.00x (0.75–1.50)"), "{table}");
     }
 
     #[test]
