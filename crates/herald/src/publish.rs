@@ -5,15 +5,16 @@
 //! (from concurrent tasks, or futures joined in one task) travel together: the first caller
 //! leads; it lets the runtime run once ([`tokio::task::yield_now`]), so that whoever else is
 //! publishing to the topic joins it, then sends everyone's messages as one call, in the order
-//! they joined. Each caller still gets its own receipt. A caller alone sends at once, in its
-//! own task, as before; sequential publishes from one task are never merged, so their order is
+//! they joined, from its own task. Each caller still gets its own receipt. A caller alone
+//! sends at once, as before; sequential publishes from one task are never merged, so their order is
 //! the order of the calls.
 //!
 //! Coalescing does not weaken anything: each message keeps its idempotency key, a retry of the
 //! call after a lost reply is recognised by the call's key (`docs/PROTOCOL.md` §6), and when
 //! one message of a merged call is too large for the topic (nothing is written then), the
 //! messages over the limit get the error and the others are sent again. Cancelling a
-//! leader does not cancel the others: once someone joined, the call runs in a task of its own.
+//! leader does not cancel the others: what it gathered is sent, or finishes sending, in a task
+//! of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -87,6 +88,7 @@ impl Coalescer {
             node,
             topic,
             taken: false,
+            sending: None,
         };
         tokio::task::yield_now().await;
         let others = lead.take();
@@ -103,24 +105,33 @@ impl Coalescer {
             reply,
         });
         all.extend(others);
-        tokio::spawn(send(
+        // Sent from here, without a task hop; if this caller is cancelled meanwhile, `Lead`
+        // hands the unfinished send to a task of its own.
+        let sending = lead.sending.insert(Box::pin(send(
             broker.clone(),
             Arc::clone(node),
             topic.to_string(),
             all,
-        ));
+        )));
+        sending.await;
+        lead.sending = None;
         outcome.await.unwrap_or(Err(Error::Closed))
     }
 }
 
+/// A coalesced call being sent.
+type Sending = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// The leader of a topic's gathering. If the leader is cancelled before it took the list,
-/// dropping this sends what others had joined, so that nobody waits forever.
+/// dropping this sends what others had joined; if it is cancelled while sending, dropping
+/// this lets the send finish in a task of its own. So nobody waits forever.
 struct Lead<'a> {
     coalescer: &'a Arc<Coalescer>,
     broker: &'a Broker,
     node: &'a Arc<str>,
     topic: &'a str,
     taken: bool,
+    sending: Option<Sending>,
 }
 
 impl Lead<'_> {
@@ -132,20 +143,24 @@ impl Lead<'_> {
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        if self.taken {
-            return;
-        }
-        let others = self.take();
-        if others.is_empty() {
-            return;
-        }
+        let unfinished = match self.sending.take() {
+            Some(sending) => sending,
+            None if self.taken => return,
+            None => {
+                let others = self.take();
+                if others.is_empty() {
+                    return;
+                }
+                Box::pin(send(
+                    self.broker.clone(),
+                    Arc::clone(self.node),
+                    self.topic.to_string(),
+                    others,
+                ))
+            }
+        };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(send(
-                self.broker.clone(),
-                Arc::clone(self.node),
-                self.topic.to_string(),
-                others,
-            ));
+            runtime.spawn(unfinished);
         }
         // Without a runtime the replies are dropped and the callers get `Error::Closed`.
     }

@@ -16,6 +16,7 @@ on_both_backends!(
     offsets_are_dense_across_concurrent_publishers,
     concurrent_publishes_on_one_handle_each_get_their_receipt,
     a_cancelled_publish_does_not_strand_the_ones_it_gathered,
+    a_publish_cancelled_while_sending_still_sends_what_it_gathered,
     all_subscribers_see_one_order,
     idempotent_publish_returns_the_original_offset,
     dedup_window_expires,
@@ -147,6 +148,44 @@ async fn a_cancelled_publish_does_not_strand_the_ones_it_gathered(b: Backend) {
         messages(&mut sub, 1).await,
         vec![(receipt.offset, "joined".to_string())]
     );
+    assert!(maybe_event(&mut sub, Duration::from_millis(200))
+        .await
+        .is_none());
+}
+
+/// A leader cancelled while its merged call is in flight: the call still completes (in a
+/// task of its own), so the caller that joined gets its receipt, and both messages land once.
+async fn a_publish_cancelled_while_sending_still_sends_what_it_gathered(b: Backend) {
+    let node = b.node("n").await;
+    let mut leader = Box::pin(node.publish("inflight", "leader"));
+    assert!(
+        futures::poll!(&mut leader).is_pending(),
+        "the leader gathers"
+    );
+    let mut joiner = Box::pin(node.publish("inflight", "joined"));
+    assert!(
+        futures::poll!(&mut joiner).is_pending(),
+        "the second one waits"
+    );
+    // Redis: the merged call is now in flight (the embedded broker may already be done).
+    let _ = futures::poll!(&mut leader);
+    drop(leader);
+    let receipt = tokio::time::timeout(Duration::from_secs(10), joiner)
+        .await
+        .expect("the merged call finished")
+        .unwrap();
+    let mut sub = node
+        .subscribe(["inflight"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    let got = messages(&mut sub, 2).await;
+    assert_eq!(got.len(), 2);
+    assert!(
+        got.contains(&(receipt.offset, "joined".to_string())),
+        "{got:?}"
+    );
+    assert!(got.iter().any(|(_, m)| m == "leader"), "{got:?}");
     assert!(maybe_event(&mut sub, Duration::from_millis(200))
         .await
         .is_none());
