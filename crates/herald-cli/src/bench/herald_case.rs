@@ -8,7 +8,8 @@
 //! Redis connections, as a separate node would have) with `subscribe([topic])
 //! .from(Start::Earliest)` and the default buffer. At full speed the publisher calls
 //! `publish_batch` with 64 messages at a time (the baselines pipeline 64 commands); at a
-//! fixed rate it calls `publish` once per message, concurrently. Catch-up publishes the
+//! fixed rate it calls `publish` once per message, concurrently (the handle coalesces the
+//! publishes of one tick into one call). Catch-up publishes the
 //! history with `publish_batch` (1000 at a time), then a new subscriber reads it from the
 //! earliest message to the end. Gap, reset and error events count as errors, and whatever
 //! they hide is counted as lost.

@@ -678,7 +678,8 @@ fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
     writeln!(
         out,
         "Fixed rate: each message is sent on its own (PUBLISH, XADD, Herald publish), those due \
-         in the same tick concurrently on one connection."
+         in the same tick concurrently on one connection (Herald coalesces concurrent single \
+         publishes to a topic into one call, as it does for any application)."
     )?;
     writeln!(
         out,
