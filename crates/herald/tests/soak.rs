@@ -1,4 +1,5 @@
-//! Randomized soak: publishers with idempotency keys and retries, subscribers of every kind
+//! Randomized soak: publishers (batches, coalesced concurrent singles, keyless messages) with
+//! idempotency keys and retries, subscribers of every kind
 //! (durable, `Latest`, slow), and a seeded schedule of faults (proxy cuts, stalls, delays and
 //! refusals, `CLIENT KILL`, Redis kill -9 and restart with `appendfsync always`, subscriber
 //! restarts from a durable cursor, a pause longer than retention). Every subscriber records
@@ -398,8 +399,15 @@ struct PublishStats {
     abandoned: AtomicU64,
 }
 
-/// One publisher: single and batch publishes with idempotency keys, each retried with the
-/// same keys until acknowledged or `MAX_ATTEMPTS` failed.
+/// One publisher. Each round publishes 1-4 messages, in one of three ways:
+/// - a batch with idempotency keys (`publish_batch`), retried with the same keys until
+///   acknowledged or `MAX_ATTEMPTS` failed;
+/// - the same messages as concurrent single publishes (joined futures, which the handle
+///   coalesces into one call), the failed ones retried likewise;
+/// - keyless messages (a batch, or concurrent singles): Herald's own retries must not
+///   duplicate them (the call key), and a failed call is not retried (its outcome is unknown),
+///   so such messages are abandoned rather than published twice. A keyless message's payload is
+///   unique and stands in for its key in the history (see [`identity`]).
 async fn publisher(
     id: usize,
     url: String,
@@ -412,55 +420,109 @@ async fn publisher(
     let node = soak_node_with(&url, &format!("pub{id}"), Duration::from_millis(1200))
         .await
         .unwrap_or_else(|e| panic!("publisher {id} cannot connect: {e}"));
+    let record = |topic: &str, receipts: &[herald::Receipt], ids: &[String]| {
+        let mut acked = acked.lock().unwrap();
+        for (r, k) in receipts.iter().zip(ids) {
+            if r.duplicate {
+                stats.duplicate_receipts.fetch_add(1, Ordering::SeqCst);
+            }
+            acked.push(Published {
+                topic: topic.to_string(),
+                epoch: r.epoch,
+                offset: r.offset,
+                key: k.clone(),
+            });
+        }
+        stats
+            .acknowledged
+            .fetch_add(receipts.len() as u64, Ordering::SeqCst);
+    };
     let mut seq = 0u64;
     while !stop.load(Ordering::SeqCst) && seq < 10_000_000 {
         let topic = if rng.chance(60) { TOPIC_A } else { TOPIC_B };
         let n = if rng.chance(20) { rng.range(2, 5) } else { 1 };
-        let keys: Vec<String> = (0..n)
+        let concurrent = rng.chance(30);
+        let keyless = rng.chance(20);
+        let ids: Vec<String> = (0..n)
             .map(|_| {
                 seq += 1;
-                format!("p{id}-{seq}")
+                if keyless {
+                    format!("{KEYLESS}p{id}-{seq}")
+                } else {
+                    format!("p{id}-{seq}")
+                }
             })
             .collect();
         stats.attempted.fetch_add(n, Ordering::SeqCst);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let batch = keys
-                .iter()
-                .map(|k| Message::new(format!("payload of {k}")).key(k.clone()));
-            match node.publish_batch(topic, batch).await {
-                Ok(receipts) => {
-                    let mut acked = acked.lock().unwrap();
-                    for (r, k) in receipts.iter().zip(&keys) {
-                        if r.duplicate {
-                            stats.duplicate_receipts.fetch_add(1, Ordering::SeqCst);
-                        }
-                        acked.push(Published {
-                            topic: topic.to_string(),
-                            epoch: r.epoch,
-                            offset: r.offset,
-                            key: k.clone(),
-                        });
-                    }
-                    stats.acknowledged.fetch_add(n, Ordering::SeqCst);
-                    break;
-                }
-                Err(e) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(publisher = id, attempt, error = %e, "publish failed; retrying");
-                    stats.retries.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(rng.millis(50, 300)).await;
-                }
-                Err(e) => {
-                    eprintln!(
-                        "publisher {id}: giving up on {keys:?} after {attempt} attempts: {e}"
-                    );
-                    stats.abandoned.fetch_add(n, Ordering::SeqCst);
-                    break;
-                }
+        let message = |k: &String| {
+            let m = Message::new(format!("payload of {k}"));
+            if keyless {
+                m
+            } else {
+                m.key(k.clone())
             }
+        };
+        let mut pending = ids.clone();
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let failure = if concurrent {
+                let sends = pending.iter().map(|k| node.publish(topic, message(k)));
+                let outcomes = futures::future::join_all(sends).await;
+                let mut failed = Vec::new();
+                let mut failure = None;
+                for (k, outcome) in pending.iter().zip(outcomes) {
+                    match outcome {
+                        Ok(r) => record(topic, &[r], std::slice::from_ref(k)),
+                        Err(e) => {
+                            failed.push(k.clone());
+                            failure = Some(e);
+                        }
+                    }
+                }
+                pending = failed;
+                failure
+            } else {
+                match node.publish_batch(topic, pending.iter().map(message)).await {
+                    Ok(receipts) => {
+                        record(topic, &receipts, &pending);
+                        pending.clear();
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            };
+            let Some(e) = failure else { break };
+            if keyless || attempt >= MAX_ATTEMPTS {
+                if !keyless {
+                    eprintln!(
+                        "publisher {id}: giving up on {pending:?} after {attempt} attempts: {e}"
+                    );
+                }
+                stats
+                    .abandoned
+                    .fetch_add(pending.len() as u64, Ordering::SeqCst);
+                break;
+            }
+            tracing::debug!(publisher = id, attempt, error = %e, "publish failed; retrying");
+            stats.retries.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(rng.millis(50, 300)).await;
         }
         tokio::time::sleep(rng.millis(3, 15)).await;
+    }
+}
+
+/// Payloads of keyless messages start with this.
+const KEYLESS: &str = "keyless:";
+
+/// What identifies a delivered message in the history: its idempotency key, or for a keyless
+/// message (whose key Herald generated) its unique payload's id.
+fn identity(d: &herald::Delivery) -> String {
+    match d.payload.strip_prefix(b"payload of ") {
+        Some(rest) if rest.starts_with(KEYLESS.as_bytes()) => {
+            String::from_utf8_lossy(rest).into_owned()
+        }
+        _ => d.key.clone(),
     }
 }
 
@@ -629,12 +691,13 @@ async fn subscriber(
                     received += 1;
                     let commit =
                         (received % spec.commit_every.max(1) == 0).then_some((d.epoch, d.offset));
+                    let key = identity(&d);
                     (
                         d.topic,
                         Record::Message {
                             epoch: d.epoch,
                             offset: d.offset,
-                            key: d.key,
+                            key,
                         },
                         commit,
                     )
