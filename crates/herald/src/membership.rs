@@ -293,8 +293,7 @@ impl Herald {
 
     /// The groups that have members (live or expired but not yet reaped), sorted.
     ///
-    /// With Redis this scans the namespace (`SCAN`); with Redis Cluster it sees only the
-    /// groups on the node the connection reaches.
+    /// With Redis this scans the namespace (`SCAN`), with Redis Cluster on every primary.
     pub async fn member_groups(&self) -> Result<Vec<String>> {
         Ok(self
             .broker()

@@ -367,16 +367,43 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
     let info = publisher.inspect("t0").await.unwrap();
     assert_eq!(info.last_offset, 10);
 
+    // Membership groups live on several shards; listing the groups finds every one.
+    let groups: Vec<String> = (0..6).map(|i| format!("g{i}")).collect();
+    let group_owners: BTreeSet<u16> = groups
+        .iter()
+        .map(|g| cluster.owner(slot_of(&format!("__members/{g}"))))
+        .collect();
+    assert!(
+        group_owners.len() >= 2,
+        "groups spread over shards: {group_owners:?}"
+    );
+    let mut members = Vec::new();
+    for g in &groups {
+        members.push(subscriber.join(g.as_str()).id("m").await.unwrap());
+    }
+    assert_eq!(subscriber.member_groups().await.unwrap(), groups);
+    for m in members {
+        m.leave().await.unwrap();
+    }
+
     // 1. The slot of a live topic moves to another primary while messages flow.
     let slot = slot_of("t0");
     let from = cluster.owner(slot);
     let to = *owners.iter().find(|p| **p != from).unwrap();
+    // A handle whose slot map goes stale: it learned the map before the migration and does
+    // not use t0 until after it.
+    let stale = node(&url, "stale").await;
     let background = spawn_publisher(publisher.clone(), topics.clone(), 11, 30);
     tokio::time::sleep(Duration::from_millis(100)).await;
     tokio::task::block_in_place(|| cluster.migrate_slot(slot, to));
     background.await.unwrap();
     receive_all(&mut sub, &topics, 11, 30).await;
     assert_eq!(publisher.inspect("t0").await.unwrap().last_offset, 30);
+    // A transaction (configure) sent to t0's former primary is redirected, not refused.
+    let mut change = herald::SettingsChange::default();
+    change.max_len = Some(5000);
+    let settings = stale.configure("t0", change).await.unwrap();
+    assert_eq!(settings.max_len, 5000);
 
     // 2. The primary of t0 is killed; its replica takes over. The killed node then comes back
     // as the new primary's replica, so that publishes of that shard can again be confirmed

@@ -844,16 +844,25 @@ impl RedisBroker {
             ("dedup_ms", change.dedup_window_ms, d.dedup_window_ms),
             ("max_size", change.max_size, d.max_size),
         ];
+        // One script call, not a MULTI/EXEC: a single keyed command is redirected like any
+        // other when the key's slot moved in a cluster, a transaction is not.
+        static CONFIGURE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+            Script::new(
+                "for i = 1, #ARGV, 3 do \
+                   redis.call(ARGV[i + 2] == 'set' and 'HSET' or 'HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) \
+                 end return 1",
+            )
+        });
         self.retry("configure", topic, |mut conn| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let mut inv = CONFIGURE.prepare_invoke();
+            inv.key(&key);
             for (name, new, default) in fields {
                 match new {
-                    Some(v) => pipe.cmd("HSET").arg(&key).arg(name).arg(v).ignore(),
-                    None => pipe.cmd("HSETNX").arg(&key).arg(name).arg(default).ignore(),
+                    Some(v) => inv.arg(name).arg(v).arg("set"),
+                    None => inv.arg(name).arg(default).arg("default"),
                 };
             }
-            Box::pin(async move { pipe.query_async::<()>(&mut conn).await })
+            Box::pin(async move { inv.invoke_async::<()>(&mut conn).await })
         })
         .await?;
         Ok(self

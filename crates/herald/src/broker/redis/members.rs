@@ -130,46 +130,25 @@ impl RedisBroker {
         })
     }
 
-    /// Scans the namespace for members hashes (on one server: with Redis Cluster, only the
-    /// keys of the node the connection reaches).
+    /// Scans the namespace for members hashes (with Redis Cluster, on every primary).
     pub(crate) async fn member_topics(&self) -> Result<Vec<String>> {
-        let prefix = format!(
-            "{}:{{{}",
-            self.inner.keys.ns,
+        let ns_prefix = format!("{}:{{", self.inner.keys.ns);
+        let pattern = format!(
+            "{ns_prefix}{}*}}:members",
             crate::membership::MEMBERS_TOPIC_PREFIX
         );
-        let pattern = format!("{prefix}*}}:members");
-        let mut found = std::collections::BTreeSet::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .retry("list groups", "", |mut conn| {
-                    let pattern = pattern.clone();
-                    Box::pin(async move {
-                        redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut conn)
-                            .await
-                    })
-                })
-                .await?;
-            for key in keys {
-                if let Some(topic) = key
-                    .strip_prefix(&format!("{}:{{", self.inner.keys.ns))
-                    .and_then(|k| k.strip_suffix("}:members"))
-                {
-                    found.insert(topic.to_string());
-                }
-            }
-            if next == 0 {
-                return Ok(found.into_iter().collect());
-            }
-            cursor = next;
-        }
+        let keys = self
+            .retry("list groups", "", |mut conn| {
+                let pattern = pattern.clone();
+                Box::pin(async move { conn.scan_keys(&pattern).await })
+            })
+            .await?;
+        let found: std::collections::BTreeSet<String> = keys
+            .iter()
+            .filter_map(|key| key.strip_prefix(&ns_prefix)?.strip_suffix("}:members"))
+            .map(str::to_string)
+            .collect();
+        Ok(found.into_iter().collect())
     }
 
     pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorPosition)>> {

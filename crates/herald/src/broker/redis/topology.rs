@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{Cmd, ErrorKind as RedisKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 
 /// Where the data lives.
@@ -237,6 +239,74 @@ impl Conn {
                     )
                     .await?;
                 Ok(redis::from_redis_value(v)?)
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Every key matching `pattern` (SCAN ... MATCH), on the server, or with Redis Cluster on
+    /// every primary (each has its own keys and its own cursor).
+    pub(crate) async fn scan_keys(&mut self, pattern: &str) -> RedisResult<Vec<String>> {
+        let scan = |cursor: u64| {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            cmd
+        };
+        let mut found = Vec::new();
+        match self {
+            Conn::Single(c) => {
+                let mut cursor = 0u64;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = scan(cursor).query_async(c).await?;
+                    found.extend(keys);
+                    if next == 0 {
+                        return Ok(found);
+                    }
+                    cursor = next;
+                }
+            }
+            Conn::Cluster(c) => {
+                // The first page of every primary names the primaries; then each is followed
+                // by address until its cursor comes back to 0.
+                let first = c
+                    .route_command(
+                        scan(0),
+                        RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None)),
+                    )
+                    .await?;
+                let unexpected = |detail: String| {
+                    RedisError::from((RedisKind::UnexpectedReturnType, "cluster SCAN", detail))
+                };
+                let Value::Map(pages) = first else {
+                    return Err(unexpected("the primaries' replies are not a map".into()));
+                };
+                for (address, page) in pages {
+                    let address: String = redis::from_redis_value(address)?;
+                    let (host, port) = address
+                        .rsplit_once(':')
+                        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                        .ok_or_else(|| unexpected(format!("bad node address {address:?}")))?;
+                    let (mut next, keys): (u64, Vec<String>) = redis::from_redis_value(page)?;
+                    found.extend(keys);
+                    while next != 0 {
+                        let route = SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port,
+                        };
+                        let v = c
+                            .route_command(scan(next), RoutingInfo::SingleNode(route))
+                            .await?;
+                        let (cursor, keys): (u64, Vec<String>) = redis::from_redis_value(v)?;
+                        found.extend(keys);
+                        next = cursor;
+                    }
+                }
+                Ok(found)
             }
         }
     }
