@@ -97,7 +97,8 @@ impl HeraldBuilder {
     /// - `redis+cluster://[user:password@]host1:port1,host2:port2`: a Redis Cluster, from these
     ///   seed nodes; live notifications use sharded Pub/Sub (Redis >= 7).
     ///
-    /// TLS is not supported yet with the Sentinel and Cluster forms.
+    /// `rediss://` and `rediss+cluster://` use TLS (see [`HeraldBuilder::tls_ca_pem`]); TLS is
+    /// not supported yet with the Sentinel form.
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self.embedded = None;

@@ -6,9 +6,10 @@
 
 mod support;
 
+use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use herald::{ErrorKind, Herald, Start};
 use support::{free_port, messages, RedisServer};
@@ -150,5 +151,139 @@ async fn publish_and_subscribe_over_tls() {
     assert!(
         text.contains("certificate") || text.contains("issuer"),
         "{text}"
+    );
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    for _ in 0..200 {
+        let p = free_port();
+        if p < 50_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// `rediss+cluster://`: a 3-primary Redis Cluster that speaks only TLS between clients and
+/// nodes and on its cluster bus. Herald discovers the slot map over TLS, publishes to topics
+/// on every shard and receives them through sharded Pub/Sub, all over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (cert, key, ca_file) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let mut tls_ports = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let tls_port = cluster_port();
+        let port = tls_port.to_string();
+        // The harness pings the plain port; clients and the cluster bus use TLS.
+        nodes.push(RedisServer::start_with(&[
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+        ]));
+        tls_ports.push(tls_port);
+    }
+    let addrs: Vec<String> = tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .args(["--tls", "--cacert", &ca_file, "--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = nodes.iter().all(|n| {
+            let info: String = n.cmd(&["CLUSTER", "INFO"]);
+            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+        });
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS cluster did not become ok"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let ca = std::fs::read(&ca_file).unwrap();
+    let url = format!("rediss+cluster://{}", addrs.join(","));
+    let connect = || {
+        Herald::builder()
+            .redis(url.clone())
+            .tls_ca_pem(ca.clone())
+            .connect()
+    };
+    let (publisher, subscriber) = (connect().await.unwrap(), connect().await.unwrap());
+    let topics: Vec<String> = (0..6).map(|i| format!("secure-{i}")).collect();
+    let mut sub = subscriber
+        .subscribe(topics.clone())
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    for t in &topics {
+        publisher.publish(t, format!("{t} one")).await.unwrap();
+        publisher.publish(t, format!("{t} two")).await.unwrap();
+    }
+    let mut got = std::collections::BTreeMap::<String, Vec<(u64, String)>>::new();
+    for _ in 0..topics.len() * 2 {
+        let event =
+            tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut sub))
+                .await
+                .expect("an event in time")
+                .expect("the subscription runs")
+                .unwrap();
+        let herald::Event::Message(d) = event else {
+            panic!("unexpected {event:?}");
+        };
+        let text = String::from_utf8(d.payload.to_vec()).unwrap();
+        got.entry(d.topic.clone())
+            .or_default()
+            .push((d.offset, text));
+    }
+    for t in &topics {
+        assert_eq!(
+            got[t],
+            [(1, format!("{t} one")), (2, format!("{t} two"))],
+            "{t}"
+        );
+    }
+
+    // Without the CA, the nodes' certificate is refused.
+    let err = Herald::builder()
+        .redis(url)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Refused | ErrorKind::Unreachable),
+        "{err}"
     );
 }

@@ -318,8 +318,9 @@ impl RedisBroker {
                 Ok((Conn::Single(m), client, Some((host, port))))
             }
             Target::Cluster(c) => {
-                let client = redis::Client::open(c.nodes[0].as_str())?;
-                let conn = redis::cluster::ClusterClientBuilder::new(c.nodes.clone())
+                let client = c.first_node()?;
+                let conn = c
+                    .builder()
                     .connection_timeout(timeout)
                     .response_timeout(command_timeout)
                     .retries(4)
@@ -690,7 +691,7 @@ impl RedisBroker {
         self.follow_primary().await;
         let attempt = async {
             if let Target::Cluster(c) = &self.inner.topology {
-                return Self::sharded_feed(&c.nodes, &channels, timeout).await;
+                return Self::sharded_feed(c, &channels, timeout).await;
             }
             let client = self
                 .inner
@@ -732,12 +733,13 @@ impl RedisBroker {
     /// A sharded Pub/Sub feed over its own cluster connection (RESP3, pushes into a channel):
     /// each channel is SSUBSCRIBEd at the primary of its slot.
     async fn sharded_feed(
-        nodes: &[String],
+        cluster: &topology::ClusterTarget,
         channels: &[String],
         timeout: Duration,
     ) -> redis::RedisResult<Feed> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut conn = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        let mut conn = cluster
+            .builder()
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(tx)
             .connection_timeout(timeout)

@@ -9,6 +9,7 @@
 //!   current primary of the named group; Herald follows it through failovers.
 //! - `redis+cluster://[user[:password]@]host1:port1,host2:port2`: seed nodes of a Redis
 //!   Cluster (port 6379 by default); the slot map is discovered from them.
+//!   `rediss+cluster://` is the same over TLS (every node, with the roots of `tls_ca`).
 
 use std::time::Duration;
 
@@ -43,8 +44,44 @@ pub(crate) struct SentinelTarget {
 
 /// The Cluster form of the URL.
 pub(crate) struct ClusterTarget {
-    /// `redis://[userinfo@]host:port` of each seed node.
+    /// `redis://[userinfo@]host:port` (`rediss://` with TLS) of each seed node.
     pub(crate) nodes: Vec<String>,
+    /// With TLS: a PEM root certificate to trust instead of the system's.
+    tls_ca: Option<Vec<u8>>,
+}
+
+impl ClusterTarget {
+    /// A cluster client builder for the seed nodes, with the TLS roots to trust.
+    pub(crate) fn builder(&self) -> redis::cluster::ClusterClientBuilder {
+        let builder = redis::cluster::ClusterClientBuilder::new(self.nodes.clone());
+        match &self.tls_ca {
+            Some(ca) => builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            }),
+            None => builder,
+        }
+    }
+
+    /// A client for the first seed node.
+    pub(crate) fn first_node(&self) -> RedisResult<redis::Client> {
+        let url = self.nodes.first().map(String::as_str).unwrap_or_default();
+        client(url, self.tls_ca.as_deref())
+    }
+}
+
+/// A client for `url`, trusting `tls_ca` (PEM) for `rediss://` when given.
+fn client(url: &str, tls_ca: Option<&[u8]>) -> RedisResult<redis::Client> {
+    match tls_ca {
+        Some(ca) if url.starts_with("rediss://") || url.starts_with("valkeys://") => {
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            };
+            redis::Client::build_with_tls(url, certs)
+        }
+        _ => redis::Client::open(url),
+    }
 }
 
 /// Splits `[userinfo@]hosts[/path]` after the scheme.
@@ -121,28 +158,33 @@ pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> 
                 db,
             }))
         }
-        "redis+cluster" | "valkey+cluster" => {
+        "redis+cluster" | "valkey+cluster" | "rediss+cluster" | "valkeys+cluster" => {
             let (userinfo, hosts, path) = split_rest(rest);
             if !path.is_empty() {
                 return Err("a cluster has no database number: remove the path".into());
             }
+            let tls = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
+            let node_scheme = if tls { "rediss" } else { "redis" };
             let nodes = host_list(hosts, 6379)?
                 .into_iter()
-                .map(|(h, p)| format!("redis://{userinfo}{h}:{p}"))
+                .map(|(h, p)| format!("{node_scheme}://{userinfo}{h}:{p}"))
                 .collect();
-            Ok(Target::Cluster(ClusterTarget { nodes }))
+            Ok(Target::Cluster(ClusterTarget {
+                nodes,
+                tls_ca: if tls {
+                    tls_ca.map(<[u8]>::to_vec)
+                } else {
+                    None
+                },
+            }))
         }
-        "rediss+sentinel" | "rediss+cluster" | "valkeys+sentinel" | "valkeys+cluster" => {
-            Err("TLS is not supported yet with Sentinel or Cluster".into())
-        }
-        "rediss" | "valkeys" if tls_ca.is_some() => {
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: tls_ca.map(<[u8]>::to_vec),
-            };
-            let client = redis::Client::build_with_tls(url, certs).map_err(|e| e.to_string())?;
-            Ok(Target::Single(client))
-        }
+        "rediss+sentinel" | "valkeys+sentinel" => Err(
+            "TLS is not supported yet with Sentinel (it is with rediss:// and rediss+cluster://)"
+                .into(),
+        ),
+        "rediss" | "valkeys" => client(url, tls_ca)
+            .map(Target::Single)
+            .map_err(|e| e.to_string()),
         _ => {
             let client = redis::Client::open(url).map_err(|e| e.to_string())?;
             Ok(Target::Single(client))
@@ -359,7 +401,15 @@ mod tests {
         assert!(parse("redis+sentinel://a:1", None).is_err());
         assert!(parse("redis+sentinel://a:x/m", None).is_err());
         assert!(parse("redis+cluster://a:1/0", None).is_err());
-        assert!(parse("rediss+cluster://a:1", None).is_err());
+        assert!(parse("rediss+sentinel://a:1/m", None).is_err());
+        let Ok(Target::Cluster(c)) = parse("rediss+cluster://u:p@h1:7000,h2", Some(b"ca")) else {
+            panic!("TLS cluster form");
+        };
+        assert_eq!(
+            c.nodes,
+            vec!["rediss://u:p@h1:7000", "rediss://u:p@h2:6379"]
+        );
+        assert_eq!(c.tls_ca.as_deref(), Some(&b"ca"[..]));
         assert!(matches!(
             parse("redis://a:1/0", None),
             Ok(Target::Single(_))
