@@ -97,8 +97,8 @@ impl HeraldBuilder {
     /// - `redis+cluster://[user:password@]host1:port1,host2:port2`: a Redis Cluster, from these
     ///   seed nodes; live notifications use sharded Pub/Sub (Redis >= 7).
     ///
-    /// `rediss://` and `rediss+cluster://` use TLS (see [`HeraldBuilder::tls_ca_pem`]); TLS is
-    /// not supported yet with the Sentinel form.
+    /// `rediss://`, `rediss+sentinel://` and `rediss+cluster://` are the same over TLS (see
+    /// [`HeraldBuilder::tls_ca_pem`]).
     pub fn redis(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
         self.embedded = None;
@@ -166,7 +166,7 @@ impl HeraldBuilder {
         self
     }
 
-    /// For `rediss://` URLs: trust this PEM root certificate (your own CA) instead of the
+    /// For `rediss://`, `rediss+sentinel://` and `rediss+cluster://` URLs: trust this PEM root certificate (your own CA) instead of the
     /// system's certificate store.
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_ca = Some(pem.into());

@@ -33,7 +33,7 @@ pub enum Error {
         name: String,
     },
     /// The Redis URL could not be understood.
-    #[error("invalid Redis URL {url:?}: {reason}; expected redis://[user:password@]host:port[/db], rediss://..., redis+sentinel://host:port,.../<primary name>[/db] or redis+cluster://host:port,... (rediss+cluster:// for TLS)")]
+    #[error("invalid Redis URL {url:?}: {reason}; expected redis://[user:password@]host:port[/db], rediss://..., redis+sentinel://host:port,.../<primary name>[/db] or redis+cluster://host:port,... (rediss+... for TLS)")]
     InvalidUrl {
         /// The URL as given (password masked).
         url: String,

@@ -287,3 +287,105 @@ async fn cluster_over_tls() {
         "{err}"
     );
 }
+
+/// `rediss+sentinel://`: a sentinel that serves TLS and monitors a TLS primary
+/// (`tls-replication yes`); Herald asks it for the primary over TLS, then publishes and
+/// subscribes on the primary over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let (cert, key, ca_file) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let primary_tls = free_port();
+    let _primary = tls_server(dir.path(), primary_tls);
+
+    let (plain, tls) = (free_port(), free_port());
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {plain}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
+             dir {dir}\nlogfile {dir}/sentinel.log\n\
+             tls-port {tls}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+             tls-ca-cert-file {ca_file}\ntls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor secure 127.0.0.1 {primary_tls} 1\n",
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _sentinel = Kill(&mut sentinel);
+    // Wait (bounded) until the sentinel answers on its plain port and knows the primary.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let known = redis::Client::open(format!("redis://127.0.0.1:{plain}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| {
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg("secure")
+                    .query::<Option<(String, u16)>>(&mut c)
+            });
+        if matches!(known, Ok(Some((_, p))) if p == primary_tls) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinel did not come up: {}",
+            std::fs::read_to_string(dir.path().join("sentinel.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let ca = std::fs::read(&ca_file).unwrap();
+    let url = format!("rediss+sentinel://127.0.0.1:{tls}/secure");
+    let node = Herald::builder()
+        .redis(url.clone())
+        .tls_ca_pem(ca)
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = node
+        .subscribe(["secure"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        node.publish("secure", format!("m{i}")).await.unwrap();
+    }
+    let got = messages(&mut sub, 3).await;
+    assert_eq!(
+        got,
+        [
+            (1, "m1".to_string()),
+            (2, "m2".to_string()),
+            (3, "m3".to_string())
+        ]
+    );
+    // Without the CA, the sentinel's certificate is refused: no primary is found.
+    let err = Herald::builder()
+        .redis(url)
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Refused | ErrorKind::Unreachable),
+        "{err}"
+    );
+}

@@ -30,7 +30,7 @@ pub(crate) struct GlobalArgs {
     /// Redis to use: redis://[user:password@]host:port[/db], or rediss://... for TLS;
     /// redis+sentinel://[user:password@]host:port,.../NAME[/db] for the primary that these
     /// sentinels name; redis+cluster://[user:password@]host:port,... for a Redis Cluster
-    /// (rediss+cluster://... over TLS) [default: redis://127.0.0.1:6379; `herald demo` uses an in-process broker unless this
+    /// (rediss+sentinel://, rediss+cluster:// over TLS) [default: redis://127.0.0.1:6379; `herald demo` uses an in-process broker unless this
     /// is given]
     #[arg(
         long,
@@ -55,7 +55,7 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) connect_timeout: Duration,
 
-    /// For rediss:// and rediss+cluster:// URLs: a PEM file with the root certificate (your CA) to trust instead of
+    /// For rediss://, rediss+sentinel:// and rediss+cluster:// URLs: a PEM file with the root certificate (your CA) to trust instead of
     /// the system's certificate store
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) tls_ca: Option<std::path::PathBuf>,

@@ -311,7 +311,7 @@ impl RedisBroker {
             }
             Target::Sentinel(s) => {
                 let (host, port) = s.primary(timeout).await?;
-                let client = redis::Client::open(s.data_url(&host, port))?;
+                let client = s.data_client(&host, port)?;
                 let m = client
                     .get_connection_manager_with_config(config.clone())
                     .await?;
@@ -358,7 +358,7 @@ impl RedisBroker {
             }
         };
         let opened = async {
-            let client = redis::Client::open(s.data_url(&host, port))?;
+            let client = s.data_client(&host, port)?;
             let m = tokio::time::timeout(
                 timeout,
                 client.get_connection_manager_with_config(self.inner.manager_config.clone()),

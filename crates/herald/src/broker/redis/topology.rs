@@ -9,7 +9,9 @@
 //!   current primary of the named group; Herald follows it through failovers.
 //! - `redis+cluster://[user[:password]@]host1:port1,host2:port2`: seed nodes of a Redis
 //!   Cluster (port 6379 by default); the slot map is discovered from them.
-//!   `rediss+cluster://` is the same over TLS (every node, with the roots of `tls_ca`).
+//!
+//! `rediss+sentinel://` and `rediss+cluster://` are the same over TLS (sentinels and nodes
+//! alike), trusting the roots of `tls_ca` (or the system's).
 
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ pub(crate) struct SentinelTarget {
     userinfo: String,
     /// `/db` or "".
     db: String,
+    /// `rediss+sentinel://`: sentinels and data nodes over TLS, trusting these PEM roots
+    /// (the system's when `None`).
+    tls: Option<Option<Vec<u8>>>,
 }
 
 /// The Cluster form of the URL.
@@ -129,11 +134,14 @@ pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> 
             .map_err(|e| e.to_string());
     };
     match scheme {
-        "redis+sentinel" | "valkey+sentinel" => {
+        "redis+sentinel" | "valkey+sentinel" | "rediss+sentinel" | "valkeys+sentinel" => {
+            let tls = (scheme.starts_with("rediss") || scheme.starts_with("valkeys"))
+                .then(|| tls_ca.map(<[u8]>::to_vec));
+            let sentinel_scheme = if tls.is_some() { "rediss" } else { "redis" };
             let (userinfo, hosts, path) = split_rest(rest);
             let sentinels = host_list(hosts, 26379)?
                 .into_iter()
-                .map(|(h, p)| format!("redis://{h}:{p}"))
+                .map(|(h, p)| format!("{sentinel_scheme}://{h}:{p}"))
                 .collect();
             let mut parts = path.split('/');
             let master = parts.next().unwrap_or("").to_string();
@@ -156,6 +164,7 @@ pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> 
                 master,
                 userinfo: userinfo.to_string(),
                 db,
+                tls,
             }))
         }
         "redis+cluster" | "valkey+cluster" | "rediss+cluster" | "valkeys+cluster" => {
@@ -178,10 +187,6 @@ pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> 
                 },
             }))
         }
-        "rediss+sentinel" | "valkeys+sentinel" => Err(
-            "TLS is not supported yet with Sentinel (it is with rediss:// and rediss+cluster://)"
-                .into(),
-        ),
         "rediss" | "valkeys" => client(url, tls_ca)
             .map(Target::Single)
             .map_err(|e| e.to_string()),
@@ -199,7 +204,21 @@ fn io_error(detail: String) -> RedisError {
 impl SentinelTarget {
     /// The URL of a data node at `host:port`.
     pub(crate) fn data_url(&self, host: &str, port: u16) -> String {
-        format!("redis://{}{host}:{port}{}", self.userinfo, self.db)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://{}{host}:{port}{}", self.userinfo, self.db)
+    }
+
+    /// A client for the data node at `host:port`.
+    pub(crate) fn data_client(&self, host: &str, port: u16) -> RedisResult<redis::Client> {
+        client(&self.data_url(host, port), self.ca())
+    }
+
+    fn ca(&self) -> Option<&[u8]> {
+        self.tls.as_ref().and_then(Option::as_deref)
     }
 
     /// Asks the sentinels, in order, for the current primary's address. An unreachable
@@ -210,7 +229,7 @@ impl SentinelTarget {
         let mut unknown = 0;
         for sentinel in &self.sentinels {
             let ask = async {
-                let client = redis::Client::open(sentinel.as_str())?;
+                let client = client(sentinel, self.ca())?;
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout));
@@ -401,7 +420,11 @@ mod tests {
         assert!(parse("redis+sentinel://a:1", None).is_err());
         assert!(parse("redis+sentinel://a:x/m", None).is_err());
         assert!(parse("redis+cluster://a:1/0", None).is_err());
-        assert!(parse("rediss+sentinel://a:1/m", None).is_err());
+        let Ok(Target::Sentinel(s)) = parse("rediss+sentinel://s1,s2:1/m", None) else {
+            panic!("TLS sentinel form");
+        };
+        assert_eq!(s.sentinels, vec!["rediss://s1:26379", "rediss://s2:1"]);
+        assert_eq!(s.data_url("h", 7), "rediss://h:7");
         let Ok(Target::Cluster(c)) = parse("rediss+cluster://u:p@h1:7000,h2", Some(b"ca")) else {
             panic!("TLS cluster form");
         };
