@@ -166,8 +166,8 @@ impl HeraldBuilder {
         self
     }
 
-    /// For `rediss://`, `rediss+sentinel://` and `rediss+cluster://` URLs: trust this PEM root certificate (your own CA) instead of the
-    /// system's certificate store.
+    /// For `rediss://`, `rediss+sentinel://` and `rediss+cluster://` URLs: trust this PEM root
+    /// certificate (your own CA) instead of the system's certificate store.
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_ca = Some(pem.into());
         self
