@@ -14,23 +14,11 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald::{Event, Herald, Message, Start};
-use support::{free_port, RedisServer, EVENT_WAIT};
-
-/// A port whose cluster bus port (port + 10000) is free too.
-fn cluster_port() -> u16 {
-    for _ in 0..200 {
-        let p = free_port();
-        if p < 50_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair for a cluster node");
-}
+use support::{cluster_port, RedisServer, EVENT_WAIT};
 
 struct Cluster {
     nodes: Vec<RedisServer>,

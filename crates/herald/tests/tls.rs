@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald::{ErrorKind, Herald, Start};
-use support::{free_port, messages, RedisServer};
+use support::{cluster_port, free_port, messages, RedisServer};
 
 /// Runs openssl, failing the test with its output when it fails.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -87,6 +86,21 @@ fn certificates(dir: &Path) {
     );
 }
 
+/// Publishes three messages to topic `secure` and receives them from the start.
+async fn publish_and_receive(node: &Herald) {
+    let mut sub = node
+        .subscribe(["secure"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        node.publish("secure", format!("m{i}")).await.unwrap();
+    }
+    let got = messages(&mut sub, 3).await;
+    let expected: Vec<(u64, String)> = (1..=3).map(|i| (i, format!("m{i}"))).collect();
+    assert_eq!(got, expected);
+}
+
 /// A Redis serving plain text (for the harness) and TLS on `tls_port`.
 fn tls_server(dir: &Path, tls_port: u16) -> RedisServer {
     let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
@@ -121,23 +135,7 @@ async fn publish_and_subscribe_over_tls() {
         .connect()
         .await
         .unwrap();
-    let mut sub = node
-        .subscribe(["secure"])
-        .from(Start::Earliest)
-        .await
-        .unwrap();
-    for i in 1..=3 {
-        node.publish("secure", format!("m{i}")).await.unwrap();
-    }
-    let got = messages(&mut sub, 3).await;
-    assert_eq!(
-        got,
-        [
-            (1, "m1".to_string()),
-            (2, "m2".to_string()),
-            (3, "m3".to_string())
-        ]
-    );
+    publish_and_receive(&node).await;
 
     // Without trusting the CA, the server's certificate is refused: no plain-text fallback.
     let err = Herald::builder()
@@ -152,17 +150,6 @@ async fn publish_and_subscribe_over_tls() {
         text.contains("certificate") || text.contains("issuer"),
         "{text}"
     );
-}
-
-/// A free port whose cluster bus port (+10000) is free too.
-fn cluster_port() -> u16 {
-    for _ in 0..200 {
-        let p = free_port();
-        if p < 50_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no free port pair for a cluster node");
 }
 
 /// `rediss+cluster://`: a 3-primary Redis Cluster that speaks only TLS between clients and
@@ -360,23 +347,7 @@ async fn sentinel_over_tls() {
         .connect()
         .await
         .unwrap();
-    let mut sub = node
-        .subscribe(["secure"])
-        .from(Start::Earliest)
-        .await
-        .unwrap();
-    for i in 1..=3 {
-        node.publish("secure", format!("m{i}")).await.unwrap();
-    }
-    let got = messages(&mut sub, 3).await;
-    assert_eq!(
-        got,
-        [
-            (1, "m1".to_string()),
-            (2, "m2".to_string()),
-            (3, "m3".to_string())
-        ]
-    );
+    publish_and_receive(&node).await;
     // Without the CA, the sentinel's certificate is refused: no primary is found.
     let err = Herald::builder()
         .redis(url)

@@ -50,6 +50,18 @@ pub fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// A free port whose Redis Cluster bus port (+10000) is free too.
+#[allow(dead_code)] // used by the cluster and TLS tests only
+pub fn cluster_port() -> u16 {
+    for _ in 0..200 {
+        let p = free_port();
+        if p < 50_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
 /// A redis-server process owned by a test.
 pub struct RedisServer {
     pub port: u16,
