@@ -14,11 +14,11 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald::{Event, Herald, Message, Start};
-use support::{cluster_port, RedisServer, EVENT_WAIT};
+use support::{cluster_port, create_cluster, RedisServer, EVENT_WAIT};
 
 struct Cluster {
     nodes: Vec<RedisServer>,
@@ -45,19 +45,7 @@ impl Cluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        create_cluster(&addrs, 1, &[]);
         let c = Cluster { nodes };
         c.wait_ok(&[]);
         c

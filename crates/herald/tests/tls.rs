@@ -1,17 +1,19 @@
-//! TLS (`rediss://`): Herald talks to a Redis that serves TLS with a certificate from the
-//! test's own CA, trusting that CA through `HeraldBuilder::tls_ca_pem`; without it the
-//! connection is refused with a clear error instead of falling back to plain text.
+//! TLS (`rediss://`, `rediss+sentinel://`, `rediss+cluster://`): Herald talks to Redis
+//! servers (and sentinels) that serve TLS with certificates from the test's own CA, trusting
+//! that CA through `HeraldBuilder::tls_ca_pem`; without it the connection is refused with a
+//! clear error instead of falling back to plain text.
 
 #![allow(clippy::unwrap_used)]
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::{ErrorKind, Herald, Start};
-use support::{cluster_port, free_port, messages, RedisServer};
+use herald::{ErrorKind, Event, Herald, Start};
+use support::{cluster_port, create_cluster, free_port, messages, next_event, RedisServer};
 
 /// Runs openssl, failing the test with its output when it fails.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -86,6 +88,75 @@ fn certificates(dir: &Path) {
     );
 }
 
+/// The test's CA and a server certificate signed by it, in a directory of their own.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        certificates(dir.path());
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// The CA certificate, PEM.
+    fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.path("ca.crt")).unwrap()
+    }
+
+    /// `redis-server` arguments to serve TLS on `tls_port` with the server certificate.
+    fn server_args(&self, tls_port: u16) -> Vec<String> {
+        [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &self.path("server.crt"),
+            "--tls-key-file",
+            &self.path("server.key"),
+            "--tls-ca-cert-file",
+            &self.path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// A Redis serving plain text (for the harness) and TLS on `tls_port`, with `extra`
+    /// arguments.
+    fn server(&self, tls_port: u16, extra: &[&str]) -> RedisServer {
+        let mut args = self.server_args(tls_port);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RedisServer::start_with(&args)
+    }
+}
+
+/// Connects to `url` trusting the test's CA.
+async fn connect(url: &str, pki: &Pki) -> Herald {
+    Herald::builder()
+        .redis(url)
+        .tls_ca_pem(pki.ca_pem())
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Connecting to `url` without trusting the test's CA fails; returns the error.
+async fn refused_without_ca(url: &str, wait: Duration) -> herald::Error {
+    Herald::builder()
+        .redis(url)
+        .connect_timeout(wait)
+        .connect()
+        .await
+        .unwrap_err()
+}
+
 /// Publishes three messages to topic `secure` and receives them from the start.
 async fn publish_and_receive(node: &Herald) {
     let mut sub = node
@@ -101,49 +172,26 @@ async fn publish_and_receive(node: &Herald) {
     assert_eq!(got, expected);
 }
 
-/// A Redis serving plain text (for the harness) and TLS on `tls_port`.
-fn tls_server(dir: &Path, tls_port: u16) -> RedisServer {
-    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let port = tls_port.to_string();
-    let (cert, key, ca) = (file("server.crt"), file("server.key"), file("ca.crt"));
-    RedisServer::start_with(&[
-        "--tls-port",
-        &port,
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-        "--tls-ca-cert-file",
-        &ca,
-        "--tls-auth-clients",
-        "no",
-    ])
+/// Polls `ready` every 50 ms until it holds, failing the test with `what` after `limit`.
+fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_subscribe_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    let pki = Pki::new();
     let tls_port = free_port();
-    let _server = tls_server(dir.path(), tls_port);
-    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let _server = pki.server(tls_port, &[]);
     let url = format!("rediss://127.0.0.1:{tls_port}");
 
-    let node = Herald::builder()
-        .redis(url.clone())
-        .tls_ca_pem(ca.clone())
-        .connect()
-        .await
-        .unwrap();
-    publish_and_receive(&node).await;
+    publish_and_receive(&connect(&url, &pki).await).await;
 
     // Without trusting the CA, the server's certificate is refused: no plain-text fallback.
-    let err = Herald::builder()
-        .redis(url)
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap_err();
+    let err = refused_without_ca(&url, Duration::from_secs(10)).await;
     assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
     let text = err.to_string().to_lowercase();
     assert!(
@@ -157,77 +205,38 @@ async fn publish_and_subscribe_over_tls() {
 /// on every shard and receives them through sharded Pub/Sub, all over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let (cert, key, ca_file) = (file("server.crt"), file("server.key"), file("ca.crt"));
-    let mut tls_ports = Vec::new();
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let tls_port = cluster_port();
-        let port = tls_port.to_string();
-        // The harness pings the plain port; clients and the cluster bus use TLS.
-        nodes.push(RedisServer::start_with(&[
-            "--tls-port",
-            &port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca_file,
-            "--tls-auth-clients",
-            "no",
-            "--tls-cluster",
-            "yes",
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "1000",
-        ]));
-        tls_ports.push(tls_port);
-    }
+    let pki = Pki::new();
+    let cluster_args = [
+        "--tls-cluster",
+        "yes",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+    ];
+    // The harness pings each node's plain port; clients and the cluster bus use TLS.
+    let tls_ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+    let nodes: Vec<RedisServer> = tls_ports
+        .iter()
+        .map(|p| pki.server(*p, &cluster_args))
+        .collect();
     let addrs: Vec<String> = tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let out = Command::new("redis-cli")
-        .args(["--tls", "--cacert", &ca_file, "--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("redis-cli");
-    assert!(
-        out.status.success(),
-        "redis-cli --cluster create: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    create_cluster(&addrs, 0, &["--tls", "--cacert", &pki.path("ca.crt")]);
+    wait_until(
+        "the TLS cluster did not become ok",
+        Duration::from_secs(30),
+        || {
+            nodes.iter().all(|n| {
+                let info: String = n.cmd(&["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            })
+        },
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ok = nodes.iter().all(|n| {
-            let info: String = n.cmd(&["CLUSTER", "INFO"]);
-            info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
-        });
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the TLS cluster did not become ok"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 
-    let ca = std::fs::read(&ca_file).unwrap();
     let url = format!("rediss+cluster://{}", addrs.join(","));
-    let connect = || {
-        Herald::builder()
-            .redis(url.clone())
-            .tls_ca_pem(ca.clone())
-            .connect()
-    };
-    let (publisher, subscriber) = (connect().await.unwrap(), connect().await.unwrap());
+    let (publisher, subscriber) = (connect(&url, &pki).await, connect(&url, &pki).await);
     let topics: Vec<String> = (0..6).map(|i| format!("secure-{i}")).collect();
     let mut sub = subscriber
         .subscribe(topics.clone())
@@ -238,15 +247,10 @@ async fn cluster_over_tls() {
         publisher.publish(t, format!("{t} one")).await.unwrap();
         publisher.publish(t, format!("{t} two")).await.unwrap();
     }
-    let mut got = std::collections::BTreeMap::<String, Vec<(u64, String)>>::new();
+    let mut got = BTreeMap::<String, Vec<(u64, String)>>::new();
     for _ in 0..topics.len() * 2 {
-        let event =
-            tokio::time::timeout(Duration::from_secs(20), futures::StreamExt::next(&mut sub))
-                .await
-                .expect("an event in time")
-                .expect("the subscription runs")
-                .unwrap();
-        let herald::Event::Message(d) = event else {
+        let event = next_event(&mut sub).await;
+        let Event::Message(d) = event else {
             panic!("unexpected {event:?}");
         };
         let text = String::from_utf8(d.payload.to_vec()).unwrap();
@@ -263,16 +267,21 @@ async fn cluster_over_tls() {
     }
 
     // Without the CA, the nodes' certificate is refused.
-    let err = Herald::builder()
-        .redis(url)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .unwrap_err();
+    let err = refused_without_ca(&url, Duration::from_secs(5)).await;
     assert!(
         matches!(err.kind(), ErrorKind::Refused | ErrorKind::Unreachable),
         "{err}"
     );
+}
+
+/// A process killed when the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `rediss+sentinel://`: a sentinel that serves TLS and monitors a TLS primary
@@ -280,81 +289,59 @@ async fn cluster_over_tls() {
 /// subscribes on the primary over TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    let (cert, key, ca_file) = (file("server.crt"), file("server.key"), file("ca.crt"));
+    let pki = Pki::new();
     let primary_tls = free_port();
-    let _primary = tls_server(dir.path(), primary_tls);
+    let _primary = pki.server(primary_tls, &[]);
 
+    // The sentinel: a plain port for the harness, TLS for Herald and towards the primary.
     let (plain, tls) = (free_port(), free_port());
-    let conf = dir.path().join("sentinel.conf");
+    let tls_lines: Vec<String> = pki
+        .server_args(tls)
+        .chunks(2)
+        .map(|kv| format!("{} {}", kv[0].trim_start_matches("--"), kv[1]))
+        .collect();
+    let conf = pki.dir.path().join("sentinel.conf");
     std::fs::write(
         &conf,
         format!(
             "port {plain}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
-             dir {dir}\nlogfile {dir}/sentinel.log\n\
-             tls-port {tls}\ntls-cert-file {cert}\ntls-key-file {key}\n\
-             tls-ca-cert-file {ca_file}\ntls-auth-clients no\ntls-replication yes\n\
+             dir {dir}\nlogfile {dir}/sentinel.log\n{tls}\ntls-replication yes\n\
              sentinel monitor secure 127.0.0.1 {primary_tls} 1\n",
-            dir = dir.path().display()
+            dir = pki.dir.path().display(),
+            tls = tls_lines.join("\n"),
         ),
     )
     .unwrap();
-    let mut sentinel = Command::new("redis-server")
-        .arg(&conf)
-        .arg("--sentinel")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server --sentinel");
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _sentinel = Kill(&mut sentinel);
-    // Wait (bounded) until the sentinel answers on its plain port and knows the primary.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let known = redis::Client::open(format!("redis://127.0.0.1:{plain}"))
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-            .and_then(|mut c| {
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg("secure")
-                    .query::<Option<(String, u16)>>(&mut c)
-            });
-        if matches!(known, Ok(Some((_, p))) if p == primary_tls) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sentinel did not come up: {}",
-            std::fs::read_to_string(dir.path().join("sentinel.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _sentinel = Killed(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel"),
+    );
+    wait_until(
+        "the sentinel did not come up (see its sentinel.log)",
+        Duration::from_secs(15),
+        || {
+            let known = redis::Client::open(format!("redis://127.0.0.1:{plain}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg("secure")
+                        .query::<Option<(String, u16)>>(&mut c)
+                });
+            matches!(known, Ok(Some((_, p))) if p == primary_tls)
+        },
+    );
 
-    let ca = std::fs::read(&ca_file).unwrap();
     let url = format!("rediss+sentinel://127.0.0.1:{tls}/secure");
-    let node = Herald::builder()
-        .redis(url.clone())
-        .tls_ca_pem(ca)
-        .connect()
-        .await
-        .unwrap();
-    publish_and_receive(&node).await;
+    publish_and_receive(&connect(&url, &pki).await).await;
     // Without the CA, the sentinel's certificate is refused: no primary is found.
-    let err = Herald::builder()
-        .redis(url)
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .unwrap_err();
+    let err = refused_without_ca(&url, Duration::from_secs(3)).await;
     assert!(
         matches!(err.kind(), ErrorKind::Refused | ErrorKind::Unreachable),
         "{err}"

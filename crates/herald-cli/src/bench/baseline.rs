@@ -26,7 +26,8 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::cases::{
-    drive_fan_out, prefill, FanOutRun, Measured, Publisher, RunCounters, Tally, Tasks, READ_COUNT,
+    drive_fan_out, prefill, FanOutRun, InTurn, Measured, Publisher, RunCounters, Tally, Tasks,
+    READ_COUNT,
 };
 use super::{BenchError, Ctx};
 
@@ -170,29 +171,15 @@ pub(crate) async fn pubsub_fan_out(
 /// (a batch is one pipeline to the primary of that channel's slot).
 struct ShardedPublisher {
     conn: ClusterConnection,
-    channels: Vec<String>,
-    next: usize,
-}
-
-impl ShardedPublisher {
-    /// The channel of the next call.
-    fn channel(&mut self) -> Result<String, BenchError> {
-        let channel = self
-            .channels
-            .get(self.next % self.channels.len().max(1))
-            .cloned()
-            .ok_or_else(|| BenchError::Internal("no channel to publish to".into()))?;
-        self.next = self.next.wrapping_add(1);
-        Ok(channel)
-    }
+    channels: InTurn,
 }
 
 impl Publisher for ShardedPublisher {
     async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
-        let channel = self.channel()?;
+        let channel = self.channels.next()?;
         let mut pipe = redis::pipe();
         for p in &payloads {
-            pipe.cmd("SPUBLISH").arg(&channel).arg(p).ignore();
+            pipe.cmd("SPUBLISH").arg(channel).arg(p).ignore();
         }
         pipe.query_async::<()>(&mut self.conn)
             .await
@@ -200,10 +187,10 @@ impl Publisher for ShardedPublisher {
     }
 
     async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
-        let channel = self.channel()?;
+        let channel = self.channels.next()?;
         let sends = payloads.iter().map(|p| {
             let mut conn = self.conn.clone();
-            let cmd = redis::cmd("SPUBLISH").arg(&channel).arg(p).to_owned();
+            let cmd = redis::cmd("SPUBLISH").arg(channel).arg(p).to_owned();
             async move { cmd.query_async::<i64>(&mut conn).await }
         });
         futures::future::try_join_all(sends)
@@ -291,8 +278,7 @@ pub(crate) async fn sharded_fan_out(
     }
     let mut publisher = ShardedPublisher {
         conn: cluster_connection(nodes, None).await?,
-        channels: channels.to_vec(),
-        next: 0,
+        channels: InTurn::new(channels.to_vec()),
     };
     drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
 }

@@ -484,6 +484,28 @@ pub(crate) struct FanOutRun {
     pub(crate) drain_timeout: Duration,
 }
 
+/// The topics (or channels) of a publisher, one per call in turn.
+pub(crate) struct InTurn {
+    names: Vec<String>,
+    next: usize,
+}
+
+impl InTurn {
+    pub(crate) fn new(names: Vec<String>) -> Self {
+        InTurn { names, next: 0 }
+    }
+
+    /// The name for the next call.
+    pub(crate) fn next(&mut self) -> Result<&str, BenchError> {
+        let i = self.next % self.names.len().max(1);
+        self.next = self.next.wrapping_add(1);
+        self.names
+            .get(i)
+            .map(String::as_str)
+            .ok_or_else(|| BenchError::Internal("no topic or channel to publish to".into()))
+    }
+}
+
 /// Publishes the case's messages, waits for the subscribers (until all arrived, all
 /// subscribers ended, or the drain deadline), stops them and merges what they saw.
 pub(crate) async fn drive_fan_out<P: Publisher>(

@@ -22,51 +22,38 @@ use herald::{Event, Herald, Start, Subscription};
 use tokio::sync::watch;
 
 use super::cases::{
-    drive_fan_out, prefill, FanOutRun, Measured, Publisher, RunCounters, Tally, Tasks,
+    drive_fan_out, prefill, FanOutRun, InTurn, Measured, Publisher, RunCounters, Tally, Tasks,
 };
 use super::{BenchError, Ctx};
 
 /// Publishes through one handle, each call to the next of its topics in turn.
 struct HeraldPublisher {
     node: Herald,
-    topics: Vec<String>,
-    next: usize,
+    topics: InTurn,
 }
 
 impl HeraldPublisher {
     fn new(node: Herald, topics: Vec<String>) -> Self {
         HeraldPublisher {
             node,
-            topics,
-            next: 0,
+            topics: InTurn::new(topics),
         }
-    }
-
-    /// The topic of the next call.
-    fn topic(&mut self) -> Result<String, BenchError> {
-        let topic = self
-            .topics
-            .get(self.next % self.topics.len().max(1))
-            .cloned()
-            .ok_or_else(|| BenchError::Internal("no topic to publish to".into()))?;
-        self.next = self.next.wrapping_add(1);
-        Ok(topic)
     }
 }
 
 impl Publisher for HeraldPublisher {
     async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
-        let topic = self.topic()?;
+        let topic = self.topics.next()?;
         self.node
-            .publish_batch(&topic, payloads)
+            .publish_batch(topic, payloads)
             .await
             .map(|_| ())
             .map_err(|e| BenchError::herald("publish_batch", e))
     }
 
     async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
-        let topic = self.topic()?;
-        let sends = payloads.into_iter().map(|p| self.node.publish(&topic, p));
+        let topic = self.topics.next()?;
+        let sends = payloads.into_iter().map(|p| self.node.publish(topic, p));
         futures::future::try_join_all(sends)
             .await
             .map(|_| ())

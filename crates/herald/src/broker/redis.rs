@@ -922,6 +922,7 @@ impl RedisBroker {
 struct PublishCall<'a> {
     count: usize,
     call_key: &'a str,
+    /// (size, index) of the largest payload: the first of that size
     largest: (usize, usize),
     groups: Vec<Vec<u8>>,
     /// (index, key, start of the piece in its group, length of the piece)
@@ -951,7 +952,7 @@ impl<'a> PublishCall<'a> {
             call.groups.push(Vec::with_capacity(size));
         }
         for (i, (key, m)) in messages.iter().enumerate() {
-            if m.payload.len() > call.largest.0 || i == 0 {
+            if m.payload.len() > call.largest.0 {
                 call.largest = (m.payload.len(), i);
             }
             let Some(group) = call.groups.get_mut(i / ENTRY_MESSAGES) else {

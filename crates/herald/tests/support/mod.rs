@@ -62,6 +62,26 @@ pub fn cluster_port() -> u16 {
     panic!("no free port pair for a cluster node");
 }
 
+/// `redis-cli [cli_args] --cluster create` over `addrs` (`host:port`) with `replicas` per
+/// primary; fails the test with redis-cli's output when it fails.
+#[allow(dead_code)] // used by the cluster and TLS tests only
+pub fn create_cluster(addrs: &[String], replicas: u32, cli_args: &[&str]) {
+    let out = Command::new("redis-cli")
+        .args(cli_args)
+        .args(["--cluster", "create"])
+        .args(addrs)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A redis-server process owned by a test.
 pub struct RedisServer {
     pub port: u16,
