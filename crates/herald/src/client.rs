@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::redis::{RedisBroker, RedisOptions};
-use crate::broker::{Broker, EmbeddedBroker};
+use crate::broker::{Broker, EmbeddedBroker, Placed};
 use crate::clock;
 use crate::cursor::CursorPosition;
 use crate::error::{Error, Result};
@@ -256,10 +256,6 @@ impl Herald {
         &self.inner.broker
     }
 
-    pub(crate) fn poll_interval(&self) -> Duration {
-        self.inner.poll_interval
-    }
-
     /// A fresh idempotency key, unique to this handle.
     fn next_key(&self) -> String {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
@@ -277,7 +273,7 @@ impl Herald {
         let message = message.into();
         let key = self.resolve_key(&message)?;
         let own_key = message.key.is_some();
-        let (epoch, (offset, duplicate)) = self
+        let (epoch, Placed { offset, duplicate }) = self
             .inner
             .coalescer
             .publish(&self.inner.broker, &self.inner.node, topic, key, message)
@@ -337,7 +333,7 @@ impl Herald {
         Ok(placed
             .into_iter()
             .zip(&messages)
-            .map(|((offset, duplicate), m)| Receipt {
+            .map(|(Placed { offset, duplicate }, m)| Receipt {
                 topic: topic.to_string(),
                 epoch,
                 offset,
@@ -353,7 +349,8 @@ impl Herald {
         S: Into<String>,
     {
         SubscribeBuilder::new(
-            self.clone(),
+            self.inner.broker.clone(),
+            self.inner.poll_interval,
             topics.into_iter().map(Into::into).collect(),
             self.inner.buffer,
         )

@@ -39,6 +39,17 @@
 //! - [`ack`]: waiting until members acknowledge a message (through their cursors), and lag.
 //! - [`broker`]: where topics live: Redis, or the in-process [`EmbeddedBroker`].
 //! - `envelope`: the wire encoding of messages (documented in `docs/PROTOCOL.md`).
+//! - `retry`: the one backoff and retry-while-transient mechanism used throughout.
+//!
+//! ## Features
+//! - `cluster` (default): Redis Cluster (`redis+cluster://`).
+//! - `sentinel` (default): Redis Sentinel (`redis+sentinel://`).
+//! - `tls` (default): TLS (`rediss://`, `rediss+sentinel://`, `rediss+cluster://`) with
+//!   rustls. Herald uses the process-level rustls `CryptoProvider` the application installed;
+//!   when there is none at the first TLS connection, it installs ring's (redis-rs builds
+//!   each connection's TLS configuration from the process-level provider).
+//!
+//! A URL that needs a feature left out is refused with [`Error::InvalidUrl`] naming it.
 
 #![warn(missing_docs)]
 
@@ -53,6 +64,7 @@ pub mod inspect;
 pub mod membership;
 pub mod message;
 mod publish;
+mod retry;
 pub mod subscription;
 pub mod topic;
 

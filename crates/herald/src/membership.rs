@@ -297,7 +297,7 @@ impl Herald {
     pub async fn member_groups(&self) -> Result<Vec<String>> {
         Ok(self
             .broker()
-            .member_topics()
+            .member_topics(MEMBERS_TOPIC_PREFIX)
             .await?
             .into_iter()
             .filter_map(|t| t.strip_prefix(MEMBERS_TOPIC_PREFIX).map(str::to_string))

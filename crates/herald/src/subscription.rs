@@ -25,11 +25,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, LiveEvent, LiveFeed, ReadResult, Slot};
-use crate::client::Herald;
 use crate::cursor::CursorPosition;
 use crate::envelope::Notification;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Delivery, Epoch};
+use crate::retry::Backoff;
 use crate::topic::{validate_cursor, validate_topic};
 
 /// Where a subscription starts reading each topic.
@@ -110,7 +110,8 @@ impl Event {
 /// Builds a subscription; `.await` it (or call [`SubscribeBuilder::start`]) to start.
 #[must_use = "a subscription starts only when awaited"]
 pub struct SubscribeBuilder {
-    herald: Herald,
+    broker: Broker,
+    poll_interval: Duration,
     topics: Vec<String>,
     start: Start,
     durable: Option<String>,
@@ -118,9 +119,15 @@ pub struct SubscribeBuilder {
 }
 
 impl SubscribeBuilder {
-    pub(crate) fn new(herald: Herald, topics: Vec<String>, buffer: usize) -> Self {
+    pub(crate) fn new(
+        broker: Broker,
+        poll_interval: Duration,
+        topics: Vec<String>,
+        buffer: usize,
+    ) -> Self {
         SubscribeBuilder {
-            herald,
+            broker,
+            poll_interval,
             topics,
             start: Start::Latest,
             durable: None,
@@ -170,7 +177,7 @@ impl SubscribeBuilder {
         if let Some(name) = &self.durable {
             validate_cursor(name)?;
         }
-        let broker = self.herald.broker().clone();
+        let broker = self.broker;
         // Subscribe to notifications first, so that nothing published from now on is missed.
         let feed = broker.live(&topics).await?;
         let mut states = Vec::with_capacity(topics.len());
@@ -210,11 +217,12 @@ impl SubscribeBuilder {
             });
         }
         let (tx, rx) = mpsc::channel(self.buffer);
+        let engine_broker = broker.clone();
         let engine = Engine {
             broker,
             topics: states,
             tx,
-            poll_interval: self.herald.poll_interval(),
+            poll_interval: self.poll_interval,
             chunk: 1024,
             last_error: None,
             first_to_catch_up: 0,
@@ -223,7 +231,7 @@ impl SubscribeBuilder {
         Ok(Subscription {
             rx,
             durable: self.durable,
-            herald: self.herald,
+            broker: engine_broker,
             task,
         })
     }
@@ -246,7 +254,8 @@ impl IntoFuture for SubscribeBuilder {
 pub struct Subscription {
     rx: mpsc::Receiver<Result<Event>>,
     durable: Option<String>,
-    herald: Herald,
+    /// Where the durable cursor is committed.
+    broker: Broker,
     task: JoinHandle<()>,
 }
 
@@ -279,8 +288,7 @@ impl Subscription {
     /// Commits the durable cursor of `topic` at (`epoch`, `offset`).
     pub async fn commit_offset(&self, topic: &str, epoch: Epoch, offset: u64) -> Result<()> {
         let name = self.durable.as_deref().ok_or(Error::NotDurable)?;
-        self.herald
-            .broker()
+        self.broker
             .commit(topic, name, CursorPosition::new(epoch, offset))
             .await
     }
@@ -353,6 +361,10 @@ struct Engine {
     first_to_catch_up: usize,
 }
 
+/// How the engine paces its retries after a failure (opening the live feed, reading history):
+/// it retries for as long as the consumer listens, so there is no deadline.
+const FAILURE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+
 /// Whether an event could be handed to the consumer.
 enum Sent {
     Yes,
@@ -365,7 +377,7 @@ impl Engine {
         let names: Vec<String> = self.topics.iter().map(|t| t.name.clone()).collect();
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FAILURE_BACKOFF;
         loop {
             if self.tx.is_closed() {
                 return;
@@ -376,14 +388,14 @@ impl Engine {
                         tracing::info!(topics = ?names, "live feed re-established; catching up from history");
                         feed = Some(f);
                         self.topics.iter_mut().for_each(|t| t.behind = true);
-                        backoff = Duration::from_millis(50);
+                        backoff.reset();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the live feed");
-                        if !self.pause(backoff).await {
+                        let pause = backoff.next_pause();
+                        tracing::warn!(error = %e, retry_in = ?pause, "cannot open the live feed");
+                        if !self.pause(pause).await {
                             return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
                 continue;
@@ -398,12 +410,11 @@ impl Engine {
                     if let Err(e) = self.catch_up(i).await {
                         self.report(e);
                         self.first_to_catch_up = (i + 1) % n;
-                        if !self.pause(backoff).await {
+                        if !self.pause(backoff.next_pause()).await {
                             return;
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                     } else {
-                        backoff = Duration::from_millis(50);
+                        backoff.reset();
                     }
                     // Drain what the live feed already holds, so it never piles up while catching up.
                     let mut lost = false;

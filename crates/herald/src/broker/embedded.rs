@@ -140,7 +140,10 @@ impl EmbeddedBroker {
         let mut fresh = Vec::new();
         for (key, message) in messages {
             if let Some((offset, _)) = log.dedup.get(key) {
-                placed.push((*offset, true));
+                placed.push(Placed {
+                    offset: *offset,
+                    duplicate: true,
+                });
                 continue;
             }
             log.last += 1;
@@ -157,7 +160,7 @@ impl EmbeddedBroker {
             let expiry = now + window;
             log.dedup.insert(key.clone(), (log.last, expiry));
             log.dedup_expiry.push_back((expiry, key.clone()));
-            placed.push((log.last, false));
+            placed.push(Placed::new(log.last));
         }
         while log.log.len() as u64 > settings.max_len {
             log.log.pop_front();

@@ -109,11 +109,12 @@ impl Broker {
         }
     }
 
-    /// The event topics of every group that has member records (expired ones included).
-    pub(crate) async fn member_topics(&self) -> Result<Vec<String>> {
+    /// The topics starting with `prefix` that have member records (expired ones included):
+    /// the event topics of groups, whose naming belongs to the layer above.
+    pub(crate) async fn member_topics(&self, prefix: &str) -> Result<Vec<String>> {
         match self {
-            Broker::Redis(b) => b.member_topics().await,
-            Broker::Embedded(b) => Ok(b.member_topics()),
+            Broker::Redis(b) => b.member_topics(prefix).await,
+            Broker::Embedded(b) => Ok(b.member_topics(prefix)),
         }
     }
 

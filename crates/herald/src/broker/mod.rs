@@ -69,8 +69,25 @@ pub(crate) enum LiveEvent {
     Lost,
 }
 
-/// The outcome of one message of a publish: its offset and whether it was a duplicate.
-pub(crate) type Placed = (u64, bool);
+/// The outcome of one message of a publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// The offset the message has in the topic's log.
+    pub(crate) offset: u64,
+    /// True when its idempotency key was already published within the dedup window: nothing
+    /// was appended, and `offset` is that of the earlier publish.
+    pub(crate) duplicate: bool,
+}
+
+impl Placed {
+    /// A message appended at `offset` (not a duplicate).
+    pub(crate) const fn new(offset: u64) -> Self {
+        Placed {
+            offset,
+            duplicate: false,
+        }
+    }
+}
 
 /// A broker: Redis or embedded.
 #[derive(Clone)]

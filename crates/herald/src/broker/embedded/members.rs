@@ -83,11 +83,11 @@ impl EmbeddedBroker {
         }
     }
 
-    pub(crate) fn member_topics(&self) -> Vec<String> {
+    pub(crate) fn member_topics(&self, prefix: &str) -> Vec<String> {
         let mut out: Vec<String> = self
             .topics()
             .iter()
-            .filter(|(_, log)| !log.members.is_empty())
+            .filter(|(t, log)| t.starts_with(prefix) && !log.members.is_empty())
             .map(|(t, _)| t.clone())
             .collect();
         out.sort();

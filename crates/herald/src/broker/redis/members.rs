@@ -5,9 +5,9 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
-use super::{as_bytes, as_u64, RedisBroker};
+use super::read::{as_bytes, as_u64};
+use super::RedisBroker;
 use crate::broker::members::{JoinStatus, MemberList, MemberRecord};
-use crate::cursor::CursorPosition;
 use crate::error::{Error, Result};
 
 /// The membership procedure, installed in Redis with SCRIPT LOAD / EVALSHA.
@@ -130,13 +130,11 @@ impl RedisBroker {
         })
     }
 
-    /// Scans the namespace for members hashes (with Redis Cluster, on every primary).
-    pub(crate) async fn member_topics(&self) -> Result<Vec<String>> {
-        let ns_prefix = format!("{}:{{", self.inner.keys.ns);
-        let pattern = format!(
-            "{ns_prefix}{}*}}:members",
-            crate::membership::MEMBERS_TOPIC_PREFIX
-        );
+    /// Scans the namespace for the members hashes of topics that start with `prefix` (with
+    /// Redis Cluster, on every primary).
+    pub(crate) async fn member_topics(&self, prefix: &str) -> Result<Vec<String>> {
+        let ns_prefix = format!("{}:{{", self.inner.keys.ns());
+        let pattern = format!("{ns_prefix}{}*}}:members", glob_escape(prefix));
         let keys = self
             .retry("list groups", "", |mut conn| {
                 let pattern = pattern.clone();
@@ -146,30 +144,23 @@ impl RedisBroker {
         let found: std::collections::BTreeSet<String> = keys
             .iter()
             .filter_map(|key| key.strip_prefix(&ns_prefix)?.strip_suffix("}:members"))
+            .filter(|topic| topic.starts_with(prefix))
             .map(str::to_string)
             .collect();
         Ok(found.into_iter().collect())
     }
+}
 
-    pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorPosition)>> {
-        let key = self.inner.keys.cursors(topic);
-        let raw: Vec<(String, String)> = self
-            .retry("read cursors", topic, |mut conn| {
-                let key = key.clone();
-                Box::pin(async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await })
-            })
-            .await?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(name, raw)| match CursorPosition::decode(&raw) {
-                Some(p) => Some((name, p)),
-                None => {
-                    tracing::warn!(topic, cursor = %name, value = %raw, "skipping a cursor Herald did not write");
-                    None
-                }
-            })
-            .collect())
+/// `text` with the characters that SCAN's MATCH treats specially escaped.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
     }
+    out
 }
 
 fn corrupt(topic: &str, detail: String) -> Error {
@@ -205,4 +196,15 @@ fn pairs(topic: &str, items: &[Value]) -> Vec<(String, MemberRecord)> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_matched_literally() {
+        assert_eq!(glob_escape("__members/"), "__members/");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
 }

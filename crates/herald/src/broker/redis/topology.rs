@@ -1,6 +1,6 @@
 //! Where Herald's Redis is: one server (`redis://`), a primary found through Redis Sentinel
-//! (`redis+sentinel://`), or a Redis Cluster (`redis+cluster://`); and the command connection
-//! each of them uses.
+//! (`redis+sentinel://`), or a Redis Cluster (`redis+cluster://`); the command connection
+//! each of them uses; and the URL forms that name them.
 //!
 //! URL forms (credentials, when given, are those of the Redis data nodes):
 //!
@@ -12,84 +12,118 @@
 //!
 //! `rediss+sentinel://` and `rediss+cluster://` are the same over TLS (sentinels and nodes
 //! alike), trusting the roots of `tls_ca` (or the system's).
-
-use std::time::Duration;
+//!
+//! Sentinel, Cluster and TLS are the crate features `sentinel`, `cluster` and `tls` (all on
+//! by default); a URL that needs a feature left out is refused, naming the feature.
 
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{
-    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-};
-use redis::{Cmd, ErrorKind as RedisKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+#[cfg(feature = "sentinel")]
+pub(crate) use sentinel::SentinelTarget;
 
 /// Where the data lives.
 pub(crate) enum Target {
     /// One server (or a proxy in front of it).
     Single(redis::Client),
     /// A primary found through Sentinel.
+    #[cfg(feature = "sentinel")]
     Sentinel(SentinelTarget),
     /// A Redis Cluster.
+    #[cfg(feature = "cluster")]
     Cluster(ClusterTarget),
 }
 
-/// The Sentinel form of the URL.
-pub(crate) struct SentinelTarget {
-    /// `redis://host:port` of each sentinel.
-    sentinels: Vec<String>,
-    /// The name of the primary's group, as the sentinels know it.
-    pub(crate) master: String,
-    /// `user:password@` or "".
-    userinfo: String,
-    /// `/db` or "".
-    db: String,
-    /// `rediss+sentinel://`: sentinels and data nodes over TLS, trusting these PEM roots
-    /// (the system's when `None`).
-    tls: Option<Option<Vec<u8>>>,
-}
+/// The URL schemes of one server that the Redis client understands.
+const SINGLE_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis+unix",
+    "unix",
+    "valkey",
+    "valkeys",
+    "valkey+unix",
+];
 
-/// The Cluster form of the URL.
-pub(crate) struct ClusterTarget {
-    /// `redis://[userinfo@]host:port` (`rediss://` with TLS) of each seed node.
-    pub(crate) nodes: Vec<String>,
-    /// With TLS: a PEM root certificate to trust instead of the system's.
-    tls_ca: Option<Vec<u8>>,
-}
-
-impl ClusterTarget {
-    /// A cluster client builder for the seed nodes, with the TLS roots to trust.
-    pub(crate) fn builder(&self) -> redis::cluster::ClusterClientBuilder {
-        let builder = redis::cluster::ClusterClientBuilder::new(self.nodes.clone());
-        match &self.tls_ca {
-            Some(ca) => builder.certs(redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.clone()),
-            }),
-            None => builder,
+/// Masks the password of a URL for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
         }
+        _ => url.to_string(),
     }
+}
 
-    /// A client for the first seed node.
-    pub(crate) fn first_node(&self) -> RedisResult<redis::Client> {
-        let url = self.nodes.first().map(String::as_str).unwrap_or_default();
-        client(url, self.tls_ca.as_deref())
+/// Parses a Herald Redis URL; `tls_ca` is a PEM root certificate to trust for `rediss://`
+/// instead of the system's. Errors are reasons for `Error::InvalidUrl`.
+#[cfg_attr(
+    not(any(feature = "sentinel", feature = "cluster")),
+    allow(unused_variables)
+)]
+pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return redis::Client::open(url)
+            .map(Target::Single)
+            .map_err(|e| e.to_string());
+    };
+    let tls = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
+    if tls && !cfg!(feature = "tls") {
+        return Err(needs_feature(scheme, "tls"));
     }
+    match scheme {
+        "redis+sentinel" | "valkey+sentinel" | "rediss+sentinel" | "valkeys+sentinel" => {
+            #[cfg(feature = "sentinel")]
+            return SentinelTarget::parse(rest, tls, tls_ca).map(Target::Sentinel);
+            #[cfg(not(feature = "sentinel"))]
+            return Err(needs_feature(scheme, "sentinel"));
+        }
+        "redis+cluster" | "valkey+cluster" | "rediss+cluster" | "valkeys+cluster" => {
+            #[cfg(feature = "cluster")]
+            return ClusterTarget::parse(rest, tls, tls_ca).map(Target::Cluster);
+            #[cfg(not(feature = "cluster"))]
+            return Err(needs_feature(scheme, "cluster"));
+        }
+        s if SINGLE_SCHEMES.contains(&s) => client(url, tls_ca)
+            .map(Target::Single)
+            .map_err(|e| e.to_string()),
+        s => Err(format!("unsupported scheme {s:?}")),
+    }
+}
+
+/// The reason for refusing a URL whose scheme needs a crate feature that was left out.
+fn needs_feature(scheme: &str, feature: &str) -> String {
+    format!(
+        "{scheme}:// needs the herald crate's `{feature}` feature, which this build leaves out; \
+         enable it in Cargo.toml (features = [\"{feature}\"])"
+    )
 }
 
 /// A client for `url`, trusting `tls_ca` (PEM) for `rediss://` when given.
 fn client(url: &str, tls_ca: Option<&[u8]>) -> RedisResult<redis::Client> {
-    match tls_ca {
-        Some(ca) if url.starts_with("rediss://") || url.starts_with("valkeys://") => {
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.to_vec()),
-            };
-            redis::Client::build_with_tls(url, certs)
+    #[cfg(feature = "tls")]
+    if url.starts_with("rediss://") || url.starts_with("valkeys://") {
+        super::tls::ensure_crypto_provider();
+        if let Some(ca) = tls_ca {
+            return redis::Client::build_with_tls(url, super::tls::certificates(ca));
         }
-        _ => redis::Client::open(url),
     }
+    #[cfg(not(feature = "tls"))]
+    let _ = tls_ca; // only TLS URLs use it, and they are refused without the feature
+    redis::Client::open(url)
 }
 
 /// Splits `[userinfo@]hosts[/path]` after the scheme.
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
 fn split_rest(rest: &str) -> (&str, &str, &str) {
     let (userinfo, rest) = match rest.rfind('@') {
         Some(at) => (&rest[..=at], &rest[at + 1..]),
@@ -103,6 +137,7 @@ fn split_rest(rest: &str) -> (&str, &str, &str) {
 }
 
 /// `host[:port]` items of a comma-separated list, with a default port.
+#[cfg(any(feature = "sentinel", feature = "cluster"))]
 fn host_list(hosts: &str, default_port: u16) -> Result<Vec<(String, u16)>, String> {
     let mut out = Vec::new();
     for item in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
@@ -125,18 +160,88 @@ fn host_list(hosts: &str, default_port: u16) -> Result<Vec<(String, u16)>, Strin
     Ok(out)
 }
 
-/// Parses a Herald Redis URL; `tls_ca` is a PEM root certificate to trust for `rediss://`
-/// instead of the system's. Errors are reasons for `Error::InvalidUrl`.
-pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return redis::Client::open(url)
-            .map(Target::Single)
-            .map_err(|e| e.to_string());
-    };
-    match scheme {
-        "redis+sentinel" | "valkey+sentinel" | "rediss+sentinel" | "valkeys+sentinel" => {
-            let tls = (scheme.starts_with("rediss") || scheme.starts_with("valkeys"))
-                .then(|| tls_ca.map(<[u8]>::to_vec));
+/// The Cluster form of the URL.
+#[cfg(feature = "cluster")]
+pub(crate) struct ClusterTarget {
+    /// `redis://[userinfo@]host:port` (`rediss://` with TLS) of each seed node.
+    pub(crate) nodes: Vec<String>,
+    /// With TLS: a PEM root certificate to trust instead of the system's.
+    tls_ca: Option<Vec<u8>>,
+}
+
+#[cfg(feature = "cluster")]
+impl ClusterTarget {
+    /// Parses what follows `redis+cluster://`.
+    fn parse(rest: &str, tls: bool, tls_ca: Option<&[u8]>) -> Result<Self, String> {
+        let (userinfo, hosts, path) = split_rest(rest);
+        if !path.is_empty() {
+            return Err("a cluster has no database number: remove the path".into());
+        }
+        let node_scheme = if tls { "rediss" } else { "redis" };
+        let nodes = host_list(hosts, 6379)?
+            .into_iter()
+            .map(|(h, p)| format!("{node_scheme}://{userinfo}{h}:{p}"))
+            .collect();
+        #[cfg(feature = "tls")]
+        if tls {
+            super::tls::ensure_crypto_provider();
+        }
+        Ok(ClusterTarget {
+            nodes,
+            tls_ca: if tls {
+                tls_ca.map(<[u8]>::to_vec)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// A cluster client builder for the seed nodes, with the TLS roots to trust.
+    pub(crate) fn builder(&self) -> redis::cluster::ClusterClientBuilder {
+        let builder = redis::cluster::ClusterClientBuilder::new(self.nodes.clone());
+        #[cfg(feature = "tls")]
+        if let Some(ca) = &self.tls_ca {
+            return builder.certs(super::tls::certificates(ca));
+        }
+        builder
+    }
+
+    /// A client for the first seed node.
+    pub(crate) fn first_node(&self) -> RedisResult<redis::Client> {
+        let url = self.nodes.first().map(String::as_str).unwrap_or_default();
+        client(url, self.tls_ca.as_deref())
+    }
+}
+
+#[cfg(feature = "sentinel")]
+mod sentinel {
+    //! The Sentinel form of the URL, and asking the sentinels for the primary.
+
+    use std::time::Duration;
+
+    use redis::{ErrorKind as RedisKind, RedisError, RedisResult};
+
+    use super::{client, host_list, split_rest};
+
+    /// The Sentinel form of the URL.
+    pub(crate) struct SentinelTarget {
+        /// `redis://host:port` of each sentinel.
+        pub(super) sentinels: Vec<String>,
+        /// The name of the primary's group, as the sentinels know it.
+        pub(crate) master: String,
+        /// `user:password@` or "".
+        userinfo: String,
+        /// `/db` or "".
+        db: String,
+        /// `rediss+sentinel://`: sentinels and data nodes over TLS, trusting these PEM roots
+        /// (the system's when `None`).
+        tls: Option<Option<Vec<u8>>>,
+    }
+
+    impl SentinelTarget {
+        /// Parses what follows `redis+sentinel://`.
+        pub(super) fn parse(rest: &str, tls: bool, tls_ca: Option<&[u8]>) -> Result<Self, String> {
+            let tls = tls.then(|| tls_ca.map(<[u8]>::to_vec));
             let sentinel_scheme = if tls.is_some() { "rediss" } else { "redis" };
             let (userinfo, hosts, path) = split_rest(rest);
             let sentinels = host_list(hosts, 26379)?
@@ -159,112 +264,79 @@ pub(crate) fn parse(url: &str, tls_ca: Option<&[u8]>) -> Result<Target, String> 
             if parts.next().is_some() {
                 return Err("unexpected path after /<name>/<db>".into());
             }
-            Ok(Target::Sentinel(SentinelTarget {
+            Ok(SentinelTarget {
                 sentinels,
                 master,
                 userinfo: userinfo.to_string(),
                 db,
                 tls,
-            }))
+            })
         }
-        "redis+cluster" | "valkey+cluster" | "rediss+cluster" | "valkeys+cluster" => {
-            let (userinfo, hosts, path) = split_rest(rest);
-            if !path.is_empty() {
-                return Err("a cluster has no database number: remove the path".into());
-            }
-            let tls = scheme.starts_with("rediss") || scheme.starts_with("valkeys");
-            let node_scheme = if tls { "rediss" } else { "redis" };
-            let nodes = host_list(hosts, 6379)?
-                .into_iter()
-                .map(|(h, p)| format!("{node_scheme}://{userinfo}{h}:{p}"))
-                .collect();
-            Ok(Target::Cluster(ClusterTarget {
-                nodes,
-                tls_ca: if tls {
-                    tls_ca.map(<[u8]>::to_vec)
-                } else {
-                    None
-                },
-            }))
-        }
-        "rediss" | "valkeys" => client(url, tls_ca)
-            .map(Target::Single)
-            .map_err(|e| e.to_string()),
-        _ => {
-            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-            Ok(Target::Single(client))
-        }
-    }
-}
 
-fn io_error(detail: String) -> RedisError {
-    RedisError::from((RedisKind::Io, "sentinel", detail))
-}
-
-impl SentinelTarget {
-    /// The URL of a data node at `host:port`.
-    pub(crate) fn data_url(&self, host: &str, port: u16) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        format!("{scheme}://{}{host}:{port}{}", self.userinfo, self.db)
-    }
-
-    /// A client for the data node at `host:port`.
-    pub(crate) fn data_client(&self, host: &str, port: u16) -> RedisResult<redis::Client> {
-        client(&self.data_url(host, port), self.ca())
-    }
-
-    fn ca(&self) -> Option<&[u8]> {
-        self.tls.as_ref().and_then(Option::as_deref)
-    }
-
-    /// Asks the sentinels, in order, for the current primary's address. An unreachable
-    /// sentinel is skipped; the error is transient (I/O) unless a sentinel answered that it
-    /// does not know the name.
-    pub(crate) async fn primary(&self, timeout: Duration) -> RedisResult<(String, u16)> {
-        let mut reasons = Vec::new();
-        let mut unknown = 0;
-        for sentinel in &self.sentinels {
-            let ask = async {
-                let client = client(sentinel, self.ca())?;
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout));
-                let mut conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(&self.master)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
+        /// The URL of a data node at `host:port`.
+        pub(crate) fn data_url(&self, host: &str, port: u16) -> String {
+            let scheme = if self.tls.is_some() {
+                "rediss"
+            } else {
+                "redis"
             };
-            match tokio::time::timeout(timeout, ask).await {
-                Ok(Ok(Some(addr))) => return Ok(addr),
-                Ok(Ok(None)) => {
-                    unknown += 1;
-                    reasons.push(format!("{sentinel}: unknown primary name"));
-                }
-                Ok(Err(e)) => reasons.push(format!("{sentinel}: {e}")),
-                Err(_) => reasons.push(format!("{sentinel}: timed out")),
-            }
+            format!("{scheme}://{}{host}:{port}{}", self.userinfo, self.db)
         }
-        let detail = format!(
-            "no sentinel gave the address of {:?} ({})",
-            self.master,
-            reasons.join("; ")
-        );
-        if unknown > 0 && unknown == self.sentinels.len() {
-            Err(RedisError::from((
-                RedisKind::MasterNameNotFoundBySentinel,
-                "sentinel",
-                detail,
-            )))
-        } else {
-            Err(io_error(detail))
+
+        /// A client for the data node at `host:port`.
+        pub(crate) fn data_client(&self, host: &str, port: u16) -> RedisResult<redis::Client> {
+            client(&self.data_url(host, port), self.ca())
+        }
+
+        fn ca(&self) -> Option<&[u8]> {
+            self.tls.as_ref().and_then(Option::as_deref)
+        }
+
+        /// Asks the sentinels, in order, for the current primary's address. An unreachable
+        /// sentinel is skipped; the error is transient (I/O) unless a sentinel answered that it
+        /// does not know the name.
+        pub(crate) async fn primary(&self, timeout: Duration) -> RedisResult<(String, u16)> {
+            let mut reasons = Vec::new();
+            let mut unknown = 0;
+            for sentinel in &self.sentinels {
+                let ask = async {
+                    let client = client(sentinel, self.ca())?;
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeout))
+                        .set_response_timeout(Some(timeout));
+                    let mut conn = client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?;
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(&self.master)
+                        .query_async::<Option<(String, u16)>>(&mut conn)
+                        .await
+                };
+                match tokio::time::timeout(timeout, ask).await {
+                    Ok(Ok(Some(addr))) => return Ok(addr),
+                    Ok(Ok(None)) => {
+                        unknown += 1;
+                        reasons.push(format!("{sentinel}: unknown primary name"));
+                    }
+                    Ok(Err(e)) => reasons.push(format!("{sentinel}: {e}")),
+                    Err(_) => reasons.push(format!("{sentinel}: timed out")),
+                }
+            }
+            let detail = format!(
+                "no sentinel gave the address of {:?} ({})",
+                self.master,
+                reasons.join("; ")
+            );
+            if unknown > 0 && unknown == self.sentinels.len() {
+                Err(RedisError::from((
+                    RedisKind::MasterNameNotFoundBySentinel,
+                    "sentinel",
+                    detail,
+                )))
+            } else {
+                Err(RedisError::from((RedisKind::Io, "sentinel", detail)))
+            }
         }
     }
 }
@@ -274,13 +346,15 @@ impl SentinelTarget {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Conn {
     /// `WAIT replicas timeout_ms` on the primary that holds `key`: how many replicas have
     /// every write made on that primary so far (Redis 7 counts the server's replication
     /// offset, so it does not matter which connection wrote).
+    #[cfg_attr(not(feature = "cluster"), allow(unused_variables))]
     pub(crate) async fn wait(
         &mut self,
         replicas: usize,
@@ -291,7 +365,9 @@ impl Conn {
         cmd.arg(replicas).arg(timeout_ms);
         match self {
             Conn::Single(c) => cmd.query_async(c).await,
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = Route::with_key(key, SlotAddr::Master);
                 let v = c
                     .route_command(
@@ -331,7 +407,12 @@ impl Conn {
                     cursor = next;
                 }
             }
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => {
+                use redis::cluster_routing::{
+                    MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo,
+                };
+                use redis::{ErrorKind as RedisKind, RedisError};
                 // The first page of every primary names the primaries; then each is followed
                 // by address until its cursor comes back to 0.
                 let first = c
@@ -377,6 +458,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -389,6 +471,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -396,6 +479,7 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
+            #[cfg(feature = "cluster")]
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -406,20 +490,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
+    fn redaction() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h"), "redis://:***@h");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn single_urls() {
+        assert!(matches!(
+            parse("redis://a:1/0", None),
+            Ok(Target::Single(_))
+        ));
+        assert!(parse("http://a", None).is_err_and(|e| e.contains("unsupported scheme")));
+    }
+
+    #[cfg(feature = "sentinel")]
+    #[test]
+    fn sentinel_urls() {
         let Ok(Target::Sentinel(s)) = parse("redis+sentinel://u:p@a:1,b/mymaster/2", None) else {
             panic!("sentinel form");
         };
         assert_eq!(s.sentinels, vec!["redis://a:1", "redis://b:26379"]);
         assert_eq!(s.master, "mymaster");
         assert_eq!(s.data_url("h", 7), "redis://u:p@h:7/2");
+        assert!(parse("redis+sentinel://a:1", None).is_err());
+        assert!(parse("redis+sentinel://a:x/m", None).is_err());
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_urls() {
         let Ok(Target::Cluster(c)) = parse("redis+cluster://h1:7000,h2:7001", None) else {
             panic!("cluster form");
         };
         assert_eq!(c.nodes, vec!["redis://h1:7000", "redis://h2:7001"]);
-        assert!(parse("redis+sentinel://a:1", None).is_err());
-        assert!(parse("redis+sentinel://a:x/m", None).is_err());
         assert!(parse("redis+cluster://a:1/0", None).is_err());
+    }
+
+    #[cfg(all(feature = "tls", feature = "sentinel", feature = "cluster"))]
+    #[test]
+    fn tls_urls() {
         let Ok(Target::Sentinel(s)) = parse("rediss+sentinel://s1,s2:1/m", None) else {
             panic!("TLS sentinel form");
         };
@@ -433,10 +544,22 @@ mod tests {
             vec!["rediss://u:p@h1:7000", "rediss://u:p@h2:6379"]
         );
         assert_eq!(c.tls_ca.as_deref(), Some(&b"ca"[..]));
-        assert!(matches!(
-            parse("redis://a:1/0", None),
-            Ok(Target::Single(_))
-        ));
-        assert!(parse("http://a", None).is_err());
+    }
+
+    /// A URL that needs a feature this build leaves out is refused, naming the feature.
+    #[test]
+    fn urls_name_missing_features() {
+        let refused = |url: &str, feature: &str| {
+            parse(url, None).is_err_and(|e| e.contains(&format!("`{feature}` feature")))
+        };
+        assert_eq!(refused("rediss://h:1", "tls"), !cfg!(feature = "tls"));
+        assert_eq!(
+            refused("redis+sentinel://s/m", "sentinel"),
+            !cfg!(feature = "sentinel")
+        );
+        assert_eq!(
+            refused("redis+cluster://h:1", "cluster"),
+            !cfg!(feature = "cluster")
+        );
     }
 }
