@@ -337,3 +337,89 @@ fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// A stream entry as XRANGE returns it, holding one message per key.
+    fn entry(first: u64, keys: &[&str]) -> Value {
+        let mut blob = Vec::new();
+        for k in keys {
+            envelope::put_piece(&mut blob, k, "", b"data");
+        }
+        Value::Array(vec![
+            bulk(&format!("{first}-0")),
+            Value::Array(vec![
+                bulk("n"),
+                bulk("node-1"),
+                bulk("t"),
+                bulk("1764070000000"),
+                bulk("m"),
+                Value::BulkString(blob),
+            ]),
+        ])
+    }
+
+    #[test]
+    fn read_reply_with_entries() {
+        let reply = vec![
+            Value::Array(vec![bulk("42"), bulk("5")]),
+            Value::Array(vec![entry(2, &["a"])]),
+            // The entry holding `from` = 3 starts before it.
+            Value::Array(vec![entry(2, &["a", "b"])]),
+            Value::Array(vec![entry(4, &["c", "d"]), bulk("not an entry")]),
+        ];
+        let Ok((r, avg)) = parse_read_reply("t", reply, 3, 8) else {
+            panic!("the reply parses");
+        };
+        assert_eq!(
+            (r.epoch, r.last, r.first, r.complete),
+            (Some(42), 5, 2, true)
+        );
+        let offsets: Vec<u64> = r.slots.iter().map(Slot::offset).collect();
+        assert_eq!(offsets, [3, 4, 5]);
+        // Three entries read (the foreign one included) held four messages.
+        assert_eq!(avg, Some(4.0 / 3.0));
+    }
+
+    #[test]
+    fn read_reply_of_a_topic_without_log() {
+        let reply = vec![
+            Value::Array(vec![Value::Nil, Value::Nil]),
+            Value::Array(vec![]),
+        ];
+        let Ok((r, avg)) = parse_read_reply("t", reply, 1, 0) else {
+            panic!("the reply parses");
+        };
+        assert_eq!((r.epoch, r.last, r.first), (None, 0, 0));
+        assert!(r.slots.is_empty() && avg.is_none());
+        let bad = vec![
+            Value::Array(vec![bulk("x"), Value::Nil]),
+            Value::Array(vec![]),
+        ];
+        assert!(matches!(
+            parse_read_reply("t", bad, 1, 0),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn entries_past_the_last_offset_or_not_herald_are_skipped() {
+        let mut out = Vec::new();
+        decode_entry("t", entry(9, &["a"]), 5, &mut out);
+        decode_entry(
+            "t",
+            Value::Array(vec![bulk("3-1"), Value::Array(vec![])]),
+            5,
+            &mut out,
+        );
+        decode_entry("t", entry(4, &["a", "b", "c"]), 5, &mut out);
+        let offsets: Vec<u64> = out.iter().map(Slot::offset).collect();
+        assert_eq!(offsets, [4, 5]);
+    }
+}
