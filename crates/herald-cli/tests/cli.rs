@@ -4,18 +4,14 @@
 //! nothing, for the usage and unreachable cases), and checks its JSON lines, its one-line
 //! errors and its exit statuses. Every wait is bounded.
 
-#[rustfmt::skip]
-#[path = "../../herald/tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use herald_testkit::{free_port, RedisServer};
 use serde_json::Value;
-use support::{free_port, RedisServer};
 
 /// The longest any one run of the binary may take.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -684,6 +680,7 @@ fn help_documents_exit_statuses() {
     assert!(publish.stdout.contains("Exit status"));
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_rounds_are_paired_and_summarised() {
     let server = RedisServer::start();
@@ -759,6 +756,7 @@ fn bench_rounds_are_paired_and_summarised() {
     }
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_rounds_out_of_range_is_a_usage_error() {
     for rounds in ["0", "21"] {
@@ -769,4 +767,12 @@ fn bench_rounds_out_of_range_is_a_usage_error() {
     }
     let help = run(&["bench", "--help"]);
     assert!(help.assert_ok().stdout.contains("--rounds"), "{help:#?}");
+}
+
+/// Without the `bench` feature the subcommand does not exist: a usage error.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_is_absent_without_the_feature() {
+    let r = run(&["bench", "--quick"]);
+    assert_eq!(r.code(), 2, "{r:#?}");
 }
