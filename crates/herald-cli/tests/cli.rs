@@ -492,6 +492,34 @@ fn gap_and_reset_events() {
     assert!(status.success(), "{status:?} {stderr}");
 }
 
+/// A topic whose keys hold another type is refused: `tail --timeout` ends with status 4 and
+/// names it (and not the healthy topic tailed with it), instead of looking like "no messages".
+#[test]
+fn tail_on_a_broken_topic_exits_4_and_names_it() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&["SET", "herald:{t}:meta", "not a hash"]);
+    let _: () = server.cmd(&["SET", "herald:{t}:log", "not a stream"]);
+    let r = run_on(&server, &["tail", "t", "--timeout", "1"]);
+    assert_eq!(r.code(), 4, "{r:#?}");
+    assert!(r.stdout.is_empty(), "{r:#?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("herald: "), "{r:#?}");
+    assert!(last.contains("topic \"t\""), "{r:#?}");
+    assert!(last.contains("wrong type"), "{r:#?}");
+
+    // With a healthy topic alongside: still 4, naming only the broken one.
+    let r = run_on(&server, &["tail", "t", "ok", "--timeout", "1"]);
+    assert_eq!(r.code(), 4, "{r:#?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("topic \"t\""), "{r:#?}");
+    assert!(!last.contains("topic \"ok\""), "{r:#?}");
+
+    // Healthy topics alone: nothing delivered within --timeout is a success.
+    let r = run_on(&server, &["tail", "ok", "--timeout", "1"]);
+    assert_eq!(r.code(), 0, "{r:#?}");
+    assert!(r.stderr.is_empty(), "{r:#?}");
+}
+
 #[test]
 fn tail_prints_live_and_stops_on_ctrl_c() {
     let server = RedisServer::start();
