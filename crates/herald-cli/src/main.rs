@@ -1,7 +1,7 @@
 //! # `herald`: the Herald command line
 //!
 //! Publishes to, follows, inspects and configures Herald topics in Redis, and runs a
-//! self-contained demo (SPEC §6):
+//! self-contained demo:
 //!
 //! ```text
 //! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--wait-all GROUP [--timeout SECS]]
@@ -24,7 +24,6 @@
 //! This file only parses the command line and dispatches to one module per command under
 //! [`commands`].
 
-mod bench;
 mod commands;
 mod exit;
 mod output;
@@ -79,8 +78,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark Herald against raw Redis Pub/Sub and Streams (starts its own redis-server
     /// unless --redis is given)
+    #[cfg(feature = "bench")]
     #[command(after_long_help = exit::HELP)]
-    Bench(bench::BenchArgs),
+    Bench(herald_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,7 +115,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Join(args) => join::run(global, args).await,
         Command::Lag(args) => lag::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
-        Command::Bench(args) => bench::run(args, global.redis.clone())
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => herald_bench::run(args, global.redis.clone())
             .await
             .map_err(|e| Failure::new(e.exit_status(), e.to_string())),
     }

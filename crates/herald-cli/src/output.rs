@@ -1,11 +1,14 @@
-//! The machine-readable output of `herald`: JSON, one object per line (SPEC §6).
+//! The machine-readable output of `herald`: JSON, one object per line.
 //!
 //! Each line format is a struct here, so that field names and order are fixed in one place:
 //! - [`ReceiptLine`]: what `herald publish` prints per message;
+//! - [`AcksLine`]: what `herald publish --wait-all` prints at the end;
 //! - [`MessageLine`], [`GapLine`], [`ResetLine`]: what `herald tail` prints per event;
-//! - [`SettingsLine`]: what `herald configure` prints.
+//! - [`SettingsLine`]: what `herald configure` prints;
+//! - [`MemberLine`], [`AckedLine`]: what `herald join` prints.
 //!
-//! `herald inspect` prints [`herald::TopicInfo`] as the library serialises it.
+//! `herald inspect`, `herald lag` and `herald members` print the library's own serde types
+//! ([`herald::TopicInfo`], [`herald::CursorLag`] and [`herald::Member`]) as it serialises them.
 //! [`JsonLines`] writes the lines and flushes them when asked, so that a script reading the
 //! output live sees every line as soon as it is complete.
 
@@ -14,7 +17,7 @@ use std::io::{self, Write};
 use base64::Engine as _;
 use serde::Serialize;
 
-use herald::{Delivery, Epoch, GapReason, Headers, Receipt, TopicSettings};
+use herald::{AckReport, Delivery, Epoch, GapReason, Headers, Member, Receipt, TopicSettings};
 
 /// One published message: `{"topic":..,"epoch":..,"offset":..,"duplicate":..}`.
 #[derive(Debug, Serialize)]
@@ -132,6 +135,40 @@ pub(crate) struct SettingsLine<'a> {
     /// The settings in force.
     #[serde(flatten)]
     pub(crate) settings: TopicSettings,
+}
+
+/// The `--wait-all` report: `{"event":"acks","topic":..,"epoch":..,"offset":..,"group":..,
+/// "complete":..,"acked":[..],"pending":[..],"expired":[..],"waited_ms":..}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct AcksLine<'a> {
+    /// Always `"acks"`.
+    pub(crate) event: &'static str,
+    /// The report, as the library serialises it.
+    #[serde(flatten)]
+    pub(crate) report: &'a AckReport,
+}
+
+/// `herald join` joined or left: `{"event":"joined"|"left","member":{..}}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct MemberLine<'a> {
+    /// `"joined"` or `"left"`.
+    pub(crate) event: &'static str,
+    /// The member, as the library serialises it.
+    pub(crate) member: &'a Member,
+}
+
+/// `herald join --ack` acknowledged a message:
+/// `{"event":"acked","topic":..,"epoch":..,"offset":..}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct AckedLine<'a> {
+    /// Always `"acked"`.
+    pub(crate) event: &'static str,
+    /// The topic.
+    pub(crate) topic: &'a str,
+    /// The epoch of the topic's log.
+    pub(crate) epoch: Epoch,
+    /// The acknowledged offset.
+    pub(crate) offset: u64,
 }
 
 /// A writer of JSON lines.

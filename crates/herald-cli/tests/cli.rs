@@ -4,18 +4,14 @@
 //! nothing, for the usage and unreachable cases), and checks its JSON lines, its one-line
 //! errors and its exit statuses. Every wait is bounded.
 
-#[rustfmt::skip]
-#[path = "../../herald/tests/support/mod.rs"]
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use herald_testkit::{free_port, RedisServer};
 use serde_json::Value;
-use support::{free_port, RedisServer};
 
 /// The longest any one run of the binary may take.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -496,6 +492,34 @@ fn gap_and_reset_events() {
     assert!(status.success(), "{status:?} {stderr}");
 }
 
+/// A topic whose keys hold another type is refused: `tail --timeout` ends with status 4 and
+/// names it (and not the healthy topic tailed with it), instead of looking like "no messages".
+#[test]
+fn tail_on_a_broken_topic_exits_4_and_names_it() {
+    let server = RedisServer::start();
+    let _: () = server.cmd(&["SET", "herald:{t}:meta", "not a hash"]);
+    let _: () = server.cmd(&["SET", "herald:{t}:log", "not a stream"]);
+    let r = run_on(&server, &["tail", "t", "--timeout", "1"]);
+    assert_eq!(r.code(), 4, "{r:#?}");
+    assert!(r.stdout.is_empty(), "{r:#?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("herald: "), "{r:#?}");
+    assert!(last.contains("topic \"t\""), "{r:#?}");
+    assert!(last.contains("wrong type"), "{r:#?}");
+
+    // With a healthy topic alongside: still 4, naming only the broken one.
+    let r = run_on(&server, &["tail", "t", "ok", "--timeout", "1"]);
+    assert_eq!(r.code(), 4, "{r:#?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("topic \"t\""), "{r:#?}");
+    assert!(!last.contains("topic \"ok\""), "{r:#?}");
+
+    // Healthy topics alone: nothing delivered within --timeout is a success.
+    let r = run_on(&server, &["tail", "ok", "--timeout", "1"]);
+    assert_eq!(r.code(), 0, "{r:#?}");
+    assert!(r.stderr.is_empty(), "{r:#?}");
+}
+
 #[test]
 fn tail_prints_live_and_stops_on_ctrl_c() {
     let server = RedisServer::start();
@@ -684,6 +708,7 @@ fn help_documents_exit_statuses() {
     assert!(publish.stdout.contains("Exit status"));
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_rounds_are_paired_and_summarised() {
     let server = RedisServer::start();
@@ -759,6 +784,7 @@ fn bench_rounds_are_paired_and_summarised() {
     }
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_rounds_out_of_range_is_a_usage_error() {
     for rounds in ["0", "21"] {
@@ -769,4 +795,12 @@ fn bench_rounds_out_of_range_is_a_usage_error() {
     }
     let help = run(&["bench", "--help"]);
     assert!(help.assert_ok().stdout.contains("--rounds"), "{help:#?}");
+}
+
+/// Without the `bench` feature the subcommand does not exist: a usage error.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_is_absent_without_the_feature() {
+    let r = run(&["bench", "--quick"]);
+    assert_eq!(r.code(), 2, "{r:#?}");
 }

@@ -9,11 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-#[path = "../../herald/tests/support/mod.rs"]
-#[rustfmt::skip]
-mod support;
-
-use support::RedisServer as Redis;
+use herald_testkit::RedisServer as Redis;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -5,7 +5,7 @@
 //!
 //! One `redis-server` on a free 127.0.0.1 port; every wait is bounded.
 
-mod support;
+use herald_testkit as support;
 
 use std::time::Duration;
 

@@ -11,14 +11,14 @@
 //! by `redis-cli --cluster create`), on 127.0.0.1, one cluster for this whole file; every wait
 //! is bounded.
 
-mod support;
+use herald_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald::{Event, Herald, Message, Start};
-use support::{cluster_port, create_cluster, RedisServer, EVENT_WAIT};
+use support::{cluster_port, create_cluster, wait_until, RedisServer, EVENT_WAIT};
 
 struct Cluster {
     nodes: Vec<RedisServer>,
@@ -202,17 +202,6 @@ fn slot_of(topic: &str) -> u16 {
         }
     }
     crc % 16384
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn node(url: &str, id: &str) -> Herald {

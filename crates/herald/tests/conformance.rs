@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[macro_use]
-mod support;
+use herald_testkit as support;
+use support::on_both_backends;
 
 use std::collections::HashSet;
 use std::time::Duration;

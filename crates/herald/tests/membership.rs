@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[macro_use]
-mod support;
+use herald_testkit as support;
+use support::on_both_backends;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

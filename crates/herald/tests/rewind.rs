@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use herald_testkit as support;
 
 use std::time::Duration;
 

@@ -7,102 +7,15 @@
 //! Harness: 1 primary, 2 replicas and 3 sentinels (`redis-server --sentinel`), all real
 //! processes on 127.0.0.1 free ports; every wait is bounded.
 
-mod support;
+use herald_testkit as support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use herald::{Error, Event, Herald, Message, Start};
-use support::{free_port, RedisServer, EVENT_WAIT};
+use support::{wait_until, RedisServer, Sentinel, EVENT_WAIT};
 
 const MASTER: &str = "herald-primary";
-
-/// A sentinel process with its own config file (Sentinel rewrites it).
-struct Sentinel {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Sentinel {
-    fn start(primary_port: u16) -> Sentinel {
-        for _ in 0..5 {
-            let port = free_port();
-            let dir = tempfile::tempdir().unwrap();
-            let conf = dir.path().join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\n\
-                     dir {dir}\nlogfile {dir}/sentinel.log\n\
-                     sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
-                     sentinel down-after-milliseconds {MASTER} 1000\n\
-                     sentinel failover-timeout {MASTER} 6000\n\
-                     sentinel parallel-syncs {MASTER} 2\n",
-                    dir = dir.path().display()
-                ),
-            )
-            .unwrap();
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server --sentinel");
-            let mut s = Sentinel { port, dir, child };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = s.child.try_wait() {
-                    break; // port taken: try another
-                }
-                if s.primary().is_some() {
-                    return s;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = s.child.kill();
-            eprintln!(
-                "sentinel did not start on {port}: {}",
-                std::fs::read_to_string(s.dir.path().join("sentinel.log")).unwrap_or_default()
-            );
-        }
-        panic!("no sentinel could be started");
-    }
-
-    /// The primary's port this sentinel names, if it answers.
-    fn primary(&self) -> Option<u16> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
-            .ok()?
-            .get_connection_with_timeout(Duration::from_millis(300))
-            .ok()?;
-        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(MASTER)
-            .query(&mut c)
-            .ok()?;
-        addr.map(|a| a.1)
-    }
-
-    fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?
-            .get_connection_with_timeout(Duration::from_secs(2))?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut c)
-    }
-}
-
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// 1 primary, 2 replicas, 3 sentinels.
 struct Group {
@@ -128,7 +41,9 @@ impl Group {
         wait_until("replicas in sync", Duration::from_secs(15), || {
             online_replicas(&nodes[0]) == 2
         });
-        let sentinels = (0..3).map(|_| Sentinel::start(nodes[0].port)).collect();
+        let sentinels = (0..3)
+            .map(|_| Sentinel::start(nodes[0].port, MASTER))
+            .collect();
         let g = Group { nodes, sentinels };
         // Every sentinel knows the replicas and the other sentinels.
         wait_until(
@@ -211,17 +126,6 @@ fn online_replicas(primary: &RedisServer) -> usize {
         .query(&mut primary.conn())
         .unwrap();
     acked
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 async fn node(url: &str, id: &str, min_replicas: usize) -> Herald {

@@ -3,7 +3,7 @@
 //! (durable, `Latest`, slow), and a seeded schedule of faults (proxy cuts, stalls, delays and
 //! refusals, `CLIENT KILL`, Redis kill -9 and restart with `appendfsync always`, subscriber
 //! restarts from a durable cursor, a pause longer than retention). Every subscriber records
-//! what it received; the history checker (`support/checker.rs`) then verifies SPEC §2: nothing
+//! what it received; the history checker (`herald_testkit::checker`) then verifies the delivery guarantees: nothing
 //! acknowledged is lost without a `Gap`/`Reset`, nothing duplicated, everything in order, and
 //! one message per offset across nodes.
 //!
@@ -16,7 +16,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use herald_testkit as support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald::{Event, Herald, Message, SettingsChange, Start};
-use support::checker::{check, check_with_retention, History, Published, Record, Retained};
+use support::checker::{check_with_retention, History, Published, Record, Retained};
 use support::proxy::{Direction, FaultProxy};
 use support::RedisServer;
 use tokio::sync::watch;
@@ -145,218 +145,6 @@ async fn proxy_cuts_refuses_stalls_and_delays() {
     proxy.cut();
     assert_eq!(node.publish("p", "two").await.unwrap().offset, 2);
     assert!(proxy.accepted() >= 4);
-}
-
-// ---------------------------------------------------------------------------------------
-// The checker catches real bugs: corrupted histories must be flagged.
-// ---------------------------------------------------------------------------------------
-
-const E: u64 = 7;
-
-fn acked(n: u64) -> Vec<Published> {
-    (1..=n)
-        .map(|o| Published {
-            topic: "t".into(),
-            epoch: E,
-            offset: o,
-            key: format!("k{o}"),
-        })
-        .collect()
-}
-
-fn msg(o: u64) -> Record {
-    Record::Message {
-        epoch: E,
-        offset: o,
-        key: format!("k{o}"),
-    }
-}
-
-fn history(name: &str, records: Vec<Record>) -> History {
-    let mut h = History::new(name);
-    for r in records {
-        h.push("t", r);
-    }
-    h
-}
-
-fn from_start() -> Record {
-    Record::Start {
-        epoch: None,
-        from: 1,
-        floor: None,
-    }
-}
-
-fn clean() -> Vec<Record> {
-    std::iter::once(from_start())
-        .chain((1..=10).map(msg))
-        .collect()
-}
-
-#[test]
-fn checker_accepts_a_correct_history() {
-    let r = check(&acked(10), &[history("a", clean()), history("b", clean())]);
-    assert_eq!(r.violations(), 0, "{}", r.table());
-    assert_eq!(r.subscribers[0].delivered, 10);
-
-    // A gap or a reset explains what was not delivered.
-    let mut gapped = clean();
-    gapped.retain(|r| !matches!(r, Record::Message { offset: 4..=6, .. }));
-    gapped.insert(
-        4,
-        Record::Gap {
-            epoch: E,
-            from: 4,
-            to: 6,
-        },
-    );
-    let mut reset = clean();
-    reset.truncate(8); // delivered 1..=7
-    reset.push(Record::Reset {
-        previous_epoch: E,
-        epoch: E + 1,
-        last_delivered: 7,
-    });
-    // A Latest subscriber that started after offset 5 owes only 6..=10.
-    let mut latest = vec![Record::Start {
-        epoch: Some(E),
-        from: 6,
-        floor: None,
-    }];
-    latest.extend((6..=10).map(msg));
-    // A durable subscriber restarted from its cursor at 4 may redeliver 5..=8.
-    let mut resumed = clean();
-    resumed.truncate(9); // 1..=8
-    resumed.push(Record::Start {
-        epoch: None,
-        from: 1,
-        floor: Some((E, 4)),
-    });
-    resumed.extend((5..=10).map(msg));
-    let r = check(
-        &acked(10),
-        &[
-            history("gapped", gapped),
-            history("reset", reset),
-            history("latest", latest),
-            history("resumed", resumed),
-        ],
-    );
-    assert_eq!(r.violations(), 0, "{}", r.table());
-    assert_eq!(r.subscribers[0].gap_offsets, 3);
-    assert_eq!(r.subscribers[1].resets, 1);
-    assert_eq!(r.subscribers[3].restarts, 1);
-}
-
-#[test]
-fn checker_flags_corrupted_histories() {
-    let good = || history("good", clean());
-
-    // A dropped message.
-    let mut dropped = clean();
-    dropped.remove(5);
-    let r = check(&acked(10), &[good(), history("dropped", dropped)]);
-    assert_eq!(r.subscribers[1].lost, 1, "{}", r.table());
-    assert!(r.violations() > 0);
-
-    // A dropped message at the end (nothing after it to reveal it).
-    let mut tail = clean();
-    tail.pop();
-    let r = check(&acked(10), &[history("tail", tail)]);
-    assert_eq!(r.subscribers[0].lost, 1, "{}", r.table());
-
-    // A duplicate.
-    let mut dup = clean();
-    dup.insert(6, msg(5));
-    let r = check(&acked(10), &[good(), history("dup", dup)]);
-    assert_eq!(r.subscribers[1].duplicated, 1, "{}", r.table());
-    assert_eq!(r.subscribers[1].lost, 0);
-
-    // A swap.
-    let mut swapped = clean();
-    swapped.swap(5, 6);
-    let r = check(&acked(10), &[good(), history("swapped", swapped)]);
-    assert_eq!(r.subscribers[1].out_of_order, 1, "{}", r.table());
-    assert_eq!(r.subscribers[1].lost, 0);
-
-    // An offset that maps to another key on another node.
-    let mut conflicting = clean();
-    conflicting[3] = Record::Message {
-        epoch: E,
-        offset: 3,
-        key: "intruder".into(),
-    };
-    let r = check(&acked(10), &[good(), history("conflicting", conflicting)]);
-    assert_eq!(r.conflicts, 1, "{}", r.table());
-    assert_eq!(r.subscribers[1].conflicts, 1);
-    assert_eq!(r.subscribers[0].conflicts, 0);
-
-    // An idempotency key appended twice (at two offsets).
-    let mut twice = acked(10);
-    twice[9].key = "k9".into();
-    let r = check(&twice, &[]);
-    assert_eq!(r.key_duplicates, 1, "{}", r.table());
-
-    // A redelivery at or below the committed cursor after a restart.
-    let mut below_floor = clean();
-    below_floor.truncate(9);
-    below_floor.push(Record::Start {
-        epoch: None,
-        from: 1,
-        floor: Some((E, 6)),
-    });
-    below_floor.extend((6..=10).map(msg));
-    let r = check(&acked(10), &[history("below_floor", below_floor)]);
-    assert_eq!(r.subscribers[0].duplicated, 1, "{}", r.table());
-
-    // A gap that does not cover the missing offset.
-    let mut short_gap = clean();
-    short_gap.retain(|r| !matches!(r, Record::Message { offset: 4..=6, .. }));
-    short_gap.insert(
-        4,
-        Record::Gap {
-            epoch: E,
-            from: 4,
-            to: 5,
-        },
-    );
-    let r = check(&acked(10), &[history("short_gap", short_gap)]);
-    assert_eq!(r.subscribers[0].lost, 1, "{}", r.table());
-
-    // Messages of a new epoch without a Reset.
-    let mut no_reset = clean();
-    no_reset.push(Record::Message {
-        epoch: E + 1,
-        offset: 1,
-        key: "n1".into(),
-    });
-    let r = check(&acked(10), &[history("no_reset", no_reset)]);
-    assert_eq!(r.subscribers[0].out_of_order, 1, "{}", r.table());
-
-    // A gap over offsets retention never trimmed (the log still holds 3..=10 at the end).
-    let mut unjustified = clean();
-    unjustified.retain(|r| !matches!(r, Record::Message { offset: 4..=6, .. }));
-    unjustified.insert(
-        4,
-        Record::Gap {
-            epoch: E,
-            from: 4,
-            to: 6,
-        },
-    );
-    let retained = |first| {
-        vec![Retained {
-            topic: "t".into(),
-            epoch: E,
-            first,
-        }]
-    };
-    let h = [history("unjustified", unjustified)];
-    let r = check_with_retention(&acked(10), &h, &retained(3));
-    assert_eq!(r.subscribers[0].unjustified_gaps, 1, "{}", r.table());
-    let r = check_with_retention(&acked(10), &h, &retained(7));
-    assert_eq!(r.violations(), 0, "{}", r.table());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use herald_testkit as support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -5,15 +5,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+use herald_testkit as support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald::{ErrorKind, Event, Herald, Start};
-use support::{cluster_port, create_cluster, free_port, messages, next_event, RedisServer};
+use support::{
+    cluster_port, create_cluster, free_port, messages, next_event, wait_until, RedisServer,
+};
 
 /// Runs openssl, failing the test with its output when it fails.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -170,15 +172,6 @@ async fn publish_and_receive(node: &Herald) {
     let got = messages(&mut sub, 3).await;
     let expected: Vec<(u64, String)> = (1..=3).map(|i| (i, format!("m{i}"))).collect();
     assert_eq!(got, expected);
-}
-
-/// Polls `ready` every 50 ms until it holds, failing the test with `what` after `limit`.
-fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use herald::{EmbeddedBroker, Event, Herald, Message, Receipt, Start, Subscription};
 use tokio::task::JoinSet;
 
-use super::{connect_within, GlobalArgs};
+use super::{connect_builder, GlobalArgs};
 use crate::exit::{Failure, FAILURE};
 
 /// How long the nodes may take to receive every message.
@@ -104,7 +104,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: DemoArgs) -> Result<(), Failu
                 let builder = builder
                     .redis(url.as_str())
                     .namespace(global.namespace.as_str());
-                connect_within(builder, url, global.connect_timeout).await?
+                connect_builder(builder, global.connect_timeout).await?
             }
         };
         subs.push(

@@ -14,7 +14,7 @@ use herald::{Event, Start};
 
 use super::{connect, parse_duration, shutdown_signal, GlobalArgs};
 use crate::exit::Failure;
-use crate::output::JsonLines;
+use crate::output::{AckedLine, JsonLines, MemberLine};
 
 /// Arguments of `herald join`.
 #[derive(Debug, Args)]
@@ -41,7 +41,7 @@ pub(crate) struct JoinArgs {
     id: Option<String>,
 
     /// A metadata entry NAME=VALUE (split at the first `=`); repeat for several
-    #[arg(long = "meta", value_name = "K=V", value_parser = parse_meta)]
+    #[arg(long = "meta", value_name = "K=V", value_parser = super::parse_key_value)]
     meta: Vec<(String, String)>,
 
     /// Seconds without a heartbeat after which the member expires
@@ -52,33 +52,6 @@ pub(crate) struct JoinArgs {
     /// member id; repeat for several topics
     #[arg(long = "ack", value_name = "TOPIC")]
     ack: Vec<String>,
-}
-
-/// Parses `NAME=VALUE`.
-fn parse_meta(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some(("", _)) => Err(format!(
-            "--meta {s:?} has an empty name; expected NAME=VALUE"
-        )),
-        Some((name, value)) => Ok((name.to_string(), value.to_string())),
-        None => Err(format!("--meta {s:?} has no '='; expected NAME=VALUE")),
-    }
-}
-
-/// One line of `herald join`'s output.
-#[derive(Debug, serde::Serialize)]
-struct MemberLine<'a> {
-    event: &'static str,
-    member: &'a herald::Member,
-}
-
-/// One acknowledged message.
-#[derive(Debug, serde::Serialize)]
-struct AckedLine<'a> {
-    event: &'static str,
-    topic: &'a str,
-    epoch: herald::Epoch,
-    offset: u64,
 }
 
 /// Runs `herald join`.
@@ -154,16 +127,4 @@ pub(crate) async fn run(global: &GlobalArgs, args: JoinArgs) -> Result<(), Failu
         member: &member,
     })
     .map_err(|e| Failure::stdout(&e))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn meta() {
-        assert_eq!(parse_meta("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(parse_meta("ab").is_err());
-        assert!(parse_meta("=b").is_err());
-    }
 }

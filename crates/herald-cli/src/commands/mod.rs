@@ -82,55 +82,31 @@ pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
         })?;
         builder = builder.tls_ca_pem(pem);
     }
-    connect_within(builder, global.redis_url(), global.connect_timeout).await
+    connect_builder(builder, global.connect_timeout).await
 }
 
-/// How much longer than `--connect-timeout` a connection attempt may take before the command
-/// gives up on its own (the library's deadline applies between attempts, and one attempt
-/// against a server that accepts connections but never answers can outlast it).
-const CONNECT_GRACE: Duration = Duration::from_secs(1);
-
-/// Connects `builder` (pointed at `url`), giving up with exit status 3 once `timeout` (plus
-/// [`CONNECT_GRACE`]) has passed.
-pub(crate) async fn connect_within(
+/// Connects `builder`, retrying an unreachable Redis for `timeout` (the library bounds every
+/// attempt by that deadline, so a server that accepts connections but never answers cannot
+/// hold the command longer); gives up with exit status 3 and a hint about
+/// `--connect-timeout`.
+pub(crate) async fn connect_builder(
     builder: HeraldBuilder,
-    url: &str,
     timeout: Duration,
 ) -> Result<Herald, Failure> {
-    let builder = builder.connect_timeout(timeout);
-    match tokio::time::timeout(timeout + CONNECT_GRACE, builder.connect()).await {
-        Ok(herald) => Ok(herald?),
-        Err(_) => Err(Failure::new(
-            UNREACHABLE,
-            format!(
-                "cannot reach Redis at {}: no answer within {:?}; check that Redis is running \
-                 and the URL is right, or raise --connect-timeout",
-                redact(url),
-                timeout + CONNECT_GRACE
-            ),
-        )),
-    }
-}
-
-/// The URL with its password (if any) masked, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            let masked = if rest[..at].contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".to_string()
-            };
-            format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
-        }
-        None => url.to_string(),
-    }
+    builder
+        .connect_timeout(timeout)
+        .connect()
+        .await
+        .map_err(|e| {
+            let failure = Failure::from(e);
+            match failure.message {
+                Some(m) if failure.status == UNREACHABLE => Failure::new(
+                    UNREACHABLE,
+                    format!("{m}; or raise --connect-timeout to wait longer"),
+                ),
+                _ => failure,
+            }
+        })
 }
 
 /// Checks a topic name before anything touches the network, so that a typo is reported
@@ -138,6 +114,16 @@ pub(crate) fn redact(url: &str) -> String {
 pub(crate) fn check_topic(topic: &str) -> Result<(), Failure> {
     herald::validate_topic(topic)?;
     Ok(())
+}
+
+/// Parses `NAME=VALUE` (split at the first `=`; the name must not be empty), for `--header`
+/// and `--meta`.
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!("{s:?} has an empty name; expected NAME=VALUE")),
+        Some((name, value)) => Ok((name.to_string(), value.to_string())),
+        None => Err(format!("{s:?} has no '='; expected NAME=VALUE")),
+    }
 }
 
 /// Parses a number of seconds with at most millisecond precision (`5`, `0.25`, `1.5`) into
@@ -209,14 +195,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passwords_are_masked() {
+    fn key_values() {
         assert_eq!(
-            redact("redis://user:secret@host:6379/0"),
-            "redis://user:***@host:6379/0"
+            parse_key_value("a=b=c"),
+            Ok(("a".to_string(), "b=c".to_string()))
         );
-        assert_eq!(redact("rediss://secret@host"), "rediss://***@host");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact("nonsense"), "nonsense");
+        assert_eq!(parse_key_value("a="), Ok(("a".to_string(), String::new())));
+        assert!(parse_key_value("=b").is_err());
+        assert!(parse_key_value("ab").is_err());
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(crate) struct PublishArgs {
     key: Option<String>,
 
     /// A header NAME=VALUE (split at the first `=`); repeat for several
-    #[arg(long = "header", value_name = "K=V", value_parser = parse_header)]
+    #[arg(long = "header", value_name = "K=V", value_parser = super::parse_key_value)]
     headers: Vec<(String, String)>,
 
     /// After publishing, wait until every live member of GROUP has acknowledged (committed
@@ -66,17 +66,6 @@ pub(crate) struct PublishArgs {
     /// How long --wait-all waits, in seconds
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = super::parse_duration, requires = "wait_all")]
     timeout: std::time::Duration,
-}
-
-/// Parses `NAME=VALUE`.
-fn parse_header(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some(("", _)) => Err(format!(
-            "header {s:?} has an empty name; expected NAME=VALUE"
-        )),
-        Some((name, value)) => Ok((name.to_string(), value.to_string())),
-        None => Err(format!("header {s:?} has no '='; expected NAME=VALUE")),
-    }
 }
 
 /// Runs `herald publish`.
@@ -209,17 +198,6 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn headers() {
-        assert_eq!(
-            parse_header("a=b=c"),
-            Ok(("a".to_string(), "b=c".to_string()))
-        );
-        assert_eq!(parse_header("a="), Ok(("a".to_string(), String::new())));
-        assert!(parse_header("ab").is_err());
-        assert!(parse_header("=b").is_err());
-    }
 
     #[tokio::test]
     async fn lines() {

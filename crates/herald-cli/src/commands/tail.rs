@@ -7,17 +7,20 @@
 //! (see `output.rs`). With `--durable NAME`, each event is committed to the cursor NAME right
 //! after it was printed and flushed, so the next `tail --durable NAME` starts right after the
 //! last line printed (at-least-once: a line printed just before a crash may be printed again).
-//! The command ends with status 0 after `--count` messages, after `--timeout` seconds without
-//! any event, or on Ctrl-C (SIGINT) or SIGTERM.
+//! The command ends after `--count` messages, after `--timeout` seconds without any event, or
+//! on Ctrl-C (SIGINT) or SIGTERM: with status 0, or with status 4 (refused) when a topic's
+//! last reported problem was a refusal (e.g. its keys hold another type) and it has not
+//! delivered anything since; the one-line error names each such topic and why.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::StreamExt;
 use herald::{Event, Start, Subscription};
 
 use super::{check_topic, connect, parse_duration, shutdown_signal, GlobalArgs};
-use crate::exit::Failure;
+use crate::exit::{Failure, REFUSED};
 use crate::output::{GapLine, JsonLines, MessageLine, ResetLine};
 
 /// Arguments of `herald tail`.
@@ -31,8 +34,10 @@ milliseconds since the Unix epoch), and when delivery cannot be complete:\n  \
 {\"event\":\"gap\",\"topic\":..,\"epoch\":..,\"from\":..,\"to\":..,\"reason\":\"retention\"|\"unreadable\"}\n  \
 {\"event\":\"reset\",\"topic\":..,\"previous_epoch\":..,\"epoch\":..,\"last_delivered\":..}\n\n\
 Runs until --count messages were printed, --timeout seconds pass without any event, or \
-Ctrl-C; each of these ends with exit status 0. A problem reported by the subscription (it \
-keeps retrying) is printed as one line on standard error."
+Ctrl-C; each of these ends with exit status 0, unless a topic is still refused then (its keys \
+hold another type or data Herald did not write, or permissions are missing): exit status 4, \
+naming each such topic and why. A problem reported by the subscription (it keeps retrying) is \
+printed as one line on standard error."
 )]
 pub(crate) struct TailArgs {
     /// The topics to follow
@@ -93,18 +98,21 @@ pub(crate) async fn run(global: &GlobalArgs, args: TailArgs) -> Result<(), Failu
     let mut sub = subscribe.await?;
     let mut out = JsonLines::stdout();
     let mut printed: u64 = 0;
+    let mut refused = Refused::default();
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    // --timeout counts from the last event: repeated errors do not keep the command alive.
+    let mut idle_until = args.timeout.map(|d| Instant::now() + d);
     loop {
         if args.count.is_some_and(|n| printed >= n) {
-            return Ok(());
+            return refused.outcome();
         }
         let next = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            next = next_within(&mut sub, args.timeout) => next,
+            () = &mut shutdown => return refused.outcome(),
+            next = next_until(&mut sub, idle_until) => next,
         };
         let Some(item) = next else {
-            return Ok(()); // --timeout seconds without an event
+            return refused.outcome(); // --timeout seconds without an event
         };
         let event = match item {
             None => return Err(Failure::other("the subscription ended unexpectedly")),
@@ -113,10 +121,17 @@ pub(crate) async fn run(global: &GlobalArgs, args: TailArgs) -> Result<(), Failu
                 let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
                 tracing::debug!(error = %text, "subscription problem");
                 warn_line(&format!("herald: {text} (still trying)"));
+                if e.kind() == herald::ErrorKind::Refused {
+                    refused.record(&args.topics, text);
+                }
                 continue;
             }
             Some(Ok(event)) => event,
         };
+        if let Some(topic) = event_topic(&event) {
+            refused.clear(topic);
+        }
+        idle_until = args.timeout.map(|d| Instant::now() + d);
         print_event(&sub, &mut out, &event).await?;
         if matches!(event, Event::Message(_)) {
             printed += 1;
@@ -124,13 +139,75 @@ pub(crate) async fn run(global: &GlobalArgs, args: TailArgs) -> Result<(), Failu
     }
 }
 
-/// The next stream item; `None` when `timeout` passed first.
-async fn next_within(
+/// The topics whose last reported problem was a refusal (keys of the wrong type, data Herald
+/// did not write, permissions), with that problem; a topic leaves the set when it delivers an
+/// event again. A refusal that names none of the requested topics concerns them all.
+#[derive(Debug, Default)]
+struct Refused {
+    topics: BTreeMap<String, String>,
+}
+
+impl Refused {
+    /// Records `problem` for the requested topics it names (as `{topic}` in a key, or quoted).
+    fn record(&mut self, requested: &[String], problem: String) {
+        let named: Vec<&String> = requested
+            .iter()
+            .filter(|t| {
+                problem.contains(&format!("{{{t}}}")) || problem.contains(&format!("{t:?}"))
+            })
+            .collect();
+        let concerned = if named.is_empty() {
+            requested.iter().collect()
+        } else {
+            named
+        };
+        for topic in concerned {
+            self.topics.insert(topic.clone(), problem.clone());
+        }
+    }
+
+    /// The topic delivered an event: it is not in error any more.
+    fn clear(&mut self, topic: &str) {
+        self.topics.remove(topic);
+    }
+
+    /// How the command ends: success, or exit status 4 naming every topic still in error.
+    fn outcome(&self) -> Result<(), Failure> {
+        if self.topics.is_empty() {
+            return Ok(());
+        }
+        let each: Vec<String> = self
+            .topics
+            .iter()
+            .map(|(topic, problem)| format!("topic {topic:?}: {problem}"))
+            .collect();
+        Err(Failure::new(
+            REFUSED,
+            format!(
+                "tail ended while {} of the topics could not be read: {}",
+                self.topics.len(),
+                each.join("; ")
+            ),
+        ))
+    }
+}
+
+/// The topic an event belongs to.
+fn event_topic(event: &Event) -> Option<&str> {
+    match event {
+        Event::Message(d) => Some(&d.topic),
+        Event::Gap { topic, .. } | Event::Reset { topic, .. } => Some(topic),
+        _ => None,
+    }
+}
+
+/// The next stream item; `None` when `deadline` passed first.
+async fn next_until(
     sub: &mut Subscription,
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
 ) -> Option<Option<herald::Result<Event>>> {
-    match timeout {
-        Some(d) => tokio::time::timeout(d, sub.next()).await.ok(),
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at.into(), sub.next()).await.ok(),
         None => Some(sub.next().await),
     }
 }

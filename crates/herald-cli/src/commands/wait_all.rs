@@ -8,19 +8,10 @@
 
 use std::time::Duration;
 
-use herald::{AckReport, Acks, Herald, Receipt};
+use herald::{Acks, Herald, Receipt};
 
 use crate::exit::{Failure, NOT_ACKNOWLEDGED};
-use crate::output::JsonLines;
-
-/// The report line.
-#[derive(Debug, serde::Serialize)]
-struct AcksLine<'a> {
-    /// Always `"acks"`.
-    event: &'static str,
-    #[serde(flatten)]
-    report: &'a AckReport,
-}
+use crate::output::{AcksLine, JsonLines};
 
 /// Waits for the acknowledgements of `receipt` by `group` and prints the report.
 pub(crate) async fn run(

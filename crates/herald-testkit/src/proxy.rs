@@ -11,6 +11,8 @@
 //!
 //! Dropping the proxy stops it and closes every connection.
 
+// Test-only (feature `test`): it panics on its own setup (binding a loopback port).
+#![allow(missing_docs, clippy::unwrap_used)]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -461,7 +461,7 @@ pub(crate) fn peak_rss_kib() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::cases::{plan, Measured};
+    use crate::cases::{plan, Measured};
     use std::time::Duration;
 
     fn measured(delivered: u64) -> Measured {

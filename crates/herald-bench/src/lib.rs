@@ -1,6 +1,7 @@
-//! `herald bench`: Herald side by side with raw Redis, in one run on one machine (SPEC §7).
+//! `herald bench`: Herald side by side with raw Redis, in one run on one machine.
 //!
-//! The benchmark starts its own `redis-server` on a free loopback port ([`server`]) unless
+//! The benchmark starts its own `redis-server` on a free loopback port (with
+//! [`herald_testkit::RedisServer`], in its own process group) unless
 //! given the URL of one (loopback only), then runs every case ([`cases`]) on each system:
 //! raw Pub/Sub and raw Streams ([`baseline`]) first, Herald ([`herald_case`]) last, so that
 //! Herald's row carries its ratios to both. A progress bar runs on standard error; the
@@ -13,19 +14,18 @@
 //! (or, on a given Redis, the benchmark's keys are deleted) and the results so far are shown.
 //!
 //! The cluster case (many topics over the 3 primaries of a Redis Cluster) runs on a private
-//! cluster started for it ([`server::RedisCluster`], same cleanup); it is skipped, with a
+//! cluster started for it ([`herald_testkit::RedisCluster`], same cleanup); it is skipped, with a
 //! note, when `--redis` names an existing server.
 
 mod baseline;
 mod cases;
 mod herald_case;
 mod report;
-mod server;
 
 use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,12 +35,12 @@ use redis::ConnectionAddr;
 use tokio::task::JoinHandle;
 
 use cases::{Case, FanOutRun, RunCounters, Shape, System};
+use herald_testkit::{Options, RedisCluster, RedisServer};
 use report::Row;
-use server::{RedisCluster, RedisServer};
 
 /// Options of `herald bench`.
 #[derive(Debug, Clone, clap::Args)]
-pub(crate) struct BenchArgs {
+pub struct BenchArgs {
     /// Messages published per fan-out case [default: 50000, or 2000 with --quick]
     #[arg(long, value_name = "N")]
     pub(crate) messages: Option<u64>,
@@ -85,7 +85,7 @@ pub(crate) struct BenchArgs {
 
 /// Why `herald bench` failed.
 #[derive(Debug)]
-pub(crate) enum BenchError {
+pub enum BenchError {
     /// Bad options.
     Usage(String),
     /// The private `redis-server` could not be started.
@@ -133,7 +133,7 @@ impl BenchError {
 
     /// The exit status of the `herald` command for this error (see `exit.rs`): 2 bad usage,
     /// 3 Redis unreachable or too slow, 4 Redis refused, 1 anything else.
-    pub(crate) fn exit_status(&self) -> u8 {
+    pub fn exit_status(&self) -> u8 {
         match self {
             BenchError::Usage(_) => 2,
             BenchError::Redis { source, .. } => {
@@ -229,7 +229,7 @@ struct PlannedRun {
 /// Runs the benchmark. `redis` is the URL of an existing Redis to use instead of starting a
 /// private one (the command line's `--redis`, only when given explicitly); it must be on
 /// this machine.
-pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchError> {
+pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchError> {
     let messages = args
         .messages
         .unwrap_or(if args.quick { 2_000 } else { 50_000 });
@@ -301,11 +301,11 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
             check_loopback(url)?;
             None
         }
-        None => Some(RedisServer::start(&args.redis_server).await?),
+        None => Some(start_server(&args.redis_server).await?),
     };
     let url = match (&redis, &server) {
         (Some(url), _) => url.clone(),
-        (None, Some(s)) => s.url(),
+        (None, Some(s)) => format!("{}/", s.url()),
         (None, None) => return Err(BenchError::Internal("no Redis to use".into())),
     };
     let client = redis::Client::open(url.as_str())
@@ -327,10 +327,7 @@ pub(crate) async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), Be
     let version = redis_version(&ctx).await?;
     let cluster = if redis.is_none() && runs.iter().any(|r| is_cluster(&r.case)) {
         // Starting may take seconds: Ctrl-C drops the nodes started so far (killing them).
-        let cluster = tokio::select! {
-            r = RedisCluster::start(&args.redis_server, cases::CLUSTER_PRIMARIES) => r?,
-            () = interrupted() => return Err(BenchError::Interrupted),
-        };
+        let cluster = start_cluster(&args.redis_server).await?;
         let first = cluster.node_urls().into_iter().next().unwrap_or_default();
         let cluster_ctx = Ctx {
             url: cluster.url(),
@@ -498,7 +495,7 @@ async fn run_all(
             }
         }
         match (case.shape, cluster) {
-            (Shape::Cluster { .. }, Some((_, nodes))) => nodes.flush().await?,
+            (Shape::Cluster { .. }, Some((_, nodes))) => flush_cluster(nodes).await?,
             _ => cleanup(ctx).await?,
         }
         progress.overall.inc(1);
@@ -517,6 +514,69 @@ fn private_cluster(
     cluster
         .map(|(c, n)| (c, n))
         .ok_or_else(|| BenchError::Internal("the cluster case has no private cluster".into()))
+}
+
+/// The options of the benchmark's private servers: `binary`, nothing on disk, a free loopback
+/// port, and their own process group, so that a Ctrl-C at the terminal reaches the benchmark
+/// (which then drops, and so kills, them) rather than the servers.
+fn server_options(binary: &Path) -> Options {
+    Options::new().binary(binary).own_process_group(true)
+}
+
+/// Starts the private `redis-server` (a blocking start, off the runtime's workers).
+async fn start_server(binary: &Path) -> Result<RedisServer, BenchError> {
+    let options = server_options(binary);
+    tokio::task::spawn_blocking(move || RedisServer::try_start(&options))
+        .await
+        .map_err(|e| BenchError::Internal(format!("the server start failed: {e}")))?
+        .map_err(server_error)
+}
+
+/// Starts the private cluster. Starting may take seconds; on Ctrl-C meanwhile, the start is
+/// let finish (it is bounded) and the nodes are then dropped, which kills them, before the
+/// benchmark reports the interruption.
+async fn start_cluster(binary: &Path) -> Result<RedisCluster, BenchError> {
+    let options = server_options(binary);
+    let mut start = tokio::task::spawn_blocking(move || {
+        RedisCluster::try_start(&options, cases::CLUSTER_PRIMARIES)
+    });
+    let started = tokio::select! {
+        r = &mut start => r,
+        () = interrupted() => {
+            drop(start.await);
+            return Err(BenchError::Interrupted);
+        }
+    };
+    started
+        .map_err(|e| BenchError::Internal(format!("the cluster start failed: {e}")))?
+        .map_err(server_error)
+}
+
+/// The kit's error as the benchmark's, with the hints for its options.
+fn server_error(e: herald_testkit::Error) -> BenchError {
+    BenchError::Server(format!(
+        "{e}; pass --redis-server PATH, or use an existing Redis with --redis URL"
+    ))
+}
+
+/// Deletes every key on every node of the private cluster (FLUSHALL).
+async fn flush_cluster(cluster: &RedisCluster) -> Result<(), BenchError> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(60)));
+    for url in cluster.node_urls() {
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| BenchError::redis("open a cluster node's URL", e))?;
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| BenchError::redis("connect to a cluster node", e))?;
+        redis::cmd("FLUSHALL")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| BenchError::redis("FLUSHALL on a cluster node", e))?;
+    }
+    Ok(())
 }
 
 /// Resolves when Ctrl-C is pressed (never, if it cannot be listened for).
