@@ -220,12 +220,19 @@ async fn reap(herald: &Herald, group: &str) -> Result<usize> {
 }
 
 /// Joins (or refreshes) `id`; ends an expired incarnation first. Returns the live record.
+///
+/// `current` is the incarnation the member's handle names: it takes the record's
+/// `joined_at_ms` as soon as the broker returns it, before `Joined` is announced, so that the
+/// handle names the record the broker lists even if the announcement fails (and `leave`
+/// removes that record). A live record of another incarnation is announced too: an earlier
+/// attempt of this JOIN created it, but its reply was lost and the retry found it alive.
 async fn join_once(
     herald: &Herald,
     group: &str,
     id: &str,
     meta_json: &str,
     ttl_ms: u64,
+    current: &AtomicU64,
     announce_alive: bool,
 ) -> Result<Member> {
     let topic = members_topic(group);
@@ -236,14 +243,12 @@ async fn join_once(
             .await?;
         let member = Member::from_record(group, id, record);
         match status {
-            JoinStatus::Created => {
-                announce(herald, Change::Joined, &member).await?;
-                return Ok(member);
-            }
-            JoinStatus::Alive => {
-                if announce_alive {
-                    // Idempotent: repeats the announcement in case a previous attempt
-                    // created the record but could not publish.
+            JoinStatus::Created | JoinStatus::Alive => {
+                let before = current.swap(member.joined_at_ms, Ordering::Relaxed);
+                if status == JoinStatus::Created || before != member.joined_at_ms || announce_alive
+                {
+                    // Idempotent: repeating it (after a previous attempt created the record
+                    // but could not publish) is absorbed by dedup.
                     announce(herald, Change::Joined, &member).await?;
                 }
                 return Ok(member);
@@ -400,8 +405,17 @@ impl JoinBuilder {
             .clamp(Duration::from_millis(10), self.ttl);
         let meta_json = serde_json::to_string(&self.meta)
             .map_err(|e| Error::InvalidSettings(format!("cannot encode member metadata: {e}")))?;
-        let member = join_once(&self.herald, &self.group, &id, &meta_json, ttl_ms, true).await?;
-        let joined_at = Arc::new(AtomicU64::new(member.joined_at_ms));
+        let joined_at = Arc::new(AtomicU64::new(0));
+        let member = join_once(
+            &self.herald,
+            &self.group,
+            &id,
+            &meta_json,
+            ttl_ms,
+            &joined_at,
+            true,
+        )
+        .await?;
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(heartbeat(
             self.herald.clone(),
@@ -454,9 +468,13 @@ async fn heartbeat(
             _ = &mut stop => return,
             _ = ticker.tick() => {}
         }
-        match join_once(&herald, &group, &id, &meta_json, ttl_ms, !announced).await {
+        let before = joined_at.load(Ordering::Relaxed);
+        match join_once(
+            &herald, &group, &id, &meta_json, ttl_ms, &joined_at, !announced,
+        )
+        .await
+        {
             Ok(m) => {
-                let before = joined_at.swap(m.joined_at_ms, Ordering::Relaxed);
                 if before != m.joined_at_ms {
                     tracing::info!(group, member = %id, "member joined again as a new incarnation");
                 }
@@ -503,7 +521,8 @@ impl Membership {
         &self.member
     }
 
-    /// When the current incarnation joined (it changes if the member had to join again).
+    /// When the current incarnation joined (it changes if the member had to join again: as
+    /// soon as the heartbeat gets the new record from the broker, before announcing it).
     pub fn joined_at_ms(&self) -> u64 {
         self.joined_at.load(Ordering::Relaxed)
     }

@@ -399,15 +399,124 @@ async fn restart(persistent: bool) {
             listed[0].joined_at_ms, joined_at,
             "the same incarnation survived"
         );
+        assert_eq!(m.joined_at_ms(), joined_at);
     } else {
-        assert!(
-            listed[0].joined_at_ms > joined_at,
-            "a new incarnation was rebuilt"
+        let rebuilt = listed[0].joined_at_ms;
+        assert!(rebuilt > joined_at, "a new incarnation was rebuilt");
+        // The listing may show the record the heartbeat wrote before its reply reaches the
+        // heartbeat; the handle then names that incarnation, and no other rebuild follows.
+        until_handle_names(&m, rebuilt).await;
+        let again = node.members("cluster").await.unwrap();
+        assert_eq!(
+            again.iter().map(|m| m.joined_at_ms).collect::<Vec<_>>(),
+            [rebuilt],
+            "one rebuild"
         );
-        assert_eq!(m.joined_at_ms(), listed[0].joined_at_ms);
     }
     m.leave().await.unwrap();
     assert!(node.members("cluster").await.unwrap().is_empty());
+}
+
+/// Waits (bounded) until the handle names the incarnation `joined_at_ms`.
+async fn until_handle_names(m: &Membership, joined_at_ms: u64) {
+    let deadline = Instant::now() + WAIT;
+    while m.joined_at_ms() != joined_at_ms {
+        assert!(
+            Instant::now() < deadline,
+            "the handle names incarnation {}, the broker holds {joined_at_ms}",
+            m.joined_at_ms()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A heartbeat that re-creates a lost record but cannot announce it (here the event topic
+/// holds a foreign key, so publishing fails): the handle still names the record the broker
+/// lists, and `leave` removes that record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_names_a_rebuilt_record_even_if_its_announcement_fails() {
+    let server = RedisServer::start();
+    let node = Herald::builder()
+        .node_id("member")
+        .redis(server.url())
+        .connect()
+        .await
+        .unwrap();
+    let m = node
+        .join("g")
+        .ttl(Duration::from_secs(30))
+        .heartbeat_interval(Duration::from_millis(50))
+        .await
+        .unwrap();
+    let first = m.joined_at_ms();
+    let _: () = server.cmd(&["SET", "herald:{__members/g}:settings", "foreign"]);
+    let _: () = server.cmd(&["HDEL", "herald:{__members/g}:members", "member"]);
+    let deadline = Instant::now() + WAIT;
+    let listed = loop {
+        let members = node.members("g").await.unwrap();
+        if let Some(l) = members.iter().find(|l| l.joined_at_ms != first) {
+            break l.joined_at_ms;
+        }
+        assert!(Instant::now() < deadline, "the record was not rebuilt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    until_handle_names(&m, listed).await;
+    let _: () = server.cmd(&["DEL", "herald:{__members/g}:settings"]);
+    m.leave().await.unwrap();
+    assert!(node.members("g").await.unwrap().is_empty());
+}
+
+/// A heartbeat whose JOIN finds a live record of another incarnation (an earlier attempt
+/// created it, but its reply was lost, so the retry found it alive; here the test writes
+/// it): the member adopts it and announces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_announces_an_incarnation_created_by_a_lost_attempt() {
+    let server = RedisServer::start();
+    let node = Herald::builder()
+        .node_id("member")
+        .redis(server.url())
+        .connect()
+        .await
+        .unwrap();
+    let m = node
+        .join("g")
+        .ttl(Duration::from_secs(30))
+        .heartbeat_interval(Duration::from_millis(50))
+        .await
+        .unwrap();
+    let other = m.joined_at_ms() + 1;
+    let record = format!(
+        r#"{{"joined_at_ms":{other},"heartbeat_ms":{other},"expires_at_ms":{},"ttl_ms":30000,"meta":{{}}}}"#,
+        other + 30_000
+    );
+    let _: () = server.cmd(&["HSET", "herald:{__members/g}:members", "member", &record]);
+    let _: () = server.cmd(&[
+        "ZADD",
+        "herald:{__members/g}:expiry",
+        &(other + 30_000).to_string(),
+        "member",
+    ]);
+    until_handle_names(&m, other).await;
+    let mut sub = node
+        .subscribe(["__members/g"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "incarnation {other} was not announced"
+        );
+        if let Event::Message(d) = support::next_event(&mut sub).await {
+            if matches!(MemberEvent::from_delivery(&d), Some(MemberEvent::Joined(j)) if j.joined_at_ms == other)
+            {
+                break;
+            }
+        }
+    }
+    m.leave().await.unwrap();
+    assert!(node.members("g").await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
