@@ -1,7 +1,7 @@
 //! # `herald`: the Herald command line
 //!
 //! Publishes to, follows, inspects and configures Herald topics in Redis, and runs a
-//! self-contained demo (SPEC §6):
+//! self-contained demo:
 //!
 //! ```text
 //! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--wait-all GROUP [--timeout SECS]]

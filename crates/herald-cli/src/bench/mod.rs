@@ -1,4 +1,5 @@
-//! `herald bench`: Herald side by side with raw Redis, in one run on one machine (SPEC §7).
+//! `herald bench`: Herald side by side with raw Redis, in one run on one machine (README,
+//! Performance).
 //!
 //! The benchmark starts its own `redis-server` on a free loopback port ([`server`]) unless
 //! given the URL of one (loopback only), then runs every case ([`cases`]) on each system:
