@@ -1,4 +1,5 @@
-//! `herald bench`: Herald side by side with raw Redis, in one run on one machine.
+//! `herald bench`: Herald side by side with raw Redis, in one run on one machine (README,
+//! Performance).
 //!
 //! The benchmark starts its own `redis-server` on a free loopback port (with
 //! [`herald_testkit::RedisServer`], in its own process group) unless

@@ -2,7 +2,7 @@
 //!
 //! Every command returns `Result<(), Failure>`; `main` prints a failure as one line on
 //! standard error (`herald: <message>`) and exits with its status. The statuses are part of
-//! the command line's contract and are listed in `herald --help`:
+//! the command line's contract (README, Command line) and are listed in `herald --help`:
 //!
 //! | status | meaning |
 //! | --- | --- |

@@ -1,4 +1,4 @@
-//! The machine-readable output of `herald`: JSON, one object per line.
+//! The machine-readable output of `herald`: JSON, one object per line (README, Command line).
 //!
 //! Each line format is a struct here, so that field names and order are fixed in one place:
 //! - [`ReceiptLine`]: what `herald publish` prints per message;

@@ -1,5 +1,5 @@
 //! A history checker for soak runs: compares what publishers had acknowledged with what every
-//! subscriber recorded, against Herald's delivery guarantees.
+//! subscriber recorded, against the guarantees of docs/DESIGN.md.
 //!
 //! Publishers record each acknowledged publish as a [`Published`] (topic, epoch, offset,
 //! idempotency key). Each logical subscriber records, per topic, a sequence of [`Record`]s:

@@ -1,4 +1,5 @@
-//! Acknowledgement through durable cursors, and lag (SPEC §4).
+//! Acknowledgement through durable cursors, and lag (see docs/DESIGN.md, "Acknowledgements
+//! and lag").
 //!
 //! A member acknowledges a topic's messages by committing a durable cursor named after its
 //! member id on that topic (see [`membership`](crate::membership)). A publisher then waits

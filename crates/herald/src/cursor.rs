@@ -1,5 +1,5 @@
 //! Durable cursors: a named position (epoch, offset) committed to the broker, so that a
-//! restarted node resumes where it left off (SPEC §1, §2.4).
+//! restarted node resumes where it left off (docs/DESIGN.md, Durable cursors).
 
 use serde::Serialize;
 

@@ -1,6 +1,6 @@
-//! Membership (SPEC §4): nodes join named groups with metadata, heartbeat in the background,
-//! and expire when they stop; any node lists the live members and watches `Joined`, `Left`
-//! and `Expired` events.
+//! Membership (docs/DESIGN.md, Membership): nodes join named groups with metadata, heartbeat in
+//! the background, and expire when they stop; any node lists the live members and watches
+//! `Joined`, `Left` and `Expired` events.
 //!
 //! ```
 //! use herald::{Herald, MemberEvent};

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-/// An epoch identifies one incarnation of a topic's log (SPEC §1). When Redis loses a log,
-/// the next publish starts a new epoch and subscribers receive a `Reset`.
+/// An epoch identifies one incarnation of a topic's log (docs/DESIGN.md, Concepts). When Redis
+/// loses a log, the next publish starts a new epoch and subscribers receive a `Reset`.
 pub type Epoch = u64;
 
 /// Message headers: string keys to string values.

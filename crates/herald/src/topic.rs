@@ -1,4 +1,5 @@
-//! Topics: name validation and the per-topic settings stored with each topic (SPEC §3).
+//! Topics: name validation and the per-topic settings stored with each topic (docs/DESIGN.md,
+//! Retention).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,11 +1,11 @@
 #![allow(clippy::unwrap_used)]
-//! Redis Cluster (issue 5, SPEC §9): Herald over `redis+cluster://`, topics spread over
-//! shards, live notifications over sharded Pub/Sub; one subscription spanning shards keeps
-//! per-topic order through a slot migration of a live topic (the server's unsolicited
-//! SUNSUBSCRIBE: re-subscribe and recover from history, MOVED/ASK/TRYAGAIN while keys move)
-//! and through a primary killed and replaced by its replica; a write the replica never got
-//! and that dies with its primary surfaces as `Reset` (never a silent skip); and the README's
-//! least-privilege ACL user works on a cluster.
+//! Redis Cluster (issue 5; docs/DESIGN.md, Deployments): Herald over `redis+cluster://`, topics
+//! spread over shards, live notifications over sharded Pub/Sub; one subscription spanning
+//! shards keeps per-topic order through a slot migration of a live topic (the server's
+//! unsolicited SUNSUBSCRIBE: re-subscribe and recover from history, MOVED/ASK/TRYAGAIN while
+//! keys move) and through a primary killed and replaced by its replica; a write the replica
+//! never got and that dies with its primary surfaces as `Reset` (never a silent skip); and the
+//! README's least-privilege ACL user works on a cluster.
 //!
 //! Harness: 3 primaries with 1 replica each (`redis-server --cluster-enabled yes`, joined
 //! by `redis-cli --cluster create`), on 127.0.0.1, one cluster for this whole file; every wait

@@ -1,5 +1,6 @@
 //! The behavioural (conformance) suite: every test runs against the embedded broker and
-//! against a real Redis started by the test, and both must behave the same (SPEC §2, §3).
+//! against a real Redis started by the test, and both must behave the same (docs/DESIGN.md,
+//! Guarantees and Retention).
 
 #![allow(clippy::unwrap_used)]
 

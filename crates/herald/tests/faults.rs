@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
-//! Fault and bad-input tests against real Redis (SPEC §2 and §8): dropped connections, slow
-//! subscribers, Redis crashes and restarts, durable cursors, retention, unreachable Redis,
-//! bad URLs, invalid topics, oversized messages, wrong key types and foreign entries.
+//! Fault and bad-input tests against real Redis (docs/DESIGN.md, Guarantees and Failure
+//! behaviour): dropped connections, slow subscribers, Redis crashes and restarts, durable
+//! cursors, retention, unreachable Redis, bad URLs, invalid topics, oversized messages, wrong
+//! key types and foreign entries.
 //!
 //! Every test owns its `redis-server` on a free 127.0.0.1 port; every wait is bounded.
 
@@ -118,7 +119,7 @@ async fn kill_repeatedly(server: &RedisServer, kind: &str, times: usize, every: 
     killed
 }
 
-// 1. SPEC §8 "Connection dropped mid-stream", §2.3, §2.4.
+// 1. Connection dropped mid-stream: reconnect, recover from history, no loss, no duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_connection_killed_mid_stream() {
     const N: u64 = 400;
@@ -153,7 +154,7 @@ async fn pubsub_connection_killed_mid_stream() {
     expect_quiet(&mut sub, Duration::from_millis(600)).await;
 }
 
-// 2. SPEC §8, §2.2: command connections of publisher and subscriber killed; the publisher's
+// 2. Idempotent publish: command connections of publisher and subscriber killed; the publisher's
 // retries reuse their idempotency keys, so nothing is duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_connections_killed_mid_stream() {
@@ -196,7 +197,7 @@ async fn command_connections_killed_mid_stream() {
     assert_eq!((info.last_offset, info.length), (N, N));
 }
 
-// 3. SPEC §2.7, §8 "Subscriber slower than the publish rate": Redis disconnects the Pub/Sub
+// 3. Bounded memory, a subscriber slower than the publish rate: Redis disconnects the Pub/Sub
 // client for exceeding its output buffer limit; the subscriber catches up from history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_subscriber_disconnected_by_output_buffer_limit() {
@@ -264,7 +265,7 @@ async fn slow_subscriber_disconnected_by_output_buffer_limit() {
     expect_quiet(&mut sub, Duration::from_millis(600)).await;
 }
 
-// 4. SPEC §2.6, §8 "Redis restarted with persistence": no loss, no duplicate, same epoch.
+// 4. Redis restarted with persistence (appendfsync always): no loss, no duplicate, same epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_kill9_with_aof_loses_nothing() {
     let mut server = RedisServer::start_persistent();
@@ -330,7 +331,7 @@ async fn redis_kill9_with_aof_loses_nothing() {
     expect_quiet(&mut sub2, Duration::from_millis(300)).await;
 }
 
-// 5. SPEC §2.3, §8 "Without persistence: Reset".
+// 5. Redis restarted without persistence: a Reset, never a silent loss.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_without_persistence_resets() {
     let mut server = RedisServer::start();
@@ -382,7 +383,7 @@ async fn redis_restart_without_persistence_resets() {
     expect_quiet(&mut sub, Duration::from_millis(600)).await;
 }
 
-// 6. SPEC §2.4, §8 "Subscriber process killed and restarted with a durable cursor".
+// 6. A subscriber killed and restarted with a durable cursor resumes after its last commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_cursor_resumes_after_last_commit() {
     let server = RedisServer::start();
@@ -423,7 +424,7 @@ async fn durable_cursor_resumes_after_last_commit() {
     );
 }
 
-// 7. SPEC §3, §2.3: retention exceeded while a durable subscriber is away gives one Gap.
+// 7. Retention exceeded while a durable subscriber is away gives one Gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_exceeded_while_away_gives_gap() {
     let server = RedisServer::start();
@@ -476,7 +477,7 @@ async fn retention_exceeded_while_away_gives_gap() {
     expect_quiet(&mut sub, Duration::from_millis(400)).await;
 }
 
-// 8a. SPEC §8 "Redis unreachable at start": retries, then a clear error after the deadline
+// 8a. Redis unreachable at start: retries, then a clear error after the deadline
 // (never before it; 1.2 s once made the library give up at 1.13 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_redis_fails_after_deadline() {
@@ -914,7 +915,7 @@ async fn garbage_live_notification_is_survived() {
     expect_quiet(&mut sub, Duration::from_millis(600)).await;
 }
 
-// 13. SPEC §2.2: a retried publish with the same key across a dropped connection.
+// 13. Idempotent publish: a retried publish with the same key across a dropped connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_publish_across_dropped_connection() {
     let server = RedisServer::start();
@@ -944,9 +945,9 @@ async fn idempotent_publish_across_dropped_connection() {
     expect_quiet(&mut sub, Duration::from_millis(400)).await;
 }
 
-// 2b. SPEC §2.2 "The client's own retries (after a timeout ...) can never create a second
-// copy": writes are paused longer than the response timeout, so the publish times out and is
-// retried while the first attempt still waits in Redis; both run once the pause ends.
+// 2b. Herald's own retries of a publish (after a timeout) never create a second copy: writes
+// are paused longer than the response timeout, so the publish times out and is retried while
+// the first attempt still waits in Redis; both run once the pause ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_retried_after_timeout_is_not_duplicated() {
     let server = RedisServer::start();

@@ -1,4 +1,4 @@
-//! Protocol interoperability (SPEC §5): a client Herald did not write — Python's `redis`
+//! Protocol interoperability: a client Herald did not write — Python's `redis`
 //! package following `docs/PROTOCOL.md`, in `tests/interop/client.py` — publishes to and reads
 //! from Herald topics, and interoperates with Herald's own publisher and subscriber.
 //!

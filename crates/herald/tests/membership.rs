@@ -1,4 +1,4 @@
-//! Membership, acknowledgement through cursors and lag (SPEC §4, issue 6): the behaviours
+//! Membership, acknowledgement through cursors and lag (docs/DESIGN.md, issue 6): the behaviours
 //! run against the embedded broker and a real Redis; restarts run against real Redis only.
 //! Every wait is bounded.
 

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! Redis Sentinel (issue 5, SPEC §9): Herald connects through Sentinel
+//! Redis Sentinel (issue 5; docs/DESIGN.md, Deployments): Herald connects through Sentinel
 //! (`redis+sentinel://host:port,.../<name>`), follows the primary through `SENTINEL FAILOVER`
 //! and through a kill -9 of the primary, re-subscribes and recovers; `min_replicas` makes an
 //! acknowledged publish survive the failover, and fails clearly when replicas do not confirm.

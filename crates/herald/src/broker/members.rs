@@ -1,5 +1,6 @@
-//! Broker primitives for membership (SPEC §4): the member records of a group, kept under the
-//! group's event topic `__members/<group>` (so that, in Redis, they share its hash tag).
+//! Broker primitives for membership (docs/DESIGN.md, Membership): the member records of a
+//! group, kept under the group's event topic `__members/<group>` (so that, in Redis, they share
+//! its hash tag).
 //!
 //! Four primitives, each one atomic step on the broker (in Redis, one call of
 //! `lua/members.lua`), all timed by the broker's clock:

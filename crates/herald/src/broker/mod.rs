@@ -2,8 +2,9 @@
 //! embedded in-process broker; both give the same semantics, so everything above this
 //! module (publishing, subscriptions, cursors) is written once against `Broker`.
 //!
-//! A broker offers five primitives:
-//! - `publish`: the atomic step of SPEC §2.5 (dedup, offsets, epoch, append, trim, notify);
+//! A broker offers five primitives (and, in `members`, the member records of groups):
+//! - `publish`: the atomic step of `docs/PROTOCOL.md` §6.2 (dedup, offsets, epoch, append,
+//!   trim, notify);
 //! - `read`: a topic's epoch, retained range and a slice of history, read atomically;
 //! - `live`: a feed of notifications for some topics (each carries the appended entries);
 //! - cursors: `get_cursor` and `commit`;
