@@ -94,8 +94,8 @@ async fn consume(
                 Some(Ok(Event::Gap { from, to, reason, .. })) => {
                     tally.error(format!("gap {from}..={to} ({reason:?})"));
                 }
-                Some(Ok(Event::Reset { previous_epoch, epoch, .. })) => {
-                    tally.error(format!("reset from epoch {previous_epoch} to {epoch}"));
+                Some(Ok(Event::Reset { last_delivered, epoch, .. })) => {
+                    tally.error(format!("reset from {last_delivered} to epoch {epoch}"));
                 }
                 Some(Ok(other)) => tally.error(format!("unexpected event {other:?}")),
                 Some(Err(e)) => tally.error(e.to_string()),

@@ -114,9 +114,29 @@ pub(crate) fn status_of(e: &herald::Error) -> u8 {
     }
 }
 
+/// What the command line adds to a library error: the option or command that fixes it.
+fn hint(e: &herald::Error) -> Option<String> {
+    match e {
+        herald::Error::MessageTooLarge { topic, .. } => Some(format!(
+            "raise the limit with `herald configure {topic} --max-size BYTES`"
+        )),
+        herald::Error::WrongType { .. } => {
+            Some("or run herald with another --namespace".to_string())
+        }
+        herald::Error::Unreachable { .. } => {
+            Some("or raise --connect-timeout to wait longer".to_string())
+        }
+        _ => None,
+    }
+}
+
 impl From<herald::Error> for Failure {
     fn from(e: herald::Error) -> Self {
-        Failure::new(status_of(&e), e.to_string())
+        let message = match hint(&e) {
+            Some(hint) => format!("{e}; {hint}"),
+            None => e.to_string(),
+        };
+        Failure::new(status_of(&e), message)
     }
 }
 
@@ -137,6 +157,21 @@ mod tests {
             })
             .status,
             UNREACHABLE
+        );
+    }
+
+    #[test]
+    fn command_line_hints_are_added_to_library_errors() {
+        let too_large = herald::Error::MessageTooLarge {
+            topic: "t".into(),
+            size: 10,
+            limit: 5,
+        };
+        assert!(!too_large.to_string().contains("herald configure"));
+        let message = Failure::from(too_large).message.unwrap_or_default();
+        assert!(
+            message.contains("herald configure t --max-size"),
+            "{message}"
         );
     }
 

@@ -36,8 +36,8 @@ impl<'a> From<&'a Receipt> for ReceiptLine<'a> {
     fn from(r: &'a Receipt) -> Self {
         ReceiptLine {
             topic: &r.topic,
-            epoch: r.epoch,
-            offset: r.offset,
+            epoch: r.position.epoch,
+            offset: r.position.offset,
             duplicate: r.duplicate,
         }
     }
@@ -80,8 +80,8 @@ impl<'a> From<&'a Delivery> for MessageLine<'a> {
         };
         MessageLine {
             topic: &d.topic,
-            epoch: d.epoch,
-            offset: d.offset,
+            epoch: d.position.epoch,
+            offset: d.position.offset,
             key: &d.key,
             node: &d.node,
             published_at: d.published_at_ms,

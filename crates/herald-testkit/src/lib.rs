@@ -162,9 +162,10 @@ pub async fn messages(sub: &mut Subscription, n: usize) -> Vec<(u64, String)> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         match next_event(sub).await {
-            Event::Message(d) => {
-                out.push((d.offset, String::from_utf8_lossy(&d.payload).into_owned()))
-            }
+            Event::Message(d) => out.push((
+                d.position.offset,
+                String::from_utf8_lossy(&d.payload).into_owned(),
+            )),
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -61,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         println!(
                             "{}: applied config {version} (offset {})",
                             membership.id(),
-                            d.offset
+                            d.position.offset
                         );
                         if let Err(e) = config.commit(&d).await {
                             eprintln!("{}: commit failed: {e}", membership.id());
@@ -90,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!(
         "operator: published config {version} at offset {}",
-        receipt.offset
+        receipt.position.offset
     );
     let report = publisher
         .wait_for_acks(&receipt, group)

@@ -26,7 +26,7 @@ async fn main() -> Result<(), herald::Error> {
             Event::Message(job) => {
                 println!(
                     "job #{}: {}",
-                    job.offset,
+                    job.position.offset,
                     String::from_utf8_lossy(&job.payload)
                 );
                 sub.commit(&job).await?;

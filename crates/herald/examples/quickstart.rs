@@ -37,7 +37,11 @@ async fn main() -> Result<(), herald::Error> {
             let m = Message::new(format!("hello {n} from node-{}", i + 1))
                 .key(format!("node-{}-{n}", i + 1));
             let receipt = node.publish(&topic, m).await?;
-            println!("node-{} published at offset {}", i + 1, receipt.offset);
+            println!(
+                "node-{} published at offset {}",
+                i + 1,
+                receipt.position.offset
+            );
         }
     }
 
@@ -45,7 +49,7 @@ async fn main() -> Result<(), herald::Error> {
         let mut seen = Vec::new();
         while seen.len() < 6 {
             match sub.next().await {
-                Some(Ok(Event::Message(d))) => seen.push(d.offset),
+                Some(Ok(Event::Message(d))) => seen.push(d.position.offset),
                 Some(Ok(other)) => println!("node-{} event: {other:?}", i + 1),
                 Some(Err(e)) => return Err(e),
                 None => break,

@@ -42,10 +42,14 @@ use serde::Serialize;
 use crate::broker::Slot;
 use crate::client::Herald;
 use crate::clock;
-use crate::error::Result;
+use crate::error::{at_least, Result};
 use crate::membership::{members_topic, validate_group};
-use crate::message::{Epoch, Message, Receipt};
+use crate::message::{Message, Receipt};
+use crate::position::Position;
 use crate::topic::validate_topic;
+
+/// The shortest accepted [`AckWait::poll_interval`].
+const MIN_ACK_POLL: Duration = Duration::from_millis(10);
 
 /// How many acknowledgements to wait for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +69,9 @@ pub enum Acks {
 pub struct AckReport {
     /// The topic of the message.
     pub topic: String,
-    /// The epoch of the message.
-    pub epoch: Epoch,
-    /// The offset waited for.
-    pub offset: u64,
+    /// The message's position.
+    #[serde(flatten)]
+    pub position: Position,
     /// The group whose members were waited for.
     pub group: String,
     /// True when the requested acknowledgements arrived before the timeout.
@@ -89,8 +92,7 @@ pub struct AckReport {
 pub struct AckWait {
     herald: Herald,
     topic: String,
-    epoch: Epoch,
-    offset: u64,
+    position: Position,
     group: String,
     acks: Acks,
     timeout: Duration,
@@ -110,9 +112,10 @@ impl AckWait {
         self
     }
 
-    /// How often to read the cursors (default 50 ms, at least 10 ms).
+    /// How often to read the cursors (default 50 ms, at least 10 ms: a shorter interval is
+    /// refused when the wait starts).
     pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll = every.max(Duration::from_millis(10));
+        self.poll = every;
         self
     }
 
@@ -121,6 +124,7 @@ impl AckWait {
     pub async fn wait(self) -> Result<AckReport> {
         validate_topic(&self.topic)?;
         validate_group(&self.group)?;
+        at_least("acknowledgement poll interval", self.poll, MIN_ACK_POLL)?;
         let started = Instant::now();
         let deadline = started + self.timeout;
         let broker = self.herald.broker();
@@ -128,12 +132,12 @@ impl AckWait {
         // are the broker's clock. (When the message is no longer readable, every live member
         // is waited for.)
         let published_at = match broker
-            .read(&self.topic, self.offset, 1)
+            .read(&self.topic, self.position.offset, 1)
             .await?
             .slots
             .first()
         {
-            Some(Slot::Entry(e)) if e.offset == self.offset => Some(e.published_at_ms),
+            Some(Slot::Entry(e)) if e.offset == self.position.offset => Some(e.published_at_ms),
             _ => None,
         };
         let mut pending: BTreeSet<String> = self
@@ -148,8 +152,10 @@ impl AckWait {
         let mut expired = BTreeSet::new();
         loop {
             let cursors = broker.all_cursors(&self.topic).await?;
-            for (name, pos) in cursors {
-                if pos.epoch == self.epoch && pos.offset >= self.offset && pending.remove(&name) {
+            for (name, commit) in cursors {
+                let acks = commit.position.epoch == self.position.epoch
+                    && commit.position.offset >= self.position.offset;
+                if acks && pending.remove(&name) {
                     acked.insert(name);
                 }
             }
@@ -179,8 +185,7 @@ impl AckWait {
             if complete || now >= deadline {
                 return Ok(AckReport {
                     topic: self.topic,
-                    epoch: self.epoch,
-                    offset: self.offset,
+                    position: self.position,
                     group: self.group,
                     complete,
                     acked: acked.into_iter().collect(),
@@ -230,9 +235,10 @@ impl PublishAndWait {
         self
     }
 
-    /// How often to read the cursors (default 50 ms, at least 10 ms).
+    /// How often to read the cursors (default 50 ms, at least 10 ms: a shorter interval is
+    /// refused when the wait starts).
     pub fn poll_interval(mut self, every: Duration) -> Self {
-        self.poll = every.max(Duration::from_millis(10));
+        self.poll = every;
         self
     }
 
@@ -266,10 +272,9 @@ pub struct CursorLag {
     pub topic: String,
     /// The cursor's name (a member id, by the acknowledgement convention).
     pub cursor: String,
-    /// The epoch of the committed offset.
-    pub epoch: Epoch,
-    /// The committed offset.
-    pub offset: u64,
+    /// The committed position.
+    #[serde(flatten)]
+    pub position: Position,
     /// The topic's last offset (in its current epoch).
     pub last_offset: u64,
     /// Messages published after the committed offset; every message of the current epoch
@@ -294,8 +299,7 @@ impl Herald {
         AckWait {
             herald: self.clone(),
             topic: receipt.topic.clone(),
-            epoch: receipt.epoch,
-            offset: receipt.offset,
+            position: receipt.position,
             group: group.into(),
             acks: Acks::All,
             timeout: Duration::from_secs(10),
@@ -350,12 +354,11 @@ impl Herald {
             .map(|c| CursorLag {
                 topic: info.topic.clone(),
                 cursor: c.name,
-                epoch: c.position.epoch,
-                offset: c.position.offset,
+                position: c.commit.position,
                 last_offset: info.last_offset,
                 lag: c.lag,
-                committed_at_ms: c.position.committed_at_ms,
-                age_ms: now.saturating_sub(c.position.committed_at_ms),
+                committed_at_ms: c.commit.committed_at_ms,
+                age_ms: now.saturating_sub(c.commit.committed_at_ms),
             })
             .collect())
     }

@@ -7,10 +7,11 @@ use std::time::Duration;
 use crate::broker::redis::{RedisBroker, RedisOptions};
 use crate::broker::{Broker, EmbeddedBroker, Placed};
 use crate::clock;
-use crate::cursor::CursorPosition;
-use crate::error::{Error, Result};
+use crate::cursor::CursorCommit;
+use crate::error::{at_least, Error, Result};
 use crate::inspect::TopicInfo;
-use crate::message::{Epoch, Message, Receipt};
+use crate::message::{Message, Receipt};
+use crate::position::Position;
 use crate::publish::Coalescer;
 use crate::subscription::SubscribeBuilder;
 use crate::topic::{
@@ -19,6 +20,8 @@ use crate::topic::{
 
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_KEY_LEN: usize = 512;
+/// The shortest accepted [`HeraldBuilder::poll_interval`].
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Most messages in one batch publish.
 pub const MAX_BATCH: usize = 10_000;
 
@@ -173,15 +176,17 @@ impl HeraldBuilder {
         self
     }
 
-    /// Default buffer of new subscriptions, in events (default 1024).
+    /// Default buffer of new subscriptions, in events (default 1024, at least 1: `connect`
+    /// refuses 0).
     pub fn subscription_buffer(mut self, events: usize) -> Self {
-        self.buffer = events.max(1);
+        self.buffer = events;
         self
     }
 
-    /// How often subscriptions check topic heads as a safety net (default 1 s).
+    /// How often subscriptions check topic heads as a safety net (default 1 s, at least
+    /// [`MIN_POLL_INTERVAL`]: `connect` refuses less).
     pub fn poll_interval(mut self, d: Duration) -> Self {
-        self.poll_interval = d.max(Duration::from_millis(10));
+        self.poll_interval = d;
         self
     }
 
@@ -189,13 +194,11 @@ impl HeraldBuilder {
     pub async fn connect(self) -> Result<Herald> {
         validate_namespace(&self.namespace)?;
         self.defaults.validate()?;
+        at_least("subscription buffer", self.buffer, 1)?;
+        at_least("poll interval", self.poll_interval, MIN_POLL_INTERVAL)?;
         let node = match self.node_id {
             Some(id) if !id.is_empty() && id.len() <= 200 => id,
-            Some(id) => {
-                return Err(Error::InvalidSettings(format!(
-                    "node id {id:?} must be 1-200 bytes"
-                )))
-            }
+            Some(id) => return Err(Error::InvalidNodeId { id }),
             None => default_node_id(),
         };
         let broker = match (self.redis_url, self.embedded) {
@@ -280,8 +283,7 @@ impl Herald {
             .await?;
         Ok(Receipt {
             topic: topic.to_string(),
-            epoch,
-            offset,
+            position: Position::new(epoch, offset),
             // A generated key is unique to this call: see `publish_batch`.
             duplicate: duplicate && own_key,
         })
@@ -290,12 +292,10 @@ impl Herald {
     /// The message's own idempotency key, checked, or a generated one.
     fn resolve_key(&self, m: &Message) -> Result<String> {
         match &m.key {
-            Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
-                Err(Error::InvalidSettings(format!(
-                    "idempotency key must be 1-{MAX_KEY_LEN} bytes, got {}",
-                    k.len()
-                )))
-            }
+            Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => Err(Error::InvalidKey {
+                len: k.len(),
+                max: MAX_KEY_LEN,
+            }),
             Some(k) => Ok(k.clone()),
             None => Ok(self.next_key()),
         }
@@ -313,10 +313,10 @@ impl Herald {
             return Ok(Vec::new());
         }
         if messages.len() > MAX_BATCH {
-            return Err(Error::InvalidSettings(format!(
-                "a batch holds at most {MAX_BATCH} messages, this one {}; split it",
-                messages.len()
-            )));
+            return Err(Error::BatchTooLarge {
+                len: messages.len(),
+                max: MAX_BATCH,
+            });
         }
         let keyed = messages
             .iter()
@@ -335,8 +335,7 @@ impl Herald {
             .zip(&messages)
             .map(|(Placed { offset, duplicate }, m)| Receipt {
                 topic: topic.to_string(),
-                epoch,
-                offset,
+                position: Position::new(epoch, offset),
                 duplicate: duplicate && m.key.is_some(),
             })
             .collect())
@@ -369,19 +368,20 @@ impl Herald {
     }
 
     /// Reads a durable cursor.
-    pub async fn cursor(&self, topic: &str, name: &str) -> Result<Option<CursorPosition>> {
+    pub async fn cursor(&self, topic: &str, name: &str) -> Result<Option<CursorCommit>> {
         validate_topic(topic)?;
         validate_cursor(name)?;
         self.inner.broker.get_cursor(topic, name).await
     }
 
-    /// Commits a durable cursor at (`epoch`, `offset`).
-    pub async fn commit(&self, topic: &str, name: &str, epoch: Epoch, offset: u64) -> Result<()> {
+    /// Commits the durable cursor `name` of `topic` at `position`: a subscription resuming
+    /// from that cursor starts right after it.
+    pub async fn commit(&self, topic: &str, name: &str, position: Position) -> Result<()> {
         validate_topic(topic)?;
         validate_cursor(name)?;
         self.inner
             .broker
-            .commit(topic, name, CursorPosition::new(epoch, offset))
+            .commit(topic, name, CursorCommit::new(position))
             .await
     }
 }

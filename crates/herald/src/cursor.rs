@@ -1,37 +1,38 @@
-//! Durable cursors: a named position (epoch, offset) committed to the broker, so that a
-//! restarted node resumes where it left off (docs/DESIGN.md, Durable cursors).
+//! Durable cursors: a named position committed to the broker, so that a restarted node
+//! resumes where it left off (see docs/DESIGN.md, "Durable cursors").
 
 use serde::Serialize;
 
-use crate::message::Epoch;
+use crate::position::Position;
 
-/// A committed cursor position.
+/// A durable cursor's last commit: the position its owner has processed, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
-pub struct CursorPosition {
-    /// The epoch the offset belongs to.
-    pub epoch: Epoch,
-    /// The last offset the cursor's owner has processed.
-    pub offset: u64,
+pub struct CursorCommit {
+    /// The last position the cursor's owner has processed.
+    #[serde(flatten)]
+    pub position: Position,
     /// When it was committed, in milliseconds since the Unix epoch (the committer's clock).
     pub committed_at_ms: u64,
 }
 
-impl CursorPosition {
-    pub(crate) fn new(epoch: Epoch, offset: u64) -> Self {
-        CursorPosition {
-            epoch,
-            offset,
+impl CursorCommit {
+    pub(crate) fn new(position: Position) -> Self {
+        CursorCommit {
+            position,
             committed_at_ms: crate::clock::now_ms(),
         }
     }
 
-    /// Encodes the position as stored: `<epoch>:<offset>:<committed_at_ms>`.
+    /// Encodes the commit as stored: `<epoch>:<offset>:<committed_at_ms>`.
     pub(crate) fn encode(&self) -> String {
-        format!("{}:{}:{}", self.epoch, self.offset, self.committed_at_ms)
+        format!(
+            "{}:{}:{}",
+            self.position.epoch, self.position.offset, self.committed_at_ms
+        )
     }
 
-    /// Decodes a stored position; `None` when it is not in Herald's format.
+    /// Decodes a stored commit; `None` when it is not in Herald's format.
     pub(crate) fn decode(raw: &str) -> Option<Self> {
         let mut parts = raw.split(':');
         let epoch = parts.next()?.parse().ok()?;
@@ -40,9 +41,8 @@ impl CursorPosition {
         if parts.next().is_some() {
             return None;
         }
-        Some(CursorPosition {
-            epoch,
-            offset,
+        Some(CursorCommit {
+            position: Position::new(epoch, offset),
             committed_at_ms,
         })
     }
@@ -54,9 +54,9 @@ impl CursorPosition {
 pub struct CursorInfo {
     /// The cursor's name.
     pub name: String,
-    /// Its committed position.
+    /// Its last commit.
     #[serde(flatten)]
-    pub position: CursorPosition,
+    pub commit: CursorCommit,
     /// Messages published after the committed offset (in the topic's current epoch); when the
     /// cursor belongs to an older epoch, every message of the current epoch counts.
     pub lag: u64,
@@ -68,13 +68,28 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let p = CursorPosition {
-            epoch: 17,
-            offset: 42,
+        let p = CursorCommit {
+            position: Position::new(17, 42),
             committed_at_ms: 99,
         };
-        assert_eq!(CursorPosition::decode(&p.encode()), Some(p));
-        assert_eq!(CursorPosition::decode("x:1:2"), None);
-        assert_eq!(CursorPosition::decode("1:2:3:4"), None);
+        assert_eq!(CursorCommit::decode(&p.encode()), Some(p));
+        assert_eq!(CursorCommit::decode("x:1:2"), None);
+        assert_eq!(CursorCommit::decode("1:2:3:4"), None);
+    }
+
+    #[test]
+    fn serialises_flat() {
+        let info = CursorInfo {
+            name: "a".into(),
+            commit: CursorCommit {
+                position: Position::new(17, 42),
+                committed_at_ms: 99,
+            },
+            lag: 3,
+        };
+        assert_eq!(
+            serde_json::to_string(&info).ok().as_deref(),
+            Some(r#"{"name":"a","epoch":17,"offset":42,"committed_at_ms":99,"lag":3}"#)
+        );
     }
 }

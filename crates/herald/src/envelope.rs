@@ -18,7 +18,8 @@
 
 use bytes::Bytes;
 
-use crate::message::{Entry, Epoch, Headers};
+use crate::message::{Entry, Headers};
+use crate::position::Epoch;
 
 /// The tag that opens a whole live notification: header and pieces in one message.
 pub(crate) const FRAME_VERSION: &[u8] = b"h1";

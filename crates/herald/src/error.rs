@@ -40,11 +40,68 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
-    /// A setting or option had a value outside its allowed range.
-    #[error("invalid setting: {0}")]
-    InvalidSettings(String),
+    /// An idempotency key was empty or too long.
+    #[error("invalid idempotency key of {len} bytes: keys are 1-{max} bytes")]
+    InvalidKey {
+        /// The key's length in bytes.
+        len: usize,
+        /// The longest accepted key.
+        max: usize,
+    },
+    /// A batch held more messages than one publish accepts.
+    #[error("a batch holds at most {max} messages, this one {len}; split it")]
+    BatchTooLarge {
+        /// How many messages the batch held.
+        len: usize,
+        /// The most one batch may hold.
+        max: usize,
+    },
+    /// A node id broke the rules (1-200 bytes).
+    #[error("invalid node id {id:?}: node ids are 1-200 bytes")]
+    InvalidNodeId {
+        /// The rejected id.
+        id: String,
+    },
+    /// A member group name broke the naming rules.
+    #[error(
+        "invalid member group {name:?}: group names are 1-{max} bytes of A-Z a-z 0-9 . _ - / :"
+    )]
+    InvalidGroup {
+        /// The rejected name.
+        name: String,
+        /// The longest accepted name.
+        max: usize,
+    },
+    /// A member id broke the naming rules.
+    #[error("invalid member id {id:?}: member ids are 1-200 bytes of A-Z a-z 0-9 . _ - / : (a member id also names the member's durable cursors)")]
+    InvalidMemberId {
+        /// The rejected id.
+        id: String,
+    },
+    /// A member's time to live was too short.
+    #[error("a member's time to live must be at least {min:?}, got {ttl:?}")]
+    InvalidTtl {
+        /// The rejected time to live.
+        ttl: Duration,
+        /// The shortest accepted one.
+        min: Duration,
+    },
+    /// Member metadata could not be encoded or decoded.
+    #[error("invalid member metadata: {reason}")]
+    InvalidMetadata {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A topic setting or an option had a value outside its allowed range.
+    #[error("invalid {name}: {reason}")]
+    InvalidSetting {
+        /// The setting or option (`max_len`, `subscription buffer`, ...).
+        name: &'static str,
+        /// Its allowed range, and what was given.
+        reason: String,
+    },
     /// A message was larger than the topic's maximum message size.
-    #[error("message of {size} bytes is larger than the limit of {limit} bytes for topic {topic:?}; send a smaller payload or raise the limit with `herald configure {topic} --max-size BYTES`")]
+    #[error("message of {size} bytes is larger than the limit of {limit} bytes for topic {topic:?}; send a smaller payload or raise the topic's max_size")]
     MessageTooLarge {
         /// The topic.
         topic: String,
@@ -78,12 +135,12 @@ pub enum Error {
     Refused {
         /// The operation that was refused.
         operation: &'static str,
-        /// The error Redis answered with.
+        /// The error Redis answered with; [`ServerError::code`] tells its code.
         #[source]
-        source: redis::RedisError,
+        source: ServerError,
     },
     /// One of Herald's keys holds a value of the wrong type: something else wrote to it.
-    #[error("key {key} has the wrong type for Herald ({detail}); another program wrote to Herald's namespace: delete the key or use another --namespace")]
+    #[error("key {key} has the wrong type for Herald ({detail}); another program wrote to Herald's namespace: delete the key or use another namespace")]
     WrongType {
         /// The offending key.
         key: String,
@@ -126,6 +183,22 @@ pub enum Error {
     Closed,
 }
 
+/// Checks an option against its lower bound: options out of range are refused, never
+/// clamped, with an error naming the option.
+pub(crate) fn at_least<T: PartialOrd + std::fmt::Debug>(
+    name: &'static str,
+    value: T,
+    min: T,
+) -> Result<()> {
+    if value < min {
+        return Err(Error::InvalidSetting {
+            name,
+            reason: format!("must be at least {min:?}, got {value:?}"),
+        });
+    }
+    Ok(())
+}
+
 /// A coarse classification of [`Error`], stable enough to map to exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -148,7 +221,14 @@ impl Error {
             | Error::InvalidNamespace { .. }
             | Error::InvalidCursor { .. }
             | Error::InvalidUrl { .. }
-            | Error::InvalidSettings(_)
+            | Error::InvalidKey { .. }
+            | Error::BatchTooLarge { .. }
+            | Error::InvalidNodeId { .. }
+            | Error::InvalidGroup { .. }
+            | Error::InvalidMemberId { .. }
+            | Error::InvalidTtl { .. }
+            | Error::InvalidMetadata { .. }
+            | Error::InvalidSetting { .. }
             | Error::MessageTooLarge { .. }
             | Error::NotDurable => ErrorKind::BadInput,
             Error::Unreachable { .. } | Error::Timeout { .. } | Error::NotReplicated { .. } => {
@@ -161,3 +241,52 @@ impl Error {
         }
     }
 }
+
+/// An error answered by Redis (or a connection failure while asking), as carried by
+/// [`Error::Refused`]. Opaque, so that Herald's API does not expose its Redis client's types;
+/// [`code`](Self::code) tells the Redis error code (`NOPERM`, `READONLY`, `OOM`, ...).
+#[derive(Clone)]
+pub struct ServerError {
+    code: Option<String>,
+    inner: std::sync::Arc<redis::RedisError>,
+}
+
+impl ServerError {
+    /// The Redis error code, e.g. `NOPERM`, `NOAUTH`, `READONLY`, `OOM`, `WRONGPASS`; `None`
+    /// when the failure was not an error reply (a connection or protocol failure).
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+}
+
+impl From<redis::RedisError> for ServerError {
+    fn from(e: redis::RedisError) -> Self {
+        // Inside a failed EXEC or pipeline the code sits on the inner server error.
+        let code = e.code().map(str::to_string).or_else(|| {
+            e.clone()
+                .into_server_errors()
+                .and_then(|errors| errors.first().map(|(_, se)| se.code().to_string()))
+        });
+        ServerError {
+            code,
+            inner: std::sync::Arc::new(e),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerError")
+            .field("code", &self.code)
+            .field("message", &self.inner.to_string())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::error::Error for ServerError {}

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::cursor::CursorInfo;
-use crate::message::Epoch;
+use crate::position::Epoch;
 use crate::topic::TopicSettings;
 
 /// A topic's state: epoch, retained range, settings and durable cursors with their lag.

@@ -16,7 +16,7 @@
 //! let mut sub = node.subscribe(["config"]).from(Start::Earliest).await?;
 //!
 //! let receipt = node.publish("config", Message::new("v2").key("config-v2")).await?;
-//! assert_eq!(receipt.offset, 1);
+//! assert_eq!(receipt.position.offset, 1);
 //! // Publishing the same idempotency key again appends nothing.
 //! assert!(node.publish("config", Message::new("v2").key("config-v2")).await?.duplicate);
 //!
@@ -30,6 +30,7 @@
 //!
 //! ## Layout
 //! - [`client`]: the node handle [`Herald`] and its builder.
+//! - [`position`]: where a message sits: [`Epoch`] and offset, together a [`Position`].
 //! - [`message`]: what is published ([`Message`]), returned ([`Receipt`]) and delivered
 //!   ([`Delivery`]).
 //! - [`topic`]: topic names and [`TopicSettings`] (retention, dedup window, size limit).
@@ -40,6 +41,17 @@
 //! - [`broker`]: where topics live: Redis, or the in-process [`EmbeddedBroker`].
 //! - `envelope`: the wire encoding of messages (documented in `docs/PROTOCOL.md`).
 //! - `retry`: the one backoff and retry-while-transient mechanism used throughout.
+//!
+//! ## Conventions
+//! - Names a call only reads (topics, groups, cursors) are taken as `&str`; builders that keep
+//!   a value take `impl Into<String>`. Names are checked where they enter (topic names are
+//!   plain strings rather than a validated type: every call checks them once, for the cost of
+//!   a byte scan, and callers keep writing `"config"`).
+//! - Options out of their range are refused with an error naming the option
+//!   ([`Error::InvalidSetting`], [`Error::InvalidTtl`], ...) when the operation starts, never
+//!   silently clamped.
+//! - Errors are typed ([`Error`], coarsely [`ErrorKind`]); no type of a dependency appears in
+//!   the API (a Redis error reply is carried as the opaque [`ServerError`] with its code).
 //!
 //! ## Features
 //! - `cluster` (default): Redis Cluster (`redis+cluster://`).
@@ -63,6 +75,7 @@ pub mod error;
 pub mod inspect;
 pub mod membership;
 pub mod message;
+pub mod position;
 mod publish;
 mod retry;
 pub mod subscription;
@@ -71,11 +84,12 @@ pub mod topic;
 pub use ack::{AckReport, AckWait, Acks, CursorLag, PublishAndWait};
 pub use broker::EmbeddedBroker;
 pub use client::{Herald, HeraldBuilder};
-pub use cursor::{CursorInfo, CursorPosition};
-pub use error::{Error, ErrorKind, Result};
+pub use cursor::{CursorCommit, CursorInfo};
+pub use error::{Error, ErrorKind, Result, ServerError};
 pub use inspect::TopicInfo;
 pub use membership::{JoinBuilder, Member, MemberEvent, MemberWatch, Membership};
-pub use message::{Delivery, Epoch, Headers, Message, Receipt};
+pub use message::{Delivery, Headers, Message, Receipt};
+pub use position::{Epoch, ParsePositionError, Position};
 pub use subscription::{Event, GapReason, Start, SubscribeBuilder, Subscription};
 pub use topic::{validate_topic, SettingsChange, TopicSettings};
 

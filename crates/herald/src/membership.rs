@@ -3,6 +3,7 @@
 //! `Joined`, `Left` and `Expired` events.
 //!
 //! ```
+//! use futures::StreamExt;
 //! use herald::{Herald, MemberEvent};
 //! use std::time::Duration;
 //!
@@ -53,6 +54,7 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,10 @@ use crate::topic::{validate_topic, MAX_TOPIC_LEN};
 pub const MEMBERS_TOPIC_PREFIX: &str = "__members/";
 /// A member's default time to live: it expires this long after its last heartbeat.
 pub const DEFAULT_MEMBER_TTL: Duration = Duration::from_secs(5);
+/// The shortest accepted time to live.
+pub const MIN_MEMBER_TTL: Duration = Duration::from_millis(100);
+/// The shortest accepted heartbeat interval.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
 /// How many expired members one reaping pass handles at most.
 const REAP_BATCH: usize = 100;
 
@@ -81,25 +87,20 @@ pub fn members_topic(group: &str) -> String {
 /// Checks a group name: 1-190 bytes of the topic alphabet (`A-Z a-z 0-9 . _ - / :`).
 pub fn validate_group(group: &str) -> Result<()> {
     let max = MAX_TOPIC_LEN - MEMBERS_TOPIC_PREFIX.len();
+    let invalid = || Error::InvalidGroup {
+        name: group.to_string(),
+        max,
+    };
     if group.is_empty() || group.len() > max {
-        return Err(Error::InvalidSettings(format!(
-            "member group {group:?} must be 1-{max} bytes of A-Z a-z 0-9 . _ - / :"
-        )));
+        return Err(invalid());
     }
-    validate_topic(&members_topic(group)).map_err(|_| {
-        Error::InvalidSettings(format!(
-            "member group {group:?} must be 1-{max} bytes of A-Z a-z 0-9 . _ - / :"
-        ))
-    })
+    validate_topic(&members_topic(group)).map_err(|_| invalid())
 }
 
 /// Checks a member id: 1-200 bytes of the topic alphabet (it names the member's cursors).
 pub fn validate_member_id(id: &str) -> Result<()> {
     if id.is_empty() || id.len() > MAX_TOPIC_LEN || !id.bytes().all(crate::topic::is_name_byte) {
-        return Err(Error::InvalidSettings(format!(
-            "member id {id:?} must be 1-{MAX_TOPIC_LEN} bytes of A-Z a-z 0-9 . _ - / : \
-             (it is also the name of the member's durable cursors)"
-        )));
+        return Err(Error::InvalidMemberId { id: id.to_string() });
     }
     Ok(())
 }
@@ -190,7 +191,9 @@ async fn announce(herald: &Herald, change: Change, member: &Member) -> Result<()
         event: event.to_string(),
         member: member.clone(),
     })
-    .map_err(|e| Error::InvalidSettings(format!("cannot encode a membership event: {e}")))?;
+    .map_err(|e| Error::InvalidMetadata {
+        reason: format!("cannot encode a membership event: {e}"),
+    })?;
     let message = Message::new(payload)
         .key(format!("{key}:{}:{}", member.id, member.joined_at_ms))
         .header("herald-event", event);
@@ -335,6 +338,7 @@ impl Herald {
             group: group.to_string(),
             sub,
             pending: VecDeque::from([MemberEvent::Snapshot(snapshot)]),
+            refresh: None,
         })
     }
 }
@@ -375,13 +379,15 @@ impl JoinBuilder {
         self
     }
 
-    /// How long after its last heartbeat the member expires (default 5 s, at least 100 ms).
+    /// How long after its last heartbeat the member expires (default 5 s, at least
+    /// [`MIN_MEMBER_TTL`], else joining fails with [`Error::InvalidTtl`]).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
 
-    /// How often to heartbeat (default a third of the time to live).
+    /// How often to heartbeat (default a third of the time to live; between 10 ms and the
+    /// time to live, else joining fails with [`Error::InvalidSetting`]).
     pub fn heartbeat_interval(mut self, every: Duration) -> Self {
         self.heartbeat = Some(every);
         self
@@ -392,19 +398,26 @@ impl JoinBuilder {
         validate_group(&self.group)?;
         let id = self.id.unwrap_or_else(|| self.herald.node_id().to_string());
         validate_member_id(&id)?;
-        if self.ttl < Duration::from_millis(100) {
-            return Err(Error::InvalidSettings(format!(
-                "a member's time to live must be at least 100 ms, got {:?}",
-                self.ttl
-            )));
+        if self.ttl < MIN_MEMBER_TTL {
+            return Err(Error::InvalidTtl {
+                ttl: self.ttl,
+                min: MIN_MEMBER_TTL,
+            });
         }
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX / 4);
-        let every = self
-            .heartbeat
-            .unwrap_or(self.ttl / 3)
-            .clamp(Duration::from_millis(10), self.ttl);
-        let meta_json = serde_json::to_string(&self.meta)
-            .map_err(|e| Error::InvalidSettings(format!("cannot encode member metadata: {e}")))?;
+        let every = self.heartbeat.unwrap_or(self.ttl / 3);
+        if every < MIN_HEARTBEAT || every > self.ttl {
+            return Err(Error::InvalidSetting {
+                name: "heartbeat interval",
+                reason: format!(
+                    "must be between {MIN_HEARTBEAT:?} and the time to live ({:?}), got {every:?}",
+                    self.ttl
+                ),
+            });
+        }
+        let meta_json = serde_json::to_string(&self.meta).map_err(|e| Error::InvalidMetadata {
+            reason: format!("cannot encode member metadata: {e}"),
+        })?;
         let joined_at = Arc::new(AtomicU64::new(0));
         let member = join_once(
             &self.herald,
@@ -559,46 +572,72 @@ impl Drop for Membership {
     }
 }
 
-/// A watch of a group's membership; see [`Herald::watch_members`].
-#[derive(Debug)]
+/// A watch of a group's membership: a [`Stream`](futures::Stream) of [`MemberEvent`]s; see
+/// [`Herald::watch_members`].
+///
+/// Errors are those of the underlying subscription (it keeps retrying after them); the
+/// stream ends only if that subscription ends.
 pub struct MemberWatch {
     herald: Herald,
     group: String,
     sub: Subscription,
     pending: VecDeque<MemberEvent>,
+    /// A re-read of the member list after events were missed, while it runs.
+    refresh: Option<MemberListFuture>,
+}
+
+/// A pending read of a group's live members.
+type MemberListFuture = Pin<Box<dyn Future<Output = Result<Vec<Member>>> + Send>>;
+
+impl std::fmt::Debug for MemberWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemberWatch")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemberWatch {
     /// The next membership event; `None` only if the underlying subscription ended.
-    /// Errors are those of the subscription (it keeps retrying after them).
-    pub async fn next(&mut self) -> Option<Result<MemberEvent>> {
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                return Some(Ok(e));
-            }
-            match self.sub.next_event().await? {
-                Ok(Event::Message(d)) => match MemberEvent::from_delivery(&d) {
-                    Some(e) => return Some(Ok(e)),
-                    None => {
-                        tracing::warn!(group = %self.group, offset = d.offset, "skipping a message that is not a membership event");
-                    }
-                },
-                Ok(_) => {
-                    // A Gap or a Reset: events were missed; the list is the truth.
-                    return Some(
-                        self.herald
-                            .members(&self.group)
-                            .await
-                            .map(MemberEvent::Snapshot),
-                    );
-                }
-                Err(e) => return Some(Err(e)),
-            }
-        }
+    pub async fn next_event(&mut self) -> Option<Result<MemberEvent>> {
+        futures::StreamExt::next(self).await
     }
 
     /// The group watched.
     pub fn group(&self) -> &str {
         &self.group
+    }
+}
+
+impl futures::Stream for MemberWatch {
+    type Item = Result<MemberEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(e) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(e)));
+            }
+            if let Some(refresh) = this.refresh.as_mut() {
+                let members = ready!(refresh.as_mut().poll(cx));
+                this.refresh = None;
+                return Poll::Ready(Some(members.map(MemberEvent::Snapshot)));
+            }
+            match ready!(Pin::new(&mut this.sub).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Ok(Event::Message(d))) => match MemberEvent::from_delivery(&d) {
+                    Some(e) => return Poll::Ready(Some(Ok(e))),
+                    None => {
+                        tracing::warn!(group = %this.group, offset = d.position.offset, "skipping a message that is not a membership event");
+                    }
+                },
+                Some(Ok(_)) => {
+                    // A Gap or a Reset: events were missed; the list is the truth.
+                    let (herald, group) = (this.herald.clone(), this.group.clone());
+                    this.refresh = Some(Box::pin(async move { herald.members(&group).await }));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            }
+        }
     }
 }

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-/// An epoch identifies one incarnation of a topic's log (docs/DESIGN.md, Concepts). When Redis
-/// loses a log, the next publish starts a new epoch and subscribers receive a `Reset`.
-pub type Epoch = u64;
+use crate::position::{Epoch, Position};
 
 /// Message headers: string keys to string values.
 pub type Headers = BTreeMap<String, String>;
@@ -98,12 +96,10 @@ impl From<&[u8]> for Message {
 pub struct Receipt {
     /// The topic.
     pub topic: String,
-    /// The epoch of the topic's log the message belongs to.
-    pub epoch: Epoch,
-    /// The message's offset.
-    pub offset: u64,
+    /// Where the message is: the epoch of the topic's log and its offset.
+    pub position: Position,
     /// True when the idempotency key had already been published within the dedup window:
-    /// nothing was appended and `offset` is the original message's.
+    /// nothing was appended and `position` is the original message's.
     pub duplicate: bool,
 }
 
@@ -124,10 +120,8 @@ pub(crate) struct Entry {
 pub struct Delivery {
     /// The topic.
     pub topic: String,
-    /// The epoch of the topic's log.
-    pub epoch: Epoch,
-    /// The message's offset in its topic.
-    pub offset: u64,
+    /// Where the message is: the epoch of the topic's log and its offset.
+    pub position: Position,
     /// The idempotency key it was published with.
     pub key: String,
     /// The id of the node that published it.
@@ -144,8 +138,7 @@ impl Delivery {
     pub(crate) fn from_entry(topic: &str, epoch: Epoch, entry: Entry) -> Self {
         Delivery {
             topic: topic.to_string(),
-            epoch,
-            offset: entry.offset,
+            position: Position::new(epoch, entry.offset),
             key: entry.key,
             node: entry.node,
             published_at_ms: entry.published_at_ms,

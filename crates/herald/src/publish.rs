@@ -23,7 +23,8 @@ use tokio::sync::oneshot;
 
 use crate::broker::{Broker, Placed};
 use crate::error::{Error, Result};
-use crate::message::{Epoch, Message};
+use crate::message::Message;
+use crate::position::Epoch;
 
 /// Where one coalesced message's outcome goes.
 type Reply = oneshot::Sender<Result<(Epoch, Placed)>>;

@@ -20,15 +20,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{FutureExt, Stream};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, LiveEvent, LiveFeed, ReadResult, Slot};
-use crate::cursor::CursorPosition;
+use crate::cursor::CursorCommit;
 use crate::envelope::Notification;
-use crate::error::{Error, ErrorKind, Result};
-use crate::message::{Delivery, Epoch};
+use crate::error::{at_least, Error, ErrorKind, Result};
+use crate::message::Delivery;
+use crate::position::{Epoch, Position};
 use crate::retry::Backoff;
 use crate::topic::{validate_cursor, validate_topic};
 
@@ -42,9 +43,6 @@ pub enum Start {
     Latest,
     /// From this offset on (a [`Event::Gap`] first if it was already trimmed).
     Offset(u64),
-    /// Right after the durable cursor of this name; from the earliest message when the cursor
-    /// does not exist yet. Same as `.durable(name).from(Start::Earliest)`.
-    Durable(String),
 }
 
 /// Why a [`Event::Gap`] happened.
@@ -81,19 +79,18 @@ pub enum Event {
     /// The topic's log was lost and a new epoch began; delivery continues from the first
     /// offset of the new epoch.
     ///
-    /// `epoch` equals `previous_epoch` when Redis lost only the newest writes of the log,
-    /// including some this subscription had delivered (a failover with asynchronous
+    /// `epoch` equals `last_delivered.epoch` when Redis lost only the newest writes of the
+    /// log, including some this subscription had delivered (a failover with asynchronous
     /// replication, a crash without `appendfsync always`): delivery then starts over from the
     /// oldest retained offset, since offsets after the loss may carry other messages.
     Reset {
         /// The topic.
         topic: String,
-        /// The epoch that was lost.
-        previous_epoch: Epoch,
+        /// The last position delivered (or committed) in the lost log: its epoch is the one
+        /// that was lost, its offset 0 when nothing of it had been delivered.
+        last_delivered: Position,
         /// The new epoch.
         epoch: Epoch,
-        /// The last offset delivered (or committed) in the previous epoch, 0 when none.
-        last_delivered: u64,
     },
 }
 
@@ -138,25 +135,22 @@ impl SubscribeBuilder {
     /// Where to start (default [`Start::Latest`]). With [`durable`](Self::durable), this applies
     /// only to topics whose cursor does not exist yet.
     pub fn from(mut self, start: Start) -> Self {
-        if let Start::Durable(name) = &start {
-            self.durable = Some(name.clone());
-            self.start = Start::Earliest;
-        } else {
-            self.start = start;
-        }
+        self.start = start;
         self
     }
 
-    /// Resumes from (and commits to) the durable cursor `name`.
+    /// Resumes each topic right after the durable cursor `name` (and commits to it); topics
+    /// without that cursor yet start where [`from`](Self::from) says.
     pub fn durable(mut self, name: impl Into<String>) -> Self {
         self.durable = Some(name.into());
         self
     }
 
-    /// How many events may wait for the consumer (default 1024). A consumer that falls
-    /// further behind is caught up from history rather than buffered in memory.
+    /// How many events may wait for the consumer (default 1024, at least 1: `start` refuses
+    /// 0). A consumer that falls further behind is caught up from history rather than
+    /// buffered in memory.
     pub fn buffer(mut self, events: usize) -> Self {
-        self.buffer = events.max(1);
+        self.buffer = events;
         self
     }
 
@@ -177,31 +171,31 @@ impl SubscribeBuilder {
         if let Some(name) = &self.durable {
             validate_cursor(name)?;
         }
+        at_least("subscription buffer", self.buffer, 1)?;
         let broker = self.broker;
         // Subscribe to notifications first, so that nothing published from now on is missed.
         let feed = broker.live(&topics).await?;
+        // Each topic's head (and cursor) is read concurrently: on Redis the requests share one
+        // multiplexed connection, so thousands of topics cost a few pipelined round trips, not
+        // one round trip each.
+        let reads = topics.iter().cloned().map(|name| {
+            let (broker, durable) = (broker.clone(), self.durable.clone());
+            async move { position_of(&broker, &name, durable.as_deref()).await }
+        });
+        let heads: Vec<Result<(ReadResult, Option<CursorCommit>)>> = futures::stream::iter(reads)
+            .buffered(START_READS_IN_FLIGHT)
+            .collect()
+            .await;
         let mut states = Vec::with_capacity(topics.len());
-        for name in topics {
-            let head = match broker.read(&name, 1, 0).await {
-                Ok(head) => head,
-                // A topic whose keys hold foreign data must not stop the others: it starts
-                // from offset 1 of whatever log it gets once repaired, and the engine reports
-                // the problem on the stream and keeps retrying.
-                Err(Error::WrongType { .. } | Error::Corrupt { .. }) => ReadResult::default(),
-                Err(e) => return Err(e),
-            };
-            let cursor = match &self.durable {
-                Some(cursor) => broker.get_cursor(&name, cursor).await?,
-                None => None,
-            };
+        for (name, head) in topics.into_iter().zip(heads) {
+            let (head, cursor) = head?;
             let from_cursor = cursor.is_some();
             let (epoch, next) = match cursor {
-                Some(pos) => (Some(pos.epoch), pos.offset + 1),
+                Some(commit) => (Some(commit.position.epoch), commit.position.offset + 1),
                 None => match self.start {
                     Start::Earliest if head.first > 0 => (head.epoch, head.first),
                     Start::Earliest | Start::Latest => (head.epoch, head.last + 1),
                     Start::Offset(n) => (head.epoch, n.max(1)),
-                    Start::Durable(_) => (head.epoch, head.first.max(1)),
                 },
             };
             let epoch = epoch.or(head.epoch);
@@ -235,6 +229,30 @@ impl SubscribeBuilder {
             task,
         })
     }
+}
+
+/// How many topic heads a starting subscription reads at once.
+const START_READS_IN_FLIGHT: usize = 256;
+
+/// A topic's head, and its durable cursor when the subscription has one.
+async fn position_of(
+    broker: &Broker,
+    topic: &str,
+    durable: Option<&str>,
+) -> Result<(ReadResult, Option<CursorCommit>)> {
+    let head = match broker.read(topic, 1, 0).await {
+        Ok(head) => head,
+        // A topic whose keys hold foreign data must not stop the others: it starts from
+        // offset 1 of whatever log it gets once repaired, and the engine reports the problem
+        // on the stream and keeps retrying.
+        Err(Error::WrongType { .. } | Error::Corrupt { .. }) => ReadResult::default(),
+        Err(e) => return Err(e),
+    };
+    let cursor = match durable {
+        Some(cursor) => broker.get_cursor(topic, cursor).await?,
+        None => None,
+    };
+    Ok((head, cursor))
 }
 
 impl IntoFuture for SubscribeBuilder {
@@ -278,18 +296,19 @@ impl Subscription {
         self.durable.as_deref()
     }
 
-    /// Commits the durable cursor of the delivery's topic at the delivery's offset: a
+    /// Commits the durable cursor of the delivery's topic at the delivery's position: a
     /// restarted subscription with the same cursor name resumes right after it.
     pub async fn commit(&self, delivery: &Delivery) -> Result<()> {
-        self.commit_offset(&delivery.topic, delivery.epoch, delivery.offset)
+        self.commit_position(&delivery.topic, delivery.position)
             .await
     }
 
-    /// Commits the durable cursor of `topic` at (`epoch`, `offset`).
-    pub async fn commit_offset(&self, topic: &str, epoch: Epoch, offset: u64) -> Result<()> {
+    /// Commits the durable cursor of `topic` at `position` (e.g. the end of a `Gap`, to
+    /// acknowledge it).
+    pub async fn commit_position(&self, topic: &str, position: Position) -> Result<()> {
         let name = self.durable.as_deref().ok_or(Error::NotDurable)?;
         self.broker
-            .commit(topic, name, CursorPosition::new(epoch, offset))
+            .commit(topic, name, CursorCommit::new(position))
             .await
     }
 }
@@ -585,9 +604,8 @@ impl Engine {
             Some(previous) if previous != epoch => {
                 let reset = Event::Reset {
                     topic: name,
-                    previous_epoch: previous,
+                    last_delivered: Position::new(previous, next.saturating_sub(1)),
                     epoch,
-                    last_delivered: next.saturating_sub(1),
                 };
                 if let Sent::Yes = self.send(reset) {
                     self.restart(i, epoch);
@@ -602,9 +620,8 @@ impl Engine {
                 "the log lost writes this subscription had read (a failover or crash without fsync); restarting from its oldest retained offset");
             let reset = Event::Reset {
                 topic: name,
-                previous_epoch: epoch,
+                last_delivered: Position::new(epoch, next - 1),
                 epoch,
-                last_delivered: next - 1,
             };
             if let Sent::Yes = self.send(reset) {
                 self.restart(i, epoch);

@@ -87,17 +87,25 @@ impl TopicSettings {
     /// Checks that every value is in its allowed range.
     pub fn validate(&self) -> Result<()> {
         if self.max_len == 0 {
-            return Err(Error::InvalidSettings("max_len must be at least 1".into()));
+            return Err(Error::InvalidSetting {
+                name: "max_len",
+                reason: "a topic keeps at least 1 message, got 0".into(),
+            });
         }
         if self.dedup_window_ms == 0 {
-            return Err(Error::InvalidSettings(
-                "dedup window must be at least 1 ms".into(),
-            ));
+            return Err(Error::InvalidSetting {
+                name: "dedup_window_ms",
+                reason: "the dedup window must be at least 1 ms, got 0".into(),
+            });
         }
         if self.max_size == 0 || self.max_size > 512 * 1024 * 1024 {
-            return Err(Error::InvalidSettings(
-                "max_size must be between 1 byte and 512 MiB (Redis's own limit)".into(),
-            ));
+            return Err(Error::InvalidSetting {
+                name: "max_size",
+                reason: format!(
+                    "must be between 1 byte and 512 MiB (Redis's own limit), got {}",
+                    self.max_size
+                ),
+            });
         }
         Ok(())
     }

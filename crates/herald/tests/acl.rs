@@ -66,7 +66,10 @@ async fn herald_runs_with_least_privilege() {
 
     let first = a.publish("t", Message::new("m1").key("k1")).await.unwrap();
     let again = a.publish("t", Message::new("m1").key("k1")).await.unwrap();
-    assert_eq!(first.offset, again.offset, "dedup within the window");
+    assert_eq!(
+        first.position.offset, again.position.offset,
+        "dedup within the window"
+    );
     tokio::time::sleep(Duration::from_millis(120)).await;
     a.publish_batch("t", (2..=60).map(|i| format!("m{i}")))
         .await
@@ -95,7 +98,7 @@ async fn herald_runs_with_least_privilege() {
     let last = last.unwrap();
     durable.commit(&last).await.unwrap();
     let pos = b.cursor("t", "c").await.unwrap().unwrap();
-    assert_eq!(pos.offset, 60);
+    assert_eq!(pos.position.offset, 60);
 
     // Inspect (HGETALL of cursors), membership (its script: ZADD, ZRANGEBYSCORE, ...).
     let info = a.inspect("t").await.unwrap();

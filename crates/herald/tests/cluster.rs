@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use herald::{Event, Herald, Message, Start};
+use herald::{Event, Herald, Message, Position, Start};
 use support::{cluster_port, create_cluster, wait_until, RedisServer, EVENT_WAIT};
 
 struct Cluster {
@@ -265,14 +265,14 @@ async fn receive_all(sub: &mut herald::Subscription, topics: &[String], from: u6
                 let i: u64 = i.parse().unwrap();
                 let l = last.entry(d.topic.clone()).or_default();
                 assert!(
-                    d.offset > l.0,
+                    d.position.offset > l.0,
                     "{}: offset {} after {}",
                     d.topic,
-                    d.offset,
+                    d.position.offset,
                     l.0
                 );
                 assert!(i > l.1, "{}: message {i} after {}", d.topic, l.1);
-                *l = (d.offset, i);
+                *l = (d.position.offset, i);
                 if i >= from {
                     seen.entry(d.topic).or_default().insert(i);
                 }
@@ -400,8 +400,18 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
 
     // Cursors (HSET/HGET routed by the topic's slot).
     let epoch = late.inspect("t0").await.unwrap().epoch.unwrap();
-    late.commit("t0", "c", epoch, 50).await.unwrap();
-    assert_eq!(late.cursor("t0", "c").await.unwrap().unwrap().offset, 50);
+    late.commit("t0", "c", Position::new(epoch, 50))
+        .await
+        .unwrap();
+    assert_eq!(
+        late.cursor("t0", "c")
+            .await
+            .unwrap()
+            .unwrap()
+            .position
+            .offset,
+        50
+    );
     assert_eq!(late.inspect("t0").await.unwrap().cursors.len(), 1);
 
     // 3. A write lost in a failover (the replica never got it) surfaces as `Reset`, never as
@@ -439,8 +449,11 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
     let lost = plain.publish(topic, "lost").await.unwrap();
     let mut delivered: BTreeMap<u64, String> = BTreeMap::new();
     match support::next_event(&mut watch).await {
-        Event::Message(d) if d.offset == lost.offset => {
-            delivered.insert(d.offset, String::from_utf8_lossy(&d.payload).into_owned());
+        Event::Message(d) if d.position.offset == lost.position.offset => {
+            delivered.insert(
+                d.position.offset,
+                String::from_utf8_lossy(&d.payload).into_owned(),
+            );
         }
         other => panic!("expected the write, got {other:?}"),
     }
@@ -469,9 +482,9 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
                 let payload = String::from_utf8_lossy(&d.payload).into_owned();
                 let done = payload == "after2";
                 assert!(
-                    delivered.insert(d.offset, payload).is_none(),
+                    delivered.insert(d.position.offset, payload).is_none(),
                     "offset {} delivered twice without a reset",
-                    d.offset
+                    d.position.offset
                 );
                 if done {
                     break;
@@ -504,7 +517,7 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
         );
     }
     assert_ne!(
-        stored.get(&lost.offset).map(String::as_str),
+        stored.get(&lost.position.offset).map(String::as_str),
         Some("lost"),
         "the write was meant to be lost"
     );

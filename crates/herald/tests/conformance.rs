@@ -10,7 +10,7 @@ use support::on_both_backends;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use herald::{Error, Event, GapReason, Message, SettingsChange, Start};
+use herald::{Error, Event, GapReason, Message, Position, SettingsChange, Start};
 use support::{maybe_event, messages, next_event, Backend};
 
 on_both_backends!(
@@ -44,7 +44,7 @@ async fn offsets_are_dense_across_concurrent_publishers(b: Backend) {
             for i in 0..50 {
                 let r = node.publish("dense", format!("{n}-{i}")).await.unwrap();
                 assert!(!r.duplicate);
-                offsets.push(r.offset);
+                offsets.push(r.position.offset);
             }
             offsets
         }));
@@ -94,10 +94,10 @@ async fn concurrent_publishes_on_one_handle_each_get_their_receipt(b: Backend) {
         match (i, r) {
             (7, Err(Error::MessageTooLarge { size: 101, .. })) => {}
             (7, other) => panic!("message 7 is too large, got {other:?}"),
-            (13, Ok(r)) => assert_eq!((r.offset, r.duplicate), (1, true)),
+            (13, Ok(r)) => assert_eq!((r.position.offset, r.duplicate), (1, true)),
             (_, Ok(r)) => {
                 assert!(!r.duplicate, "message {i}");
-                landed.push((r.offset, format!("m{i}")));
+                landed.push((r.position.offset, format!("m{i}")));
             }
             (_, Err(e)) => panic!("message {i} failed: {e}"),
         }
@@ -147,7 +147,7 @@ async fn a_cancelled_publish_does_not_strand_the_ones_it_gathered(b: Backend) {
         .unwrap();
     assert_eq!(
         messages(&mut sub, 1).await,
-        vec![(receipt.offset, "joined".to_string())]
+        vec![(receipt.position.offset, "joined".to_string())]
     );
     assert!(maybe_event(&mut sub, Duration::from_millis(200))
         .await
@@ -183,7 +183,7 @@ async fn a_publish_cancelled_while_sending_still_sends_what_it_gathered(b: Backe
     let got = messages(&mut sub, 2).await;
     assert_eq!(got.len(), 2);
     assert!(
-        got.contains(&(receipt.offset, "joined".to_string())),
+        got.contains(&(receipt.position.offset, "joined".to_string())),
         "{got:?}"
     );
     assert!(got.iter().any(|(_, m)| m == "leader"), "{got:?}");
@@ -256,12 +256,12 @@ async fn idempotent_publish_returns_the_original_offset(b: Backend) {
         .publish("idem", Message::new("two").key("k-2"))
         .await
         .unwrap();
-    assert_eq!((a.offset, a.duplicate), (1, false));
+    assert_eq!((a.position.offset, a.duplicate), (1, false));
     assert_eq!(
-        (again.offset, again.duplicate, again.epoch),
-        (1, true, a.epoch)
+        (again.position.offset, again.duplicate, again.position.epoch),
+        (1, true, a.position.epoch)
     );
-    assert_eq!((c.offset, c.duplicate), (2, false));
+    assert_eq!((c.position.offset, c.duplicate), (2, false));
     assert_eq!(
         messages(&mut sub, 2).await,
         vec![(1, "one".to_string()), (2, "two".to_string())]
@@ -293,7 +293,7 @@ async fn dedup_window_expires(b: Backend) {
         .await
         .unwrap();
     assert!(!c.duplicate, "the key was forgotten after the window");
-    assert_eq!(c.offset, a.offset + 1);
+    assert_eq!(c.position.offset, a.position.offset + 1);
 }
 
 async fn batch_publish_is_one_step(b: Backend) {
@@ -314,7 +314,10 @@ async fn batch_publish_is_one_step(b: Backend) {
         Message::new("c"),
     ];
     let receipts = node.publish_batch("batch", batch).await.unwrap();
-    let got: Vec<(u64, bool)> = receipts.iter().map(|r| (r.offset, r.duplicate)).collect();
+    let got: Vec<(u64, bool)> = receipts
+        .iter()
+        .map(|r| (r.position.offset, r.duplicate))
+        .collect();
     assert_eq!(
         got,
         vec![(2, false), (1, true), (3, false), (2, true), (4, false)]
@@ -375,7 +378,11 @@ async fn large_batch_with_duplicates_spans_entries(b: Backend) {
                 (next - 1, false)
             }
         };
-        assert_eq!((r.offset, r.duplicate), want, "receipt of message {i}");
+        assert_eq!(
+            (r.position.offset, r.duplicate),
+            want,
+            "receipt of message {i}"
+        );
     }
     assert_eq!(expected.len(), 2 + 2497);
     assert_eq!(messages(&mut sub, expected.len()).await, expected);
@@ -433,13 +440,14 @@ async fn durable_cursor_resumes_after_last_commit(b: Backend) {
     {
         let mut sub = node
             .subscribe(["dur"])
-            .from(Start::Durable("worker".into()))
+            .durable("worker")
+            .from(Start::Earliest)
             .await
             .unwrap();
         for expected in 1..=3 {
             match next_event(&mut sub).await {
                 Event::Message(d) => {
-                    assert_eq!(d.offset, expected);
+                    assert_eq!(d.position.offset, expected);
                     sub.commit(&d).await.unwrap();
                 }
                 other => panic!("{other:?}"),
@@ -465,12 +473,12 @@ async fn durable_cursor_resumes_after_last_commit(b: Backend) {
         vec![4, 5, 6]
     );
     let pos = restarted.cursor("dur", "worker").await.unwrap().unwrap();
-    assert_eq!(pos.offset, 3);
+    assert_eq!(pos.position.offset, 3);
     // Commit without a cursor name is a clear error.
     let plain = node.subscribe(["dur"]).await.unwrap();
     let d = herald::Receipt::clone(&node.publish("dur", "m7").await.unwrap());
     assert!(matches!(
-        plain.commit_offset("dur", d.epoch, d.offset).await,
+        plain.commit_position("dur", d.position).await,
         Err(Error::NotDurable)
     ));
 }
@@ -565,7 +573,7 @@ async fn slow_subscriber_catches_up_without_loss(b: Backend) {
     for expected in 1..=n as u64 {
         match next_event(&mut slow).await {
             Event::Message(d) => {
-                assert_eq!(d.offset, expected);
+                assert_eq!(d.position.offset, expected);
                 assert_eq!(&d.payload[..], format!("m{expected}").as_bytes());
                 seen += 1;
             }
@@ -595,26 +603,29 @@ async fn lost_log_becomes_a_reset(mut b: Backend) {
     b.lose_everything();
     tokio::time::sleep(Duration::from_millis(5)).await; // a new epoch is a new microsecond
     let after = node.publish("fragile", "c").await.unwrap();
-    assert_eq!(after.offset, 1);
-    assert_ne!(after.epoch, first.epoch);
+    assert_eq!(after.position.offset, 1);
+    assert_ne!(after.position.epoch, first.position.epoch);
     match next_event(&mut sub).await {
         Event::Reset {
-            previous_epoch,
+            last_delivered:
+                Position {
+                    epoch: previous_epoch,
+                    offset: last_delivered,
+                },
             epoch,
-            last_delivered,
             ..
         } => {
             assert_eq!(
                 (previous_epoch, epoch, last_delivered),
-                (first.epoch, after.epoch, 2)
+                (first.position.epoch, after.position.epoch, 2)
             );
         }
         other => panic!("expected a reset, got {other:?}"),
     }
     match next_event(&mut sub).await {
         Event::Message(d) => assert_eq!(
-            (d.epoch, d.offset, &d.payload[..]),
-            (after.epoch, 1, &b"c"[..])
+            (d.position.epoch, d.position.offset, &d.payload[..]),
+            (after.position.epoch, 1, &b"c"[..])
         ),
         other => panic!("{other:?}"),
     }
@@ -637,7 +648,7 @@ async fn multi_topic_subscription_keeps_order_per_topic(b: Backend) {
         match next_event(&mut sub).await {
             Event::Message(d) => {
                 let expected = next.get_mut(&d.topic).unwrap();
-                assert_eq!(d.offset, *expected, "order within {}", d.topic);
+                assert_eq!(d.position.offset, *expected, "order within {}", d.topic);
                 *expected += 1;
             }
             other => panic!("{other:?}"),
@@ -668,7 +679,10 @@ async fn headers_and_binary_payloads_round_trip(b: Backend) {
                 assert_eq!(d.headers.get("x").map(String::as_str), Some("a:b"));
                 assert_eq!(d.headers.len(), 2);
                 assert_eq!(d.node, "node-7");
-                assert_eq!((d.epoch, d.offset), (r.epoch, r.offset));
+                assert_eq!(
+                    (d.position.epoch, d.position.offset),
+                    (r.position.epoch, r.position.offset)
+                );
                 assert!(d.published_at_ms > 1_600_000_000_000);
             }
             other => panic!("{other:?}"),
@@ -692,10 +706,14 @@ async fn inspect_reports_state_and_lag(b: Backend) {
         node.publish("watched", format!("m{i}")).await.unwrap();
     }
     let r = node.publish("watched", "m11").await.unwrap();
-    node.commit("watched", "fast", r.epoch, 11).await.unwrap();
-    node.commit("watched", "slow", r.epoch, 4).await.unwrap();
+    node.commit("watched", "fast", Position::new(r.position.epoch, 11))
+        .await
+        .unwrap();
+    node.commit("watched", "slow", Position::new(r.position.epoch, 4))
+        .await
+        .unwrap();
     let info = node.inspect("watched").await.unwrap();
-    assert_eq!(info.epoch, Some(r.epoch));
+    assert_eq!(info.epoch, Some(r.position.epoch));
     assert_eq!(
         (info.first_offset, info.last_offset, info.length),
         (1, 11, 11)
@@ -774,9 +792,15 @@ async fn bad_input_is_rejected_and_loses_nothing(b: Backend) {
     zero.max_len = Some(0);
     assert!(matches!(
         node.configure("small", zero).await,
-        Err(Error::InvalidSettings(_))
+        Err(Error::InvalidSetting {
+            name: "max_len",
+            ..
+        })
     ));
-    assert!(node.publish("x", Message::new("k").key("")).await.is_err());
+    assert!(matches!(
+        node.publish("x", Message::new("k").key("")).await,
+        Err(Error::InvalidKey { len: 0, .. })
+    ));
     let keys: HashSet<u64> = [node.inspect("healthy").await.unwrap().last_offset].into();
     assert_eq!(keys, HashSet::from([1]));
 }

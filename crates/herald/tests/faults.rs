@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use herald::{
-    Delivery, Error, ErrorKind, Event, GapReason, Herald, Message, Receipt, SettingsChange, Start,
-    Subscription,
+    Delivery, Error, ErrorKind, Event, GapReason, Herald, Message, Position, Receipt,
+    SettingsChange, Start, Subscription,
 };
 use support::{free_port, maybe_event, next_event, RedisServer, EVENT_WAIT};
 
@@ -34,7 +34,7 @@ async fn expect_offsets(sub: &mut Subscription, topic: &str, from: u64, to: u64)
     let mut out = Vec::new();
     for expected in from..=to {
         match next_event(sub).await {
-            Event::Message(d) if d.topic == topic && d.offset == expected => out.push(d),
+            Event::Message(d) if d.topic == topic && d.position.offset == expected => out.push(d),
             other => panic!("expected message {expected} of {topic:?}, got {other:?}"),
         }
     }
@@ -95,7 +95,7 @@ fn spawn_reader(
         let mut offsets = Vec::with_capacity(n as usize);
         for _ in 0..n {
             match next_event(&mut sub).await {
-                Event::Message(d) => offsets.push(d.offset),
+                Event::Message(d) => offsets.push(d.position.offset),
                 other => panic!("expected a message, got {other:?} after {offsets:?}"),
             }
         }
@@ -143,7 +143,7 @@ async fn pubsub_connection_killed_mid_stream() {
 
     let receipts = bounded("publishing", publishing).await.unwrap();
     eprintln!("killed {killed} Pub/Sub connections");
-    let offsets: Vec<u64> = receipts.iter().map(|r| r.offset).collect();
+    let offsets: Vec<u64> = receipts.iter().map(|r| r.position.offset).collect();
     assert_eq!(offsets, (1..=N).collect::<Vec<_>>());
     let (received, mut sub) = bounded("reading", reader).await.unwrap();
     assert_eq!(
@@ -180,7 +180,7 @@ async fn command_connections_killed_mid_stream() {
     let receipts = bounded("publishing", publishing).await.unwrap();
     let retried = receipts.iter().filter(|r| r.duplicate).count();
     eprintln!("killed {killed} command connections; {retried} publishes were answered by a retry");
-    let offsets: Vec<u64> = receipts.iter().map(|r| r.offset).collect();
+    let offsets: Vec<u64> = receipts.iter().map(|r| r.position.offset).collect();
     assert_eq!(
         offsets,
         (1..=N).collect::<Vec<_>>(),
@@ -234,7 +234,10 @@ async fn slow_subscriber_disconnected_by_output_buffer_limit() {
             .publish_batch("t", chunk.iter().map(|&i| payload(i, SIZE)))
             .await
             .unwrap();
-        assert_eq!(receipts.last().unwrap().offset, *chunk.last().unwrap());
+        assert_eq!(
+            receipts.last().unwrap().position.offset,
+            *chunk.last().unwrap()
+        );
     }
     eprintln!("published {N} messages in {:?}", started.elapsed());
 
@@ -255,7 +258,7 @@ async fn slow_subscriber_disconnected_by_output_buffer_limit() {
     for expected in 1..=N {
         match next_event(&mut sub).await {
             Event::Message(d) => {
-                assert_eq!(d.offset, expected);
+                assert_eq!(d.position.offset, expected);
                 assert_eq!(d.payload.len(), SIZE);
                 assert!(d.payload.starts_with(format!("{expected:08}:").as_bytes()));
             }
@@ -280,8 +283,8 @@ async fn redis_kill9_with_aof_loses_nothing() {
     let mut epochs = Vec::new();
     for i in 1..=20u64 {
         let r = publisher.publish("t", format!("m{i}")).await.unwrap();
-        assert_eq!(r.offset, i);
-        epochs.push(r.epoch);
+        assert_eq!(r.position.offset, i);
+        epochs.push(r.position.epoch);
     }
     expect_offsets(&mut sub, "t", 1, 10).await; // the rest is read after the crash
 
@@ -291,8 +294,8 @@ async fn redis_kill9_with_aof_loses_nothing() {
 
     for i in 21..=40u64 {
         let r = publisher.publish("t", format!("m{i}")).await.unwrap();
-        assert_eq!((r.offset, r.duplicate), (i, false));
-        epochs.push(r.epoch);
+        assert_eq!((r.position.offset, r.duplicate), (i, false));
+        epochs.push(r.position.epoch);
     }
     assert!(
         epochs.iter().all(|&e| e == epochs[0]),
@@ -311,18 +314,18 @@ async fn redis_kill9_with_aof_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart();
     let receipts = bounded("publishing", publishing).await.unwrap();
-    let offsets: Vec<u64> = receipts.iter().map(|r| r.offset).collect();
+    let offsets: Vec<u64> = receipts.iter().map(|r| r.position.offset).collect();
     assert_eq!(offsets, (41..=140).collect::<Vec<_>>());
     assert!(
-        receipts.iter().all(|r| r.epoch == epochs[0]),
+        receipts.iter().all(|r| r.position.epoch == epochs[0]),
         "the epoch changed"
     );
 
     let got = expect_offsets(&mut sub, "t", 11, 140).await;
-    assert!(got.iter().all(|d| d.epoch == epochs[0]));
+    assert!(got.iter().all(|d| d.position.epoch == epochs[0]));
     assert!(got
         .iter()
-        .all(|d| d.payload == format!("m{}", d.offset).as_bytes()));
+        .all(|d| d.payload == format!("m{}", d.position.offset).as_bytes()));
     expect_quiet(&mut sub, Duration::from_millis(600)).await;
 
     let late = node(&server, "late").await;
@@ -348,6 +351,7 @@ async fn redis_restart_without_persistence_resets() {
             .publish("t", format!("old{i}"))
             .await
             .unwrap()
+            .position
             .epoch;
     }
     expect_offsets(&mut sub, "t", 1, 5).await;
@@ -359,16 +363,19 @@ async fn redis_restart_without_persistence_resets() {
     let mut new_epoch = 0;
     for i in 1..=3u64 {
         let r = publisher.publish("t", format!("new{i}")).await.unwrap();
-        assert_eq!(r.offset, i);
-        new_epoch = r.epoch;
+        assert_eq!(r.position.offset, i);
+        new_epoch = r.position.epoch;
     }
     assert_ne!(new_epoch, old_epoch);
     match next_event(&mut sub).await {
         Event::Reset {
             topic,
-            previous_epoch,
+            last_delivered:
+                Position {
+                    epoch: previous_epoch,
+                    offset: last_delivered,
+                },
             epoch,
-            last_delivered,
         } => {
             assert_eq!(topic, "t");
             assert_eq!(previous_epoch, old_epoch);
@@ -378,7 +385,7 @@ async fn redis_restart_without_persistence_resets() {
         other => panic!("expected a Reset, got {other:?}"),
     }
     let got = expect_offsets(&mut sub, "t", 1, 3).await;
-    assert!(got.iter().all(|d| d.epoch == new_epoch));
+    assert!(got.iter().all(|d| d.position.epoch == new_epoch));
     assert_eq!(&got[0].payload[..], b"new1");
     expect_quiet(&mut sub, Duration::from_millis(600)).await;
 }
@@ -419,7 +426,7 @@ async fn durable_cursor_resumes_after_last_commit() {
     let info = publisher.inspect("t").await.unwrap();
     assert_eq!(info.cursors.len(), 1);
     assert_eq!(
-        (info.cursors[0].position.offset, info.cursors[0].lag),
+        (info.cursors[0].commit.position.offset, info.cursors[0].lag),
         (8, 0)
     );
 }
@@ -469,7 +476,7 @@ async fn retention_exceeded_while_away_gives_gap() {
                 (topic.as_str(), from, to, reason),
                 ("t", 6, 45, GapReason::Retention)
             );
-            assert_eq!(epoch, got[0].epoch);
+            assert_eq!(epoch, got[0].position.epoch);
         }
         other => panic!("expected a retention Gap, got {other:?}"),
     }
@@ -536,7 +543,7 @@ async fn redis_coming_up_during_connect_retries_is_used() {
         .unwrap()
         .unwrap();
     let r = herald.publish("t", "hello").await.unwrap();
-    assert_eq!(r.offset, 1);
+    assert_eq!(r.position.offset, 1);
     let len: i64 = server.cmd(&["XLEN", "herald:{t}:log"]);
     assert_eq!(len, 1);
 }
@@ -621,7 +628,12 @@ async fn invalid_topic_names_are_rejected() {
     assert!(keys.is_empty(), "nothing may be written: {keys:?}");
     // The longest valid name works.
     assert_eq!(
-        herald.publish(&"a".repeat(200), "x").await.unwrap().offset,
+        herald
+            .publish(&"a".repeat(200), "x")
+            .await
+            .unwrap()
+            .position
+            .offset,
         1
     );
 }
@@ -672,10 +684,15 @@ async fn oversized_messages_append_nothing() {
     expect_quiet(&mut sub, Duration::from_millis(500)).await;
 
     // The topic and a healthy one still work.
-    assert_eq!(herald.publish("t", "ok").await.unwrap().offset, 3);
+    assert_eq!(herald.publish("t", "ok").await.unwrap().position.offset, 3);
     expect_offsets(&mut sub, "t", 3, 3).await;
     assert_eq!(
-        herald.publish("u", vec![b'h'; 1000]).await.unwrap().offset,
+        herald
+            .publish("u", vec![b'h'; 1000])
+            .await
+            .unwrap()
+            .position
+            .offset,
         1
     );
 }
@@ -733,7 +750,7 @@ async fn wrong_key_types_are_refused() {
 
     // "u" on the same Redis is intact.
     let r = herald.publish("u", "u2").await.unwrap();
-    assert_eq!((r.offset, r.duplicate), (2, false));
+    assert_eq!((r.position.offset, r.duplicate), (2, false));
     let info = herald.inspect("u").await.unwrap();
     assert_eq!(
         (info.first_offset, info.last_offset, info.length),
@@ -761,7 +778,7 @@ async fn wrong_key_types_are_refused() {
         match next_item(&mut sub).await {
             Ok(Event::Message(d)) => {
                 assert_eq!(d.topic, "u");
-                u_offsets.push(d.offset);
+                u_offsets.push(d.position.offset);
             }
             Ok(other) => panic!("unexpected {other:?}"),
             Err(e) => {
@@ -787,7 +804,7 @@ async fn wrong_key_types_are_refused() {
 
     // Repairing the topic makes it usable again, and the subscription delivers it.
     let _: () = server.cmd(&["DEL", "herald:{t}:meta"]);
-    assert_eq!(herald.publish("t", "t1").await.unwrap().offset, 1);
+    assert_eq!(herald.publish("t", "t1").await.unwrap().position.offset, 1);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(
@@ -796,7 +813,7 @@ async fn wrong_key_types_are_refused() {
         );
         match next_item(&mut sub).await {
             Ok(Event::Message(d)) if d.topic == "t" => {
-                assert_eq!(d.offset, 1);
+                assert_eq!(d.position.offset, 1);
                 break;
             }
             Err(e) if e.kind() == ErrorKind::Refused => {} // an old report
@@ -848,7 +865,7 @@ async fn undecodable_entry_becomes_unreadable_gap() {
     let _: String = server.cmd(&["XADD", "herald:{t}:log", "3-0", "foo", "bar"]);
     let _: i64 = server.cmd(&["HSET", "herald:{t}:meta", "last", "3"]);
     let r = herald.publish("t", "m4").await.unwrap();
-    assert_eq!(r.offset, 4);
+    assert_eq!(r.position.offset, 4);
 
     let subscriber = node(&server, "sub").await;
     let mut sub = subscriber
@@ -906,8 +923,8 @@ async fn garbage_live_notification_is_survived() {
     let mut u = Vec::new();
     for _ in 0..4 {
         match next_event(&mut sub).await {
-            Event::Message(d) if d.topic == "t" => t.push(d.offset),
-            Event::Message(d) if d.topic == "u" => u.push(d.offset),
+            Event::Message(d) if d.topic == "t" => t.push(d.position.offset),
+            Event::Message(d) if d.topic == "u" => u.push(d.position.offset),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -925,7 +942,7 @@ async fn idempotent_publish_across_dropped_connection() {
         .publish("t", Message::new("once").key("op-42"))
         .await
         .unwrap();
-    assert_eq!((first.offset, first.duplicate), (2, false));
+    assert_eq!((first.position.offset, first.duplicate), (2, false));
 
     let killed: i64 = server.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
     assert!(killed >= 1, "the publisher's connection was not killed");
@@ -935,7 +952,10 @@ async fn idempotent_publish_across_dropped_connection() {
         .await
         .unwrap();
     assert!(again.duplicate, "{again:?}");
-    assert_eq!((again.offset, again.epoch), (first.offset, first.epoch));
+    assert_eq!(
+        (again.position.offset, again.position.epoch),
+        (first.position.offset, first.position.epoch)
+    );
     let info = herald.inspect("t").await.unwrap();
     assert_eq!((info.last_offset, info.length), (2, 2));
 
@@ -960,7 +980,7 @@ async fn publish_retried_after_timeout_is_not_duplicated() {
         .await
         .unwrap();
     let mut sub = herald.subscribe(["t"]).from(Start::Earliest).await.unwrap();
-    assert_eq!(herald.publish("t", "m1").await.unwrap().offset, 1);
+    assert_eq!(herald.publish("t", "m1").await.unwrap().position.offset, 1);
 
     let before = script_calls(&server);
     let _: () = server.cmd(&["CLIENT", "PAUSE", "1500", "WRITE"]);
@@ -974,7 +994,7 @@ async fn publish_retried_after_timeout_is_not_duplicated() {
         started.elapsed() >= Duration::from_millis(1000),
         "the publish was not held up by the pause"
     );
-    assert_eq!(r.offset, 2);
+    assert_eq!(r.position.offset, 2);
     assert!(
         !r.duplicate,
         "the caller published m2 once: its own retry must not be reported as a duplicate"

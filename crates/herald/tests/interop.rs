@@ -248,7 +248,12 @@ async fn python_publishes_herald_subscribes() {
     for (offset, key, payload, headers) in expected {
         let d = next_message(&mut sub).await;
         assert_eq!(
-            (d.topic.as_str(), d.epoch, d.offset, d.key.as_str()),
+            (
+                d.topic.as_str(),
+                d.position.epoch,
+                d.position.offset,
+                d.key.as_str()
+            ),
             ("t", epoch, offset, key)
         );
         assert_eq!(&d.payload[..], payload, "payload of offset {offset}");
@@ -272,13 +277,16 @@ async fn python_publishes_herald_subscribes() {
         .await
         .unwrap();
     assert!(again.duplicate);
-    assert_eq!((again.epoch, again.offset), (epoch, 3));
+    assert_eq!((again.position.epoch, again.position.offset), (epoch, 3));
     // And offsets continue densely across clients.
     let next = herald.publish("t", "five").await.unwrap();
-    assert_eq!((next.epoch, next.offset, next.duplicate), (epoch, 5, false));
+    assert_eq!(
+        (next.position.epoch, next.position.offset, next.duplicate),
+        (epoch, 5, false)
+    );
     let d = next_message(&mut sub).await;
     assert_eq!(
-        (d.offset, &d.payload[..], d.node.as_str()),
+        (d.position.offset, &d.payload[..], d.node.as_str()),
         (5, &b"five"[..], "rust-node")
     );
     assert_quiet(&mut sub).await;
@@ -329,9 +337,12 @@ async fn herald_publishes_python_reads() {
         .await
         .unwrap();
     assert!(dup.duplicate);
-    let epoch = first.epoch;
-    let offsets: Vec<u64> = batch.iter().map(|r| r.offset).collect();
-    assert_eq!((first.offset, offsets, dup.offset), (1, vec![2, 3, 4], 1));
+    let epoch = first.position.epoch;
+    let offsets: Vec<u64> = batch.iter().map(|r| r.position.offset).collect();
+    assert_eq!(
+        (first.position.offset, offsets, dup.position.offset),
+        (1, vec![2, 3, 4], 1)
+    );
 
     for chunk in [100, 1] {
         let (entries, end) = py_read(&url, "orders/eu:1", 1, chunk).await;
@@ -477,7 +488,7 @@ async fn python_decodes_split_notifications() {
         (Some("frame"), Some(false)),
         "{f2}"
     );
-    assert_eq!(f1["epoch"].as_u64(), Some(receipts[0].epoch));
+    assert_eq!(f1["epoch"].as_u64(), Some(receipts[0].position.epoch));
     assert_eq!(
         (f1["first"].as_u64(), f1["count"].as_u64()),
         (Some(1), Some(3))
@@ -531,7 +542,7 @@ async fn python_decodes_live_frames() {
         .await
         .unwrap();
     assert!(second[0].duplicate && !second[1].duplicate);
-    let epoch = receipts[0].epoch;
+    let epoch = receipts[0].position.epoch;
 
     let f1 = py.next().await;
     let f2 = py.next().await;
@@ -725,7 +736,7 @@ async fn refusals_and_retention() {
     }
     for offset in 2..=6 {
         let d = next_message(&mut sub).await;
-        assert_eq!((d.offset, d.node.as_str()), (offset, "py"));
+        assert_eq!((d.position.offset, d.node.as_str()), (offset, "py"));
     }
     assert_quiet(&mut sub).await;
 }

@@ -10,7 +10,7 @@ use support::on_both_backends;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use herald::{Acks, Event, Herald, MemberEvent, MemberWatch, Membership, Start};
+use herald::{Acks, Event, Herald, MemberEvent, MemberWatch, Membership, Position, Start};
 use support::{Backend, RedisServer};
 
 /// The longest any single expected thing may take.
@@ -28,7 +28,7 @@ on_both_backends!(
 
 /// The next membership event, failing the test after [`WAIT`].
 async fn next(watch: &mut MemberWatch) -> MemberEvent {
-    match tokio::time::timeout(WAIT, watch.next()).await {
+    match tokio::time::timeout(WAIT, watch.next_event()).await {
         Ok(Some(Ok(e))) => e,
         Ok(Some(Err(e))) => panic!("watch error: {e}"),
         Ok(None) => panic!("watch ended"),
@@ -136,7 +136,9 @@ async fn dropped_member_expires_once(b: Backend) {
     }
     until_members(&watcher, "cache", &["keep-1", "keep-2"]).await;
     // No second Expired (nor anything else) for the same incarnation.
-    if let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_millis(1500), watch.next()).await {
+    if let Ok(Some(Ok(e))) =
+        tokio::time::timeout(Duration::from_millis(1500), watch.next_event()).await
+    {
         panic!("unexpected event after the expiry: {e:?}");
     }
     drop((keep1, keep2));
@@ -226,7 +228,7 @@ async fn wait_for_all_and_laggard(b: Backend) {
         .await
         .unwrap();
     assert!(report.complete, "{report:?}");
-    assert_eq!(report.offset, v2.offset + 1);
+    assert_eq!(report.position.offset, v2.position.offset + 1);
     assert!(!report.acked.contains(&"web-3".to_string()));
 
     // Members joining after the publish are not waited for, whether they join before the
@@ -270,7 +272,7 @@ async fn expiring_member_is_reported_not_waited_for(b: Backend) {
         .unwrap();
     let receipt = publisher.publish("flush", "all").await.unwrap();
     publisher
-        .commit("flush", live.id(), receipt.epoch, receipt.offset)
+        .commit("flush", live.id(), receipt.position)
         .await
         .unwrap();
     drop(dying);
@@ -329,13 +331,15 @@ async fn lag_reports_cursors(b: Backend) {
         node.publish("t", format!("{i}")).await.unwrap();
     }
     let r = node.publish("t", "last").await.unwrap();
-    node.commit("t", "slow", r.epoch, 2).await.unwrap();
-    node.commit("t", "fast", r.epoch, r.offset).await.unwrap();
+    node.commit("t", "slow", Position::new(r.position.epoch, 2))
+        .await
+        .unwrap();
+    node.commit("t", "fast", r.position).await.unwrap();
     let lag = node.lag("t").await.unwrap();
     assert_eq!(lag.len(), 2);
     assert_eq!((lag[0].cursor.as_str(), lag[0].lag), ("fast", 0));
     assert_eq!(
-        (lag[1].cursor.as_str(), lag[1].lag, lag[1].offset),
+        (lag[1].cursor.as_str(), lag[1].lag, lag[1].position.offset),
         ("slow", 4, 2)
     );
     assert_eq!(lag[1].last_offset, 6);

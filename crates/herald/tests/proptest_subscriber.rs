@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use herald::{EmbeddedBroker, Event, Herald, Message, Start, Subscription, TopicSettings};
+use herald::{
+    EmbeddedBroker, Event, Herald, Message, Position, Start, Subscription, TopicSettings,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
@@ -88,7 +90,7 @@ async fn on_event(
     let (epoch, last) = match &event {
         Event::Message(d) => {
             prop_assert_eq!(
-                d.offset,
+                d.position.offset,
                 next,
                 "{}: {:?} instead of offset {}",
                 s.name,
@@ -96,16 +98,16 @@ async fn on_event(
                 next
             );
             let published = &model[topic];
-            let expected = published.get(d.offset as usize - 1);
+            let expected = published.get(d.position.offset as usize - 1);
             prop_assert_eq!(
                 Some(&d.key),
                 expected,
                 "{}: offset {} carries another message",
                 s.name,
-                d.offset
+                d.position.offset
             );
             prop_assert_eq!(&d.payload[..], d.key.as_bytes());
-            (d.epoch, d.offset)
+            (d.position.epoch, d.position.offset)
         }
         Event::Gap {
             epoch, from, to, ..
@@ -131,7 +133,10 @@ async fn on_event(
     };
     s.next.insert(topic, last + 1);
     if s.durable {
-        s.sub.commit_offset(topic, epoch, last).await.unwrap();
+        s.sub
+            .commit_position(topic, Position::new(epoch, last))
+            .await
+            .unwrap();
     }
     Ok(())
 }
@@ -145,7 +150,7 @@ async fn subscribe(
     let mut next = BTreeMap::new();
     for t in TOPICS {
         let from = match node.cursor(t, DURABLE).await.unwrap() {
-            Some(c) if durable => c.offset + 1,
+            Some(c) if durable => c.position.offset + 1,
             _ => {
                 let info = node.inspect(t).await.unwrap();
                 if durable && info.first_offset > 0 {
@@ -222,7 +227,7 @@ async fn run(max_len: u64, buffers: [usize; 2], ops: Vec<Op>) -> Result<(), Test
                 for (r, k) in receipts.iter().zip(keys) {
                     prop_assert!(!r.duplicate);
                     model.get_mut(t).unwrap().push(k);
-                    prop_assert_eq!(r.offset as usize, model[t].len());
+                    prop_assert_eq!(r.position.offset as usize, model[t].len());
                 }
             }
             Op::Republish { topic, which } => {
@@ -235,7 +240,7 @@ async fn run(max_len: u64, buffers: [usize; 2], ops: Vec<Op>) -> Result<(), Test
                         .await
                         .unwrap();
                     prop_assert!(r.duplicate);
-                    prop_assert_eq!(r.offset as usize, i + 1);
+                    prop_assert_eq!(r.position.offset as usize, i + 1);
                 }
             }
             Op::DropFeeds => broker.drop_live_feeds(),

@@ -7,7 +7,7 @@ use herald_testkit as support;
 
 use std::time::Duration;
 
-use herald::{Event, Herald, Start};
+use herald::{Event, Herald, Position, Start};
 use support::{messages, next_event, RedisServer};
 
 /// Simulates the loss of every entry after `keep`: what a replica promoted before it received
@@ -53,15 +53,22 @@ async fn rewritten_offsets_become_a_reset_not_a_silent_skip() {
     // New messages reuse offsets 2, 3, 4: the subscriber had delivered other messages at 2, 3.
     for i in 2..=4 {
         assert_eq!(
-            node.publish("t", format!("new{i}")).await.unwrap().offset,
+            node.publish("t", format!("new{i}"))
+                .await
+                .unwrap()
+                .position
+                .offset,
             i
         );
     }
     match next_event(&mut sub).await {
         Event::Reset {
-            previous_epoch,
+            last_delivered:
+                Position {
+                    epoch: previous_epoch,
+                    offset: last_delivered,
+                },
             epoch,
-            last_delivered,
             ..
         } => {
             assert_eq!(previous_epoch, epoch);
@@ -91,7 +98,7 @@ async fn a_log_shorter_than_what_was_delivered_is_a_reset() {
     lose_tail(&server, "t", 2, 5);
     // No publish needed: the periodic check sees the log end below what was delivered.
     match next_event(&mut sub).await {
-        Event::Reset { last_delivered, .. } => assert_eq!(last_delivered, 5),
+        Event::Reset { last_delivered, .. } => assert_eq!(last_delivered.offset, 5),
         other => panic!("expected a reset, got {other:?}"),
     }
     assert_eq!(

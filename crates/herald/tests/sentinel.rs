@@ -149,7 +149,7 @@ async fn publish_acked(h: &Herald, i: u64) -> u64 {
             .publish("t", Message::new(format!("m{i}")).key(format!("k{i}")))
             .await
         {
-            Ok(r) => return r.offset,
+            Ok(r) => return r.position.offset,
             Err(e) => {
                 last = Some(e.to_string());
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -185,11 +185,11 @@ async fn receive_all(sub: &mut herald::Subscription, from: u64, n: u64) {
         match ev {
             Event::Message(d) => {
                 assert!(
-                    d.offset > last_offset,
+                    d.position.offset > last_offset,
                     "offset {} after {last_offset}",
-                    d.offset
+                    d.position.offset
                 );
-                last_offset = d.offset;
+                last_offset = d.position.offset;
                 let i: u64 = std::str::from_utf8(&d.payload).unwrap()[1..]
                     .parse()
                     .unwrap();
@@ -314,5 +314,5 @@ async fn min_replicas_fails_clearly_without_replicas() {
         online_replicas(&server) == 1
     });
     let r = h.publish("t", Message::new("y").key("k2")).await.unwrap();
-    assert_eq!(r.offset, 2);
+    assert_eq!(r.position.offset, 2);
 }

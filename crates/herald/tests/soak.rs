@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use herald::{Event, Herald, Message, SettingsChange, Start};
+use herald::{Event, Herald, Message, Position, SettingsChange, Start};
 use support::checker::{check_with_retention, History, Published, Record, Retained};
 use support::proxy::{Direction, FaultProxy};
 use support::RedisServer;
@@ -143,7 +143,7 @@ async fn proxy_cuts_refuses_stalls_and_delays() {
     let node = soak_node(&proxy.url(), "through-proxy").await.unwrap();
     node.publish("p", "one").await.unwrap();
     proxy.cut();
-    assert_eq!(node.publish("p", "two").await.unwrap().offset, 2);
+    assert_eq!(node.publish("p", "two").await.unwrap().position.offset, 2);
     assert!(proxy.accepted() >= 4);
 }
 
@@ -216,8 +216,8 @@ async fn publisher(
             }
             acked.push(Published {
                 topic: topic.to_string(),
-                epoch: r.epoch,
-                offset: r.offset,
+                epoch: r.position.epoch,
+                offset: r.position.offset,
                 key: k.clone(),
             });
         }
@@ -400,7 +400,7 @@ async fn subscriber(
         // Where this incarnation starts: what it owes (first one only) and its floor.
         for (k, t) in topics.iter().enumerate() {
             let start = if spec.durable {
-                let floor = floors[k].map(|c| (c.epoch, c.offset));
+                let floor = floors[k].map(|c| (c.position.epoch, c.position.offset));
                 Record::Start {
                     epoch: None,
                     from: 1,
@@ -477,14 +477,14 @@ async fn subscriber(
             let (topic, r, commit_at) = match event {
                 Event::Message(d) => {
                     received += 1;
-                    let commit =
-                        (received % spec.commit_every.max(1) == 0).then_some((d.epoch, d.offset));
+                    let commit = (received % spec.commit_every.max(1) == 0)
+                        .then_some((d.position.epoch, d.position.offset));
                     let key = identity(&d);
                     (
                         d.topic,
                         Record::Message {
-                            epoch: d.epoch,
-                            offset: d.offset,
+                            epoch: d.position.epoch,
+                            offset: d.position.offset,
                             key,
                         },
                         commit,
@@ -499,9 +499,12 @@ async fn subscriber(
                 } => (topic, Record::Gap { epoch, from, to }, Some((epoch, to))),
                 Event::Reset {
                     topic,
-                    previous_epoch,
+                    last_delivered:
+                        Position {
+                            epoch: previous_epoch,
+                            offset: last_delivered,
+                        },
                     epoch,
-                    last_delivered,
                 } => (
                     topic,
                     Record::Reset {
@@ -515,7 +518,7 @@ async fn subscriber(
             };
             record.lock().unwrap().push(&topic, r);
             if let (true, Some((epoch, offset))) = (spec.durable, commit_at) {
-                let commit = sub.commit_offset(&topic, epoch, offset);
+                let commit = sub.commit_position(&topic, Position::new(epoch, offset));
                 match tokio::time::timeout(Duration::from_secs(5), commit).await {
                     Ok(Ok(())) => stats.commits.fetch_add(1, Ordering::SeqCst),
                     _ => stats.commit_failures.fetch_add(1, Ordering::SeqCst),

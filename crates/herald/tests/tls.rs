@@ -249,7 +249,7 @@ async fn cluster_over_tls() {
         let text = String::from_utf8(d.payload.to_vec()).unwrap();
         got.entry(d.topic.clone())
             .or_default()
-            .push((d.offset, text));
+            .push((d.position.offset, text));
     }
     for t in &topics {
         assert_eq!(

@@ -143,7 +143,10 @@ pub(crate) async fn run(global: &GlobalArgs, args: DemoArgs) -> Result<(), Failu
         let (i, receipts) =
             joined.map_err(|e| Failure::other(format!("a publisher failed: {e}")))??;
         for (j, receipt) in receipts {
-            placed.insert(format!("node-{} #{j}", i + 1).into_bytes(), receipt.offset);
+            placed.insert(
+                format!("node-{} #{j}", i + 1).into_bytes(),
+                receipt.position.offset,
+            );
             if i == 0 && j == 1 {
                 first_of_node_1 = Some(receipt);
             }
@@ -226,9 +229,12 @@ pub(crate) async fn run(global: &GlobalArgs, args: DemoArgs) -> Result<(), Failu
             report.line(format_args!(
                 "idempotency: node-1 re-published key \"node-1-1\": duplicate: {}, offset {} \
                  (original offset {}); the topic still ends at offset {last}",
-                again.duplicate, again.offset, original.offset
+                again.duplicate, again.position.offset, original.position.offset
             ))?;
-            if !again.duplicate || again.offset != original.offset || last != total {
+            if !again.duplicate
+                || again.position.offset != original.position.offset
+                || last != total
+            {
                 failures.push("re-publishing an idempotency key was not a clean duplicate".into());
             }
         }
@@ -260,7 +266,9 @@ async fn collect(mut sub: Subscription, total: u64, deadline: tokio::time::Insta
                 break;
             }
             Ok(Some(Err(e))) => r.problems.push(e.to_string()),
-            Ok(Some(Ok(Event::Message(d)))) => r.messages.push((d.offset, d.payload.to_vec())),
+            Ok(Some(Ok(Event::Message(d)))) => {
+                r.messages.push((d.position.offset, d.payload.to_vec()))
+            }
             Ok(Some(Ok(other))) => r.problems.push(format!("unexpected event {other:?}")),
         }
     }

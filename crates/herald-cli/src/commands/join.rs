@@ -109,7 +109,7 @@ pub(crate) async fn run(global: &GlobalArgs, args: JoinArgs) -> Result<(), Failu
                     if let Some(sub) = acks.as_ref() {
                         sub.commit(&d).await?;
                     }
-                    out.emit(&AckedLine { event: "acked", topic: &d.topic, epoch: d.epoch, offset: d.offset })
+                    out.emit(&AckedLine { event: "acked", topic: &d.topic, epoch: d.position.epoch, offset: d.position.offset })
                         .map_err(|e| Failure::stdout(&e))?;
                 }
                 Some(Ok(other)) => tracing::warn!(event = ?other, "acknowledged topic lost messages"),

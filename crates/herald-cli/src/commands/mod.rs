@@ -19,7 +19,7 @@ use std::time::Duration;
 use clap::Args;
 use herald::{Herald, HeraldBuilder};
 
-use crate::exit::{Failure, UNREACHABLE};
+use crate::exit::Failure;
 
 /// The Redis URL used when neither `--redis` nor `HERALD_REDIS_URL` is given.
 pub(crate) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -88,25 +88,12 @@ pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
 /// Connects `builder`, retrying an unreachable Redis for `timeout` (the library bounds every
 /// attempt by that deadline, so a server that accepts connections but never answers cannot
 /// hold the command longer); gives up with exit status 3 and a hint about
-/// `--connect-timeout`.
+/// `--connect-timeout` (added by [`Failure`]'s conversion).
 pub(crate) async fn connect_builder(
     builder: HeraldBuilder,
     timeout: Duration,
 ) -> Result<Herald, Failure> {
-    builder
-        .connect_timeout(timeout)
-        .connect()
-        .await
-        .map_err(|e| {
-            let failure = Failure::from(e);
-            match failure.message {
-                Some(m) if failure.status == UNREACHABLE => Failure::new(
-                    UNREACHABLE,
-                    format!("{m}; or raise --connect-timeout to wait longer"),
-                ),
-                _ => failure,
-            }
-        })
+    Ok(builder.connect_timeout(timeout).connect().await?)
 }
 
 /// Checks a topic name before anything touches the network, so that a typo is reported

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::StreamExt;
-use herald::{Event, Start, Subscription};
+use herald::{Event, Position, Start, Subscription};
 
 use super::{check_topic, connect, parse_duration, shutdown_signal, GlobalArgs};
 use crate::exit::{Failure, REFUSED};
@@ -245,26 +245,26 @@ async fn print_event(
             .map_err(stdout)?;
             // Move the cursor past what was reported, so a restart does not report it again.
             if durable {
-                sub.commit_offset(topic, *epoch, *to).await?;
+                sub.commit_position(topic, Position::new(*epoch, *to))
+                    .await?;
             }
         }
         Event::Reset {
             topic,
-            previous_epoch,
-            epoch,
             last_delivered,
+            epoch,
         } => {
             out.emit(&ResetLine {
                 event: "reset",
                 topic,
-                previous_epoch: *previous_epoch,
+                previous_epoch: last_delivered.epoch,
                 epoch: *epoch,
-                last_delivered: *last_delivered,
+                last_delivered: last_delivered.offset,
             })
             .map_err(stdout)?;
             // Offset 0 of the new epoch: resume from its first message.
             if durable {
-                sub.commit_offset(topic, *epoch, 0).await?;
+                sub.commit_position(topic, Position::new(*epoch, 0)).await?;
             }
         }
         other => {

@@ -41,7 +41,7 @@ pub(crate) async fn run(
              check them with `herald lag {}` and `herald members {group}`",
             report.pending.len(),
             report.pending.len() + report.acked.len() + report.expired.len(),
-            report.offset,
+            report.position.offset,
             report.topic,
             timeout,
             report.pending.join(", "),

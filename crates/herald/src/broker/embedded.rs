@@ -14,11 +14,12 @@ mod members;
 
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::clock;
-use crate::cursor::CursorPosition;
+use crate::cursor::CursorCommit;
 use crate::envelope::Notification;
 use crate::error::{Error, Result};
 use crate::inspect::TopicInfo;
-use crate::message::{Entry, Epoch, Message};
+use crate::message::{Entry, Message};
+use crate::position::Epoch;
 use crate::topic::{SettingsChange, TopicSettings};
 
 /// How many notifications a live feed may fall behind before it is told it lost some.
@@ -46,7 +47,7 @@ struct TopicLog {
     settings: Option<TopicSettings>,
     dedup: HashMap<String, (u64, Instant)>,
     dedup_expiry: VecDeque<(Instant, String)>,
-    cursors: BTreeMap<String, CursorPosition>,
+    cursors: BTreeMap<String, CursorCommit>,
     /// Member records of the group whose event topic this is (see `broker::members`).
     members: BTreeMap<String, super::members::MemberRecord>,
 }
@@ -226,13 +227,13 @@ impl EmbeddedBroker {
         }
     }
 
-    pub(crate) fn get_cursor(&self, topic: &str, name: &str) -> Option<CursorPosition> {
+    pub(crate) fn get_cursor(&self, topic: &str, name: &str) -> Option<CursorCommit> {
         self.topics()
             .get(topic)
             .and_then(|l| l.cursors.get(name).copied())
     }
 
-    pub(crate) fn commit(&self, topic: &str, name: &str, pos: CursorPosition) {
+    pub(crate) fn commit(&self, topic: &str, name: &str, pos: CursorCommit) {
         self.topics()
             .entry(topic.to_string())
             .or_default()

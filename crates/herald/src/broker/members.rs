@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::Broker;
-use crate::cursor::CursorPosition;
+use crate::cursor::CursorCommit;
 use crate::error::Result;
 
 /// A member's record as stored (the JSON value of the members hash in Redis).
@@ -120,7 +120,7 @@ impl Broker {
     }
 
     /// Every durable cursor of `topic` (cursors Herald did not write are skipped).
-    pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorPosition)>> {
+    pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorCommit)>> {
         match self {
             Broker::Redis(b) => b.all_cursors(topic).await,
             Broker::Embedded(b) => Ok(b.all_cursors(topic)),

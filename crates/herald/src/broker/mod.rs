@@ -14,11 +14,12 @@ pub(crate) mod embedded;
 pub(crate) mod members;
 pub(crate) mod redis;
 
-use crate::cursor::{CursorInfo, CursorPosition};
+use crate::cursor::{CursorCommit, CursorInfo};
 use crate::envelope::Notification;
 use crate::error::Result;
 use crate::inspect::TopicInfo;
-use crate::message::{Entry, Epoch, Message};
+use crate::message::{Entry, Message};
+use crate::position::Epoch;
 use crate::topic::{SettingsChange, TopicSettings};
 
 pub use embedded::EmbeddedBroker;
@@ -143,18 +144,14 @@ impl Broker {
         }
     }
 
-    pub(crate) async fn get_cursor(
-        &self,
-        topic: &str,
-        name: &str,
-    ) -> Result<Option<CursorPosition>> {
+    pub(crate) async fn get_cursor(&self, topic: &str, name: &str) -> Result<Option<CursorCommit>> {
         match self {
             Broker::Redis(b) => b.get_cursor(topic, name).await,
             Broker::Embedded(b) => Ok(b.get_cursor(topic, name)),
         }
     }
 
-    pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorPosition) -> Result<()> {
+    pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorCommit) -> Result<()> {
         match self {
             Broker::Redis(b) => b.commit(topic, name, pos).await,
             Broker::Embedded(b) => {
@@ -187,21 +184,17 @@ impl Broker {
 pub(crate) fn cursor_infos(
     epoch: Option<Epoch>,
     last: u64,
-    cursors: impl IntoIterator<Item = (String, CursorPosition)>,
+    cursors: impl IntoIterator<Item = (String, CursorCommit)>,
 ) -> Vec<CursorInfo> {
     let mut out: Vec<CursorInfo> = cursors
         .into_iter()
-        .map(|(name, position)| {
-            let lag = if Some(position.epoch) == epoch {
-                last.saturating_sub(position.offset)
+        .map(|(name, commit)| {
+            let lag = if Some(commit.position.epoch) == epoch {
+                last.saturating_sub(commit.position.offset)
             } else {
                 last
             };
-            CursorInfo {
-                name,
-                position,
-                lag,
-            }
+            CursorInfo { name, commit, lag }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -4,7 +4,7 @@
 use super::EmbeddedBroker;
 use crate::broker::members::{JoinStatus, MemberList, MemberRecord};
 use crate::clock;
-use crate::cursor::CursorPosition;
+use crate::cursor::CursorCommit;
 use crate::error::{Error, Result};
 
 impl EmbeddedBroker {
@@ -16,12 +16,13 @@ impl EmbeddedBroker {
         ttl_ms: u64,
     ) -> Result<(JoinStatus, MemberRecord)> {
         if ttl_ms == 0 {
-            return Err(Error::InvalidSettings(
-                "a member's time to live must be positive".into(),
-            ));
+            return Err(Error::InvalidTtl {
+                ttl: std::time::Duration::ZERO,
+                min: std::time::Duration::from_millis(1),
+            });
         }
-        let meta = serde_json::from_str(meta_json).map_err(|e| {
-            Error::InvalidSettings(format!("member metadata is not a JSON object: {e}"))
+        let meta = serde_json::from_str(meta_json).map_err(|e| Error::InvalidMetadata {
+            reason: format!("not a JSON object of strings: {e}"),
         })?;
         let now = clock::now_ms();
         let mut topics = self.topics();
@@ -94,7 +95,7 @@ impl EmbeddedBroker {
         out
     }
 
-    pub(crate) fn all_cursors(&self, topic: &str) -> Vec<(String, CursorPosition)> {
+    pub(crate) fn all_cursors(&self, topic: &str) -> Vec<(String, CursorCommit)> {
         self.topics().get(topic).map_or_else(Vec::new, |log| {
             log.cursors.iter().map(|(n, p)| (n.clone(), *p)).collect()
         })

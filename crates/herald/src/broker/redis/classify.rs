@@ -86,7 +86,7 @@ pub(super) fn classify(
     let Some((code, detail)) = server_error(&e) else {
         return Error::Refused {
             operation,
-            source: e,
+            source: e.into(),
         };
     };
     match code.as_str() {
@@ -111,7 +111,7 @@ pub(super) fn classify(
         },
         _ => Error::Refused {
             operation,
-            source: e,
+            source: e.into(),
         },
     }
 }

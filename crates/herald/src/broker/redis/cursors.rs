@@ -2,15 +2,11 @@
 //! holding `<epoch>:<offset>:<ms>`.
 
 use super::RedisBroker;
-use crate::cursor::CursorPosition;
+use crate::cursor::CursorCommit;
 use crate::error::{Error, Result};
 
 impl RedisBroker {
-    pub(crate) async fn get_cursor(
-        &self,
-        topic: &str,
-        name: &str,
-    ) -> Result<Option<CursorPosition>> {
+    pub(crate) async fn get_cursor(&self, topic: &str, name: &str) -> Result<Option<CursorCommit>> {
         let key = self.inner.keys.cursors(topic);
         let raw: Option<String> = self
             .retry("read cursor", topic, |mut conn| {
@@ -27,7 +23,7 @@ impl RedisBroker {
             .await?;
         match raw {
             None => Ok(None),
-            Some(raw) => CursorPosition::decode(&raw)
+            Some(raw) => CursorCommit::decode(&raw)
                 .map(Some)
                 .ok_or_else(|| Error::Corrupt {
                     topic: topic.to_string(),
@@ -36,7 +32,7 @@ impl RedisBroker {
         }
     }
 
-    pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorPosition) -> Result<()> {
+    pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorCommit) -> Result<()> {
         let key = self.inner.keys.cursors(topic);
         let value = pos.encode();
         self.retry("commit", topic, |mut conn| {
@@ -53,7 +49,7 @@ impl RedisBroker {
         .await
     }
 
-    pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorPosition)>> {
+    pub(crate) async fn all_cursors(&self, topic: &str) -> Result<Vec<(String, CursorCommit)>> {
         let key = self.inner.keys.cursors(topic);
         let raw: Vec<(String, String)> = self
             .retry("read cursors", topic, |mut conn| {
@@ -63,7 +59,7 @@ impl RedisBroker {
             .await?;
         Ok(raw
             .into_iter()
-            .filter_map(|(name, raw)| match CursorPosition::decode(&raw) {
+            .filter_map(|(name, raw)| match CursorCommit::decode(&raw) {
                 Some(p) => Some((name, p)),
                 None => {
                     tracing::warn!(topic, cursor = %name, value = %raw, "skipping a cursor Herald did not write");

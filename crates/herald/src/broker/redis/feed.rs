@@ -72,7 +72,7 @@ impl RedisBroker {
             }),
             Ok(Err(e)) => Err(Error::Refused {
                 operation: "subscribe",
-                source: e,
+                source: e.into(),
             }),
             Err(_) => Err(Error::Unreachable {
                 target: self.inner.target.clone(),

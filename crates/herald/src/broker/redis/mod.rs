@@ -158,7 +158,7 @@ impl RedisBroker {
             Err(GaveUp::Permanent(e)) => {
                 return Err(Error::Refused {
                     operation: "connect",
-                    source: e,
+                    source: e.into(),
                 })
             }
             Err(GaveUp::Deadline { last, waited }) => {

@@ -9,7 +9,8 @@ use super::RedisBroker;
 use crate::broker::Placed;
 use crate::envelope;
 use crate::error::{Error, Result};
-use crate::message::{Epoch, Message};
+use crate::message::Message;
+use crate::position::Epoch;
 
 /// The publish procedure, installed in Redis with SCRIPT LOAD / EVALSHA.
 pub(crate) const PUBLISH_SCRIPT: &str = include_str!("../lua/publish.lua");
