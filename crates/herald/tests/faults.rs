@@ -660,7 +660,7 @@ async fn oversized_messages_append_nothing() {
     }
     assert_eq!(err.kind(), ErrorKind::BadInput);
     assert!(
-        err.to_string().contains("--max-size"),
+        err.to_string().contains("raise the topic's max_size"),
         "says what to do: {err}"
     );
 
