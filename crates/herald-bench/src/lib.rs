@@ -874,7 +874,9 @@ fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
              one SUBSCRIBE of every channel until Redis counts the last one, then one GET per \
              channel pipelined 1000 at a time, the least a client positioning itself in each \
              topic must read). sub RSS Δ: this process's VmRSS when the subscriber was ready \
-             minus before it connected (a delta, not a peak; nothing published yet). \
+             minus before it connected (a delta, not a peak; nothing published yet; memory that an \
+             earlier run freed is reused without showing, so these cases run first and a \
+             small delta may read 0). \
              `reordered` is only informative across topics.",
             cases::FULL_SPEED_BATCH
         )?;
