@@ -200,11 +200,15 @@ impl Case {
         let size = size_label(self.payload);
         match self.shape {
             Shape::FanOut { subscribers, .. } => {
-                let mut points = vec![CurvePoint {
-                    curve: format!("subscribers-{size}-{rate}"),
-                    axis: Axis::Subscribers,
-                    x: subscribers as f64,
-                }];
+                // The payload curve's other sizes have no subscriber curve of their own.
+                let mut points = Vec::new();
+                if PAYLOADS.contains(&self.payload) {
+                    points.push(CurvePoint {
+                        curve: format!("subscribers-{size}-{rate}"),
+                        axis: Axis::Subscribers,
+                        x: subscribers as f64,
+                    });
+                }
                 if subscribers == CURVE_FAN_OUT && self.rate() == Rate::Max {
                     points.push(CurvePoint {
                         curve: format!("payload-fan{CURVE_FAN_OUT}-max"),
@@ -1087,6 +1091,12 @@ mod tests {
         let topics = case("topics1000-128B").curve_points();
         assert_eq!((topics[0].axis, topics[0].x), (Axis::Topics, 1000.0));
         assert!(case("catchup-128B").curve_points().is_empty());
+        let big = case("fan4-64KiB-max").curve_points();
+        assert_eq!(big.len(), 1);
+        assert_eq!(
+            (big[0].curve.as_str(), big[0].x),
+            ("payload-fan4-max", 65_536.0)
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use super::cases::Axis;
+use super::cases::{size_label, Axis};
 use super::report::{spread, Row};
 
 /// What a chart's y axis shows.
@@ -173,6 +173,10 @@ pub(crate) fn render_svg(chart: &Chart) -> Result<String, String> {
     if !(x_min > 0.0 && x_max >= x_min) {
         return Err(format!("chart {} has no positive x", chart.curve));
     }
+    // The x axis is labelled at the cases' own x values (1, 4, 16, 64, 256, ...).
+    let mut xs: Vec<f64> = points().map(|&(x, _)| x).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
     // Some room either side on the logarithmic axis (and a range for a single point).
     x_min /= 1.5;
     x_max *= 1.5;
@@ -188,12 +192,19 @@ pub(crate) fn render_svg(chart: &Chart) -> Result<String, String> {
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(84)
-            .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..y_max)
+            .build_cartesian_2d(
+                (x_min..x_max).log_scale().with_key_points(xs.clone()),
+                0.0..y_max,
+            )
             .map_err(|e| e.to_string())?;
+        let axis = chart.axis;
         plot.configure_mesh()
             .x_desc(chart.axis.caption())
             .y_desc(chart.measure.caption())
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&|x| match axis {
+                Axis::Payload => size_label(*x as usize),
+                _ => format!("{x:.0}"),
+            })
             .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()
             .map_err(|e| e.to_string())?;
@@ -371,6 +382,14 @@ mod tests {
                 assert!(texts.iter().any(|t| t == system), "{system} in {texts:?}");
             }
             assert!(texts.iter().any(|t| t.contains(chart.axis.caption())));
+            // The x axis is labelled at the cases' x values.
+            let labels: &[&str] = match chart.axis {
+                Axis::Payload => &["128B"],
+                _ => &["4", "16"],
+            };
+            for label in labels {
+                assert!(texts.iter().any(|t| t == label), "{label} in {texts:?}");
+            }
             // One polyline per system (the lines) besides the legend's.
             let lines = doc
                 .descendants()
