@@ -3,7 +3,12 @@
 //! - `redis-pubsub`: the publisher PUBLISHes (pipelined in batches of 64 at full speed), each
 //!   subscriber SUBSCRIBEs on its own connection. Pub/Sub keeps no history, so it has no
 //!   catch-up case; a subscriber Redis disconnects (e.g. past `client-output-buffer-limit`)
-//!   simply loses messages, which are counted as lost.
+//!   simply loses messages, which are counted as lost (and the disconnect as a problem).
+//!   Several publishers each have their own connection and send each batch to the next of
+//!   the case's channels in turn; in a many-topics case the one subscriber SUBSCRIBEs every
+//!   channel in one command and then reads one key per channel in a pipeline (the least a
+//!   client positioning itself in each topic must read), and each message of a batch goes to
+//!   the next channel.
 //! - `redis-streams`: the publisher XADDs (pipelined likewise), each subscriber loops on
 //!   `XREAD COUNT 1024 BLOCK 1000` on its own connection; catch-up reads the stream with
 //!   `XRANGE ... COUNT 1024` from the start to the end.
@@ -29,7 +34,7 @@ use super::cases::{
     drive_fan_out, prefill, FanOutRun, InTurn, Measured, Publisher, RunCounters, Tally, Tasks,
     READ_COUNT,
 };
-use super::{BenchError, Ctx};
+use super::{report, BenchError, Ctx};
 
 /// How long one XREAD blocks waiting for entries, in milliseconds.
 const BLOCK_MS: u64 = 1000;
@@ -48,17 +53,19 @@ async fn connection(
         .map_err(|e| BenchError::redis("connect to Redis", e))
 }
 
-/// Publishes with PUBLISH on one connection.
+/// Publishes with PUBLISH on one connection, each call (or, spread, each message) to the next
+/// of its channels in turn.
 struct PubsubPublisher {
     conn: MultiplexedConnection,
-    channel: String,
+    channels: InTurn,
 }
 
 impl Publisher for PubsubPublisher {
     async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let channel = self.channels.next()?;
         let mut pipe = redis::pipe();
         for p in &payloads {
-            pipe.cmd("PUBLISH").arg(&self.channel).arg(p).ignore();
+            pipe.cmd("PUBLISH").arg(channel).arg(p).ignore();
         }
         pipe.query_async::<()>(&mut self.conn)
             .await
@@ -66,14 +73,28 @@ impl Publisher for PubsubPublisher {
     }
 
     async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let channel = self.channels.next()?;
         let sends = payloads.iter().map(|p| {
             let mut conn = self.conn.clone();
-            let cmd = redis::cmd("PUBLISH").arg(&self.channel).arg(p).to_owned();
+            let cmd = redis::cmd("PUBLISH").arg(channel).arg(p).to_owned();
             async move { cmd.query_async::<i64>(&mut conn).await }
         });
         futures::future::try_join_all(sends)
             .await
             .map(|_| ())
+            .map_err(|e| BenchError::redis("PUBLISH", e))
+    }
+
+    async fn send_spread(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let mut pipe = redis::pipe();
+        for p in &payloads {
+            pipe.cmd("PUBLISH")
+                .arg(self.channels.next()?)
+                .arg(p)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn)
+            .await
             .map_err(|e| BenchError::redis("PUBLISH", e))
     }
 }
@@ -118,25 +139,42 @@ impl Publisher for StreamPublisher {
     }
 }
 
-/// Fan-out over raw Pub/Sub.
+/// Fan-out over raw Pub/Sub: every subscriber SUBSCRIBEs all of `channels` (one command) on
+/// its own connection; the case's publishers, each on its own connection, send each batch to
+/// the next channel in turn (spread: each message). In a many-topics case the subscriber's
+/// readiness also includes a pipelined GET of one key per channel ([`read_heads`]): the least
+/// a client that positions itself in each topic's log must read.
 pub(crate) async fn pubsub_fan_out(
     ctx: &Ctx,
     run: &FanOutRun,
-    channel: &str,
+    channels: &[String],
 ) -> Result<Measured, BenchError> {
     let subscribers = run.case.subscribers();
+    let last = channels
+        .last()
+        .ok_or_else(|| BenchError::Internal("a Pub/Sub run without a channel".into()))?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Tasks::new();
-    for _ in 0..subscribers {
+    let mut admin = connection(ctx, Some(Duration::from_secs(30))).await?;
+    let rss_before = report::rss_kib();
+    let mut ready = None;
+    for i in 0..subscribers {
         let pubsub = ctx
             .client
             .get_async_pubsub()
             .await
             .map_err(|e| BenchError::redis("open a Pub/Sub connection", e))?;
+        let started = Instant::now();
         let (mut sink, mut stream) = pubsub.split();
-        sink.subscribe(channel)
+        sink.subscribe(channels)
             .await
             .map_err(|e| BenchError::redis("SUBSCRIBE", e))?;
+        if run.case.spreads_messages() {
+            // Redis handles a SUBSCRIBE's channels in order: the last one counts them all.
+            wait_subscribed(&mut admin, last, i + 1).await?;
+            read_heads(&mut admin, &ctx.prefix, channels).await?;
+            ready = Some(started.elapsed());
+        }
         let mut tally = Tally::new(run.base, Arc::clone(&run.counters), run.case.messages, true)?;
         let mut stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
@@ -148,8 +186,7 @@ pub(crate) async fn pubsub_fan_out(
                     msg = stream.next() => match msg {
                         Some(msg) => tally.message(msg.get_payload_bytes()),
                         None => {
-                            tally.error("Redis closed a Pub/Sub connection (a slow subscriber \
-                                         past client-output-buffer-limit is disconnected)");
+                            tally.error(PUBSUB_DISCONNECTED);
                             break;
                         }
                     },
@@ -158,13 +195,45 @@ pub(crate) async fn pubsub_fan_out(
             tally
         }));
     }
-    let mut conn = connection(ctx, Some(Duration::from_secs(5))).await?;
-    wait_subscribed(&mut conn, channel, subscribers).await?;
-    let mut publisher = PubsubPublisher {
-        conn,
-        channel: channel.to_string(),
+    let subscriber_rss_kib = match (ready, rss_before, report::rss_kib()) {
+        (Some(_), Some(before), Some(after)) => Some(after as i64 - before as i64),
+        _ => None,
     };
-    drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
+    wait_subscribed(&mut admin, last, subscribers).await?;
+    let mut publishers = Vec::with_capacity(run.case.publishers());
+    for p in 0..run.case.publishers() {
+        publishers.push(PubsubPublisher {
+            conn: connection(ctx, Some(Duration::from_secs(5))).await?,
+            channels: InTurn::starting_at(channels.to_vec(), p),
+        });
+    }
+    let mut m = drive_fan_out(run, &mut publishers, &mut tasks, &stop).await?;
+    m.ready = ready;
+    m.subscriber_rss_kib = subscriber_rss_kib;
+    Ok(m)
+}
+
+/// The problem a raw Pub/Sub subscriber reports when Redis closes its connection.
+pub(crate) const PUBSUB_DISCONNECTED: &str = "Redis closed a Pub/Sub connection (a slow \
+     subscriber past client-output-buffer-limit is disconnected)";
+
+/// Reads one key per channel (`GET`, pipelined 1000 at a time): the position lookup of a
+/// Herald-like client done as cheaply as Redis allows.
+async fn read_heads(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    channels: &[String],
+) -> Result<(), BenchError> {
+    for chunk in channels.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for channel in chunk {
+            pipe.cmd("GET").arg(format!("{prefix}:head:{channel}"));
+        }
+        pipe.query_async::<Vec<Option<Vec<u8>>>>(conn)
+            .await
+            .map_err(|e| BenchError::redis("GET (pipelined heads)", e))?;
+    }
+    Ok(())
 }
 
 /// Publishes with SPUBLISH over a cluster connection, each call to the next channel in turn
@@ -276,11 +345,11 @@ pub(crate) async fn sharded_fan_out(
             tally
         }));
     }
-    let mut publisher = ShardedPublisher {
+    let publisher = ShardedPublisher {
         conn: cluster_connection(nodes, None).await?,
         channels: InTurn::new(channels.to_vec()),
     };
-    drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
+    drive_fan_out(run, &mut [publisher], &mut tasks, &stop).await
 }
 
 /// Waits until Redis counts `n` subscribers of `channel`, so that nothing is published
@@ -356,11 +425,11 @@ pub(crate) async fn streams_fan_out(
             tally
         }));
     }
-    let mut publisher = StreamPublisher {
+    let publisher = StreamPublisher {
         conn: connection(ctx, Some(Duration::from_secs(5))).await?,
         key: key.to_string(),
     };
-    drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
+    drive_fan_out(run, &mut [publisher], &mut tasks, &stop).await
 }
 
 /// Catch-up over raw Streams: XADD `n` entries, then read them all with XRANGE.

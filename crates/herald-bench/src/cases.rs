@@ -1,9 +1,11 @@
 //! The benchmark's cases and the measuring machinery every system shares.
 //!
-//! A *case* is a workload (fan-out to N subscribers at full speed or at a fixed rate, or a
-//! catch-up read); a *run* is one case on one system. Every run has the same process layout:
-//! one publisher task, and subscriber tasks each on its own Redis connection, all in this
-//! process. Payloads carry a 16-byte stamp (nanoseconds since the run's shared base
+//! A *case* is a workload (fan-out to N subscribers at full speed or at a fixed rate, over a
+//! range of payloads; several publishers on one or 16 topics; one subscription over many
+//! topics; or a catch-up read); a *run* is one case on one system. Every run has the same
+//! process layout: the publishers (one, or those of a several-publishers case, each with its
+//! own connection or handle, driven concurrently), and subscriber tasks each on its own Redis
+//! connection, all in this process. Payloads carry a 16-byte stamp (nanoseconds since the run's shared base
 //! [`Instant`], then a sequence number, both little-endian) padded with zeros to the payload
 //! size; subscribers turn it into an end-to-end latency and check order. [`drive_fan_out`]
 //! publishes, waits for the deliveries within a deadline, and counts what never arrived as
@@ -29,10 +31,32 @@ pub(crate) const PREFILL_BATCH: usize = 1000;
 pub(crate) const READ_COUNT: usize = 1024;
 /// Most messages sent in one burst at a fixed rate (after a stall).
 const MAX_BURST: u64 = 256;
-/// The fan-outs measured.
-const FAN_OUTS: [usize; 3] = [1, 4, 16];
-/// The payload sizes measured.
+/// The fan-outs measured, at every payload of [`PAYLOADS`] and both rates.
+const FAN_OUTS: [usize; 5] = [1, 4, 16, 64, 256];
+/// The payload sizes of the fan-out cases.
 const PAYLOADS: [usize; 2] = [128, 4096];
+/// The payload curve: fan-out 4 at full speed over these sizes (128 B and 4 KiB are among
+/// the fan-out cases already).
+const CURVE_PAYLOADS: [usize; 5] = [16, 128, 1024, 4096, 65_536];
+/// The fan-out of the payload curve.
+const CURVE_FAN_OUT: usize = 4;
+/// Publishers of the several-publishers cases, each with its own handle or connection.
+pub(crate) const PUBLISHERS: [usize; 2] = [4, 16];
+/// Topics the several publishers share: one, or this many.
+pub(crate) const PUBLISHER_TOPICS: usize = 16;
+/// Subscribers of the several-publishers cases, each subscribed to every topic.
+pub(crate) const PUBLISHER_SUBSCRIBERS: usize = 4;
+/// Topics of the many-topics cases, all in one subscription.
+const MANY_TOPICS: [usize; 2] = [1_000, 10_000];
+/// The payload of the several-publishers and many-topics cases.
+const WIDE_PAYLOAD: usize = 128;
+/// Cases that `--quick` runs besides today's (one of each new family).
+const QUICK_EXTRA: [&str; 4] = [
+    "fan64-128B-max",
+    "pubs4-1topic-128B-max",
+    "topics1000-128B",
+    "fan4-64KiB-max",
+];
 /// The payload size of the catch-up case.
 const CATCH_UP_PAYLOAD: usize = 128;
 /// Primaries of the private cluster of the cluster case (no replicas).
@@ -90,6 +114,22 @@ pub(crate) enum Shape {
     },
     /// One subscriber `messages` behind reads to the end.
     CatchUp,
+    /// Live fan-out at full speed from several publishers (each its own handle or
+    /// connection), each sending its batches to the `topics` in turn.
+    Publishers {
+        /// Publishers.
+        publishers: usize,
+        /// Topics published to; every subscriber receives all of them.
+        topics: usize,
+        /// Subscribers, each on its own connection.
+        subscribers: usize,
+    },
+    /// One subscriber, one subscription over `topics` topics; each message of a batch goes to
+    /// the next topic in turn, so that every topic is published to.
+    ManyTopics {
+        /// Topics in the subscription.
+        topics: usize,
+    },
     /// Live fan-out at full speed over a private Redis Cluster: each batch goes to the next
     /// of `topics` topics in turn, every subscriber receives all of them.
     Cluster {
@@ -120,16 +160,87 @@ impl Case {
             Shape::FanOut { .. } => &[System::RedisPubsub, System::RedisStreams, System::Herald],
             // Pub/Sub keeps no history, so it has no catch-up.
             Shape::CatchUp => &[System::RedisStreams, System::Herald],
-            // The cluster baseline is sharded Pub/Sub (SPUBLISH / SSUBSCRIBE).
-            Shape::Cluster { .. } => &[System::RedisPubsub, System::Herald],
+            // The cluster baseline is sharded Pub/Sub (SPUBLISH / SSUBSCRIBE); the cases of
+            // several publishers and many topics are measured against raw Pub/Sub.
+            Shape::Cluster { .. } | Shape::Publishers { .. } | Shape::ManyTopics { .. } => {
+                &[System::RedisPubsub, System::Herald]
+            }
+        }
+    }
+
+    /// Publishers of this case, each with its own handle or connection.
+    pub(crate) fn publishers(&self) -> usize {
+        match self.shape {
+            Shape::Publishers { publishers, .. } => publishers,
+            _ => 1,
+        }
+    }
+
+    /// Topics (channels, streams) of this case.
+    pub(crate) fn topics(&self) -> usize {
+        match self.shape {
+            Shape::Publishers { topics, .. }
+            | Shape::ManyTopics { topics }
+            | Shape::Cluster { topics, .. } => topics,
+            Shape::FanOut { .. } | Shape::CatchUp => 1,
+        }
+    }
+
+    /// True when each message goes to its own topic in turn (rather than each batch).
+    pub(crate) fn spreads_messages(&self) -> bool {
+        matches!(self.shape, Shape::ManyTopics { .. })
+    }
+
+    /// The curves of the charts this case is a point of.
+    pub(crate) fn curve_points(&self) -> Vec<CurvePoint> {
+        let rate = match self.rate() {
+            Rate::Max => "max".to_string(),
+            Rate::PerSecond(r) => format!("{r}/s"),
+        };
+        let size = size_label(self.payload);
+        match self.shape {
+            Shape::FanOut { subscribers, .. } => {
+                // The payload curve's other sizes have no subscriber curve of their own.
+                let mut points = Vec::new();
+                if PAYLOADS.contains(&self.payload) {
+                    points.push(CurvePoint {
+                        curve: format!("subscribers-{size}-{rate}"),
+                        axis: Axis::Subscribers,
+                        x: subscribers as f64,
+                    });
+                }
+                if subscribers == CURVE_FAN_OUT && self.rate() == Rate::Max {
+                    points.push(CurvePoint {
+                        curve: format!("payload-fan{CURVE_FAN_OUT}-max"),
+                        axis: Axis::Payload,
+                        x: self.payload as f64,
+                    });
+                }
+                points
+            }
+            Shape::Publishers {
+                publishers, topics, ..
+            } => vec![CurvePoint {
+                curve: format!("publishers-{}-{size}-max", topics_label(topics)),
+                axis: Axis::Publishers,
+                x: publishers as f64,
+            }],
+            Shape::ManyTopics { topics } => vec![CurvePoint {
+                curve: format!("topics-{size}"),
+                axis: Axis::Topics,
+                x: topics as f64,
+            }],
+            Shape::CatchUp | Shape::Cluster { .. } => Vec::new(),
         }
     }
 
     /// Subscribers of this case.
     pub(crate) fn subscribers(&self) -> usize {
         match self.shape {
-            Shape::FanOut { subscribers, .. } | Shape::Cluster { subscribers, .. } => subscribers,
-            Shape::CatchUp => 1,
+            Shape::FanOut { subscribers, .. }
+            | Shape::Cluster { subscribers, .. }
+            | Shape::Publishers { subscribers, .. } => subscribers,
+            Shape::CatchUp | Shape::ManyTopics { .. } => 1,
         }
     }
 
@@ -137,9 +248,73 @@ impl Case {
     pub(crate) fn rate(&self) -> Rate {
         match self.shape {
             Shape::FanOut { rate, .. } => rate,
-            Shape::CatchUp | Shape::Cluster { .. } => Rate::Max,
+            Shape::CatchUp
+            | Shape::Cluster { .. }
+            | Shape::Publishers { .. }
+            | Shape::ManyTopics { .. } => Rate::Max,
         }
     }
+}
+
+/// What a chart's x axis counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Axis {
+    /// Subscribers of a fan-out.
+    Subscribers,
+    /// Publishers.
+    Publishers,
+    /// Topics in one subscription.
+    Topics,
+    /// Payload size in bytes.
+    Payload,
+}
+
+impl Axis {
+    /// The axis's caption.
+    pub(crate) fn caption(self) -> &'static str {
+        match self {
+            Axis::Subscribers => "subscribers",
+            Axis::Publishers => "publishers",
+            Axis::Topics => "topics in one subscription",
+            Axis::Payload => "payload bytes",
+        }
+    }
+}
+
+/// Where a case sits on a chart: the curve (one chart per curve and measure) and its x.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CurvePoint {
+    /// The curve's name, e.g. `subscribers-128B-max`; also the chart's file name stem.
+    pub(crate) curve: String,
+    /// What x counts.
+    pub(crate) axis: Axis,
+    /// The case's x.
+    pub(crate) x: f64,
+}
+
+/// `1topic`, `16topics`.
+fn topics_label(topics: usize) -> String {
+    if topics == 1 {
+        "1topic".into()
+    } else {
+        format!("{topics}topics")
+    }
+}
+
+/// Messages of a case whose fan-out or payload makes each message costlier: 1/2 of `n` at 64
+/// subscribers, 1/5 at 256, 1/10 at 64 KiB (at least 1).
+pub(crate) fn scaled_messages(n: u64, subscribers: usize, payload: usize) -> u64 {
+    let divisor = match subscribers {
+        0..=16 => 1,
+        17..=64 => 2,
+        _ => 5,
+    } * if payload >= 65_536 { 10 } else { 1 };
+    (n / divisor).max(1)
+}
+
+/// Messages of a many-topics case: 1/5 of `n`, but at least one per topic.
+pub(crate) fn many_topics_messages(n: u64, topics: usize) -> u64 {
+    (n / 5).max(topics as u64)
 }
 
 /// `128B`, `4KiB`, ...
@@ -151,24 +326,70 @@ pub(crate) fn size_label(bytes: usize) -> String {
     }
 }
 
-/// All cases, in running order, filtered by name (`filters` empty: all). A case is kept when
-/// its name contains one of the filters.
-pub(crate) fn plan(messages: u64, catch_up: u64, rate: u64, filters: &[String]) -> Vec<Case> {
+/// All cases, in running order, filtered by name: a case is kept when its name contains one
+/// of `filters`; with no filter, all of them, or with `quick` today's cases and
+/// [`QUICK_EXTRA`].
+pub(crate) fn plan(
+    messages: u64,
+    catch_up: u64,
+    rate: u64,
+    filters: &[String],
+    quick: bool,
+) -> Vec<Case> {
     let mut cases = Vec::new();
+    // The many-topics cases run first, while this process has not yet grown: their subscriber
+    // memory is a VmRSS delta, which memory freed by earlier runs (and reused) would hide.
+    for topics in MANY_TOPICS {
+        cases.push(Case {
+            name: format!("topics{topics}-{}", size_label(WIDE_PAYLOAD)),
+            shape: Shape::ManyTopics { topics },
+            payload: WIDE_PAYLOAD,
+            messages: many_topics_messages(messages, topics),
+        });
+    }
     for rate in [Rate::Max, Rate::PerSecond(rate)] {
+        let rate_label = match rate {
+            Rate::Max => "max".to_string(),
+            Rate::PerSecond(r) => format!("{r}/s"),
+        };
         for payload in PAYLOADS {
             for subscribers in FAN_OUTS {
-                let rate_label = match rate {
-                    Rate::Max => "max".to_string(),
-                    Rate::PerSecond(r) => format!("{r}/s"),
-                };
                 cases.push(Case {
                     name: format!("fan{subscribers}-{}-{rate_label}", size_label(payload)),
                     shape: Shape::FanOut { subscribers, rate },
                     payload,
-                    messages,
+                    messages: scaled_messages(messages, subscribers, payload),
                 });
             }
+        }
+    }
+    for payload in CURVE_PAYLOADS.into_iter().filter(|p| !PAYLOADS.contains(p)) {
+        cases.push(Case {
+            name: format!("fan{CURVE_FAN_OUT}-{}-max", size_label(payload)),
+            shape: Shape::FanOut {
+                subscribers: CURVE_FAN_OUT,
+                rate: Rate::Max,
+            },
+            payload,
+            messages: scaled_messages(messages, CURVE_FAN_OUT, payload),
+        });
+    }
+    for topics in [1, PUBLISHER_TOPICS] {
+        for publishers in PUBLISHERS {
+            cases.push(Case {
+                name: format!(
+                    "pubs{publishers}-{}-{}-max",
+                    topics_label(topics),
+                    size_label(WIDE_PAYLOAD)
+                ),
+                shape: Shape::Publishers {
+                    publishers,
+                    topics,
+                    subscribers: PUBLISHER_SUBSCRIBERS,
+                },
+                payload: WIDE_PAYLOAD,
+                messages,
+            });
         }
     }
     cases.push(Case {
@@ -189,8 +410,31 @@ pub(crate) fn plan(messages: u64, catch_up: u64, rate: u64, filters: &[String]) 
         payload: CLUSTER_PAYLOAD,
         messages,
     });
-    cases.retain(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())));
+    if filters.is_empty() {
+        if quick {
+            cases.retain(|c| c.in_quick());
+        }
+    } else {
+        cases.retain(|c| filters.iter().any(|f| c.name.contains(f.as_str())));
+    }
     cases
+}
+
+impl Case {
+    /// True for the cases of `--quick`: today's (fan-out 1 to 16 at 128 B and 4 KiB, catch-up,
+    /// cluster) and one of each new family ([`QUICK_EXTRA`]).
+    fn in_quick(&self) -> bool {
+        match self.shape {
+            Shape::FanOut { subscribers, .. } => {
+                (subscribers <= 16 && PAYLOADS.contains(&self.payload))
+                    || QUICK_EXTRA.contains(&self.name.as_str())
+            }
+            Shape::CatchUp | Shape::Cluster { .. } => true,
+            Shape::Publishers { .. } | Shape::ManyTopics { .. } => {
+                QUICK_EXTRA.contains(&self.name.as_str())
+            }
+        }
+    }
 }
 
 /// Nanoseconds from `base` to now.
@@ -361,6 +605,11 @@ pub(crate) struct Measured {
     pub(crate) errors: u64,
     /// The first of them.
     pub(crate) first_error: Option<String>,
+    /// Many-topics cases: from the subscribe call until the subscriber was ready.
+    pub(crate) ready: Option<Duration>,
+    /// Many-topics cases: the process's resident memory when the subscriber was ready minus
+    /// before it connected, KiB (the subscriber's own memory, publishing not yet started).
+    pub(crate) subscriber_rss_kib: Option<i64>,
 }
 
 impl Measured {
@@ -383,6 +632,8 @@ impl Measured {
             reordered: 0,
             errors: 0,
             first_error: None,
+            ready: None,
+            subscriber_rss_kib: None,
         };
         for t in tallies {
             m.delivered += t.delivered;
@@ -462,11 +713,20 @@ impl<T> Drop for Tasks<T> {
 
 /// Sends messages for one system.
 pub(crate) trait Publisher {
-    /// Sends the payloads as one batch (one pipeline, one `publish_batch`) and waits for it.
+    /// Sends the payloads as one batch (one pipeline, one `publish_batch`) to the next of its
+    /// topics, and waits for it.
     async fn send_batch(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError>;
     /// Sends each payload as its own command, all at once (the connection pipelines them),
     /// and waits for all.
     async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError>;
+    /// Sends each payload to the next of its topics in turn, all at once (one pipeline of
+    /// PUBLISH to as many channels; Herald: concurrent `publish` calls), and waits for all.
+    async fn send_spread(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let _ = payloads;
+        Err(BenchError::Internal(
+            "this system has no case that spreads a batch over topics".into(),
+        ))
+    }
 }
 
 /// The shared settings of a fan-out run.
@@ -495,6 +755,12 @@ impl InTurn {
         InTurn { names, next: 0 }
     }
 
+    /// Starting at the `first`-th name (modulo their count), so that several publishers do
+    /// not all begin with the same topic.
+    pub(crate) fn starting_at(names: Vec<String>, first: usize) -> Self {
+        InTurn { names, next: first }
+    }
+
     /// The name for the next call.
     pub(crate) fn next(&mut self) -> Result<&str, BenchError> {
         let i = self.next % self.names.len().max(1);
@@ -508,49 +774,36 @@ impl InTurn {
 
 /// Publishes the case's messages, waits for the subscribers (until all arrived, all
 /// subscribers ended, or the drain deadline), stops them and merges what they saw.
+///
+/// At full speed every publisher (one, or those of a several-publishers case, all driven
+/// concurrently) takes the next batch of sequence numbers in turn, so that together they
+/// publish the case's messages once each; at a fixed rate, the first publisher sends them all.
 pub(crate) async fn drive_fan_out<P: Publisher>(
     run: &FanOutRun,
-    publisher: &mut P,
+    publishers: &mut [P],
     subscribers: &mut Tasks<Tally>,
     stop: &watch::Sender<bool>,
 ) -> Result<Measured, BenchError> {
-    let n = run.case.messages;
-    let size = run.case.payload;
     let started = Instant::now();
     let publish_deadline = started + run.publish_timeout;
-    let mut published = 0u64;
-    match run.case.rate() {
+    let published = match run.case.rate() {
         Rate::Max => {
-            while published < n && Instant::now() < publish_deadline {
-                let k = (n - published).min(FULL_SPEED_BATCH as u64);
-                let batch = (published..published + k)
-                    .map(|seq| stamp(run.base, seq, size))
-                    .collect();
-                publisher.send_batch(batch).await?;
-                published += k;
-                run.counters.published.store(published, Ordering::Relaxed);
-            }
+            let claimed = AtomicU64::new(0);
+            let sends = publishers
+                .iter_mut()
+                .map(|p| publish_share(run, p, &claimed, publish_deadline));
+            futures::future::try_join_all(sends)
+                .await?
+                .into_iter()
+                .sum()
         }
         Rate::PerSecond(rate) => {
-            let rate = rate.max(1);
-            while published < n && Instant::now() < publish_deadline {
-                // Message i is due at i / rate seconds after the start.
-                let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(n);
-                if due > published {
-                    let k = (due - published).min(MAX_BURST);
-                    let batch = (published..published + k)
-                        .map(|seq| stamp(run.base, seq, size))
-                        .collect();
-                    publisher.send_each(batch).await?;
-                    published += k;
-                    run.counters.published.store(published, Ordering::Relaxed);
-                } else {
-                    let next = started + Duration::from_secs_f64(published as f64 / rate as f64);
-                    tokio::time::sleep_until(next.into()).await;
-                }
-            }
+            let publisher = publishers
+                .first_mut()
+                .ok_or_else(|| BenchError::Internal("a run without a publisher".into()))?;
+            publish_at_rate(run, publisher, rate, started, publish_deadline).await?
         }
-    }
+    };
     let publish_elapsed = started.elapsed();
     let expected = published * run.case.subscribers() as u64;
     let drain_deadline = Instant::now() + run.drain_timeout;
@@ -563,6 +816,67 @@ pub(crate) async fn drive_fan_out<P: Publisher>(
     let _ = stop.send(true);
     let tallies = subscribers.join(Duration::from_secs(10)).await?;
     Measured::from_tallies(published, publish_elapsed, expected, started, tallies)
+}
+
+/// One publisher's part at full speed: takes the next [`FULL_SPEED_BATCH`] sequence numbers
+/// from `claimed` and sends them, until all are taken or the deadline; returns how many it
+/// sent.
+async fn publish_share<P: Publisher>(
+    run: &FanOutRun,
+    publisher: &mut P,
+    claimed: &AtomicU64,
+    deadline: Instant,
+) -> Result<u64, BenchError> {
+    let (n, size) = (run.case.messages, run.case.payload);
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        let first = claimed.fetch_add(FULL_SPEED_BATCH as u64, Ordering::Relaxed);
+        if first >= n {
+            break;
+        }
+        let k = (n - first).min(FULL_SPEED_BATCH as u64);
+        let batch = (first..first + k)
+            .map(|seq| stamp(run.base, seq, size))
+            .collect();
+        if run.case.spreads_messages() {
+            publisher.send_spread(batch).await?;
+        } else {
+            publisher.send_batch(batch).await?;
+        }
+        sent += k;
+        run.counters.published.fetch_add(k, Ordering::Relaxed);
+    }
+    Ok(sent)
+}
+
+/// Publishes the case's messages at `rate` per second, each on its own; returns how many.
+async fn publish_at_rate<P: Publisher>(
+    run: &FanOutRun,
+    publisher: &mut P,
+    rate: u64,
+    started: Instant,
+    deadline: Instant,
+) -> Result<u64, BenchError> {
+    let (n, size) = (run.case.messages, run.case.payload);
+    let rate = rate.max(1);
+    let mut published = 0u64;
+    while published < n && Instant::now() < deadline {
+        // Message i is due at i / rate seconds after the start.
+        let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(n);
+        if due > published {
+            let k = (due - published).min(MAX_BURST);
+            let batch = (published..published + k)
+                .map(|seq| stamp(run.base, seq, size))
+                .collect();
+            publisher.send_each(batch).await?;
+            published += k;
+            run.counters.published.store(published, Ordering::Relaxed);
+        } else {
+            let next = started + Duration::from_secs_f64(published as f64 / rate as f64);
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+    Ok(published)
 }
 
 /// Fills history for a catch-up case: `n` messages in batches of [`PREFILL_BATCH`]. Returns
@@ -629,20 +943,167 @@ mod tests {
 
     #[test]
     fn plan_and_filter() {
-        let all = plan(10, 20, 10_000, &[]);
-        assert_eq!(all.len(), 14);
-        assert_eq!(all[13].name, "cluster-16topics-128B-max");
-        assert_eq!(all[0].name, "fan1-128B-max");
+        let all = plan(10, 20, 10_000, &[], false);
+        assert_eq!(all.len(), 31);
+        assert_eq!(all[30].name, "cluster-16topics-128B-max");
+        assert_eq!(all[0].name, "topics1000-128B");
+        assert_eq!(all[2].name, "fan1-128B-max");
         assert!(all.iter().any(|c| c.name == "fan16-4KiB-10000/s"));
-        let some = plan(10, 20, 10_000, &["fan16-128B".into(), "catchup".into()]);
+        let some = plan(
+            10,
+            20,
+            10_000,
+            &["fan16-128B".into(), "catchup".into()],
+            false,
+        );
         let names: Vec<&str> = some.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
             ["fan16-128B-max", "fan16-128B-10000/s", "catchup-128B"]
         );
-        let cluster = plan(10, 20, 10_000, &["cluster".into()]);
+        let cluster = plan(10, 20, 10_000, &["cluster".into()], false);
         assert_eq!(cluster.len(), 1);
         assert_eq!(cluster[0].subscribers(), 4);
         assert_eq!(cluster[0].systems(), [System::RedisPubsub, System::Herald]);
+    }
+
+    fn names(cases: &[Case]) -> Vec<&str> {
+        cases.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn new_case_names_follow_the_scheme() {
+        let all = plan(50_000, 20, 10_000, &[], false);
+        let all = names(&all);
+        for name in [
+            "fan64-128B-max",
+            "fan256-128B-max",
+            "fan64-4KiB-max",
+            "fan256-4KiB-max",
+            "fan64-128B-10000/s",
+            "fan256-4KiB-10000/s",
+            "fan4-16B-max",
+            "fan4-1KiB-max",
+            "fan4-64KiB-max",
+            "pubs4-1topic-128B-max",
+            "pubs16-1topic-128B-max",
+            "pubs4-16topics-128B-max",
+            "pubs16-16topics-128B-max",
+            "topics1000-128B",
+            "topics10000-128B",
+        ] {
+            assert!(all.contains(&name), "{name} missing from {all:?}");
+        }
+        let mut unique = all.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), all.len(), "duplicate case names");
+    }
+
+    #[test]
+    fn filters_select_single_new_cases() {
+        let filters: Vec<String> = [
+            "fan64-128B-max",
+            "pubs4-1topic-128B-max",
+            "topics1000-128B",
+            "fan4-64KiB-max",
+        ]
+        .map(String::from)
+        .to_vec();
+        let some = plan(5_000, 20, 10_000, &filters, false);
+        assert_eq!(
+            names(&some),
+            [
+                "topics1000-128B",
+                "fan64-128B-max",
+                "fan4-64KiB-max",
+                "pubs4-1topic-128B-max"
+            ]
+        );
+        // --quick does not restrict an explicit --cases.
+        let quick = plan(5_000, 20, 10_000, &["fan256".into()], true);
+        assert_eq!(quick.len(), 4);
+        let topics = plan(5_000, 20, 10_000, &["topics10000".into()], false);
+        assert_eq!(names(&topics), ["topics10000-128B"]);
+    }
+
+    #[test]
+    fn quick_runs_todays_cases_and_one_of_each_new_family() {
+        let quick = plan(2_000, 20, 10_000, &[], true);
+        let quick = names(&quick);
+        assert_eq!(quick.len(), 14 + QUICK_EXTRA.len());
+        for extra in QUICK_EXTRA {
+            assert!(quick.contains(&extra), "{extra}");
+        }
+        assert!(quick.contains(&"fan16-4KiB-10000/s"));
+        assert!(quick.contains(&"catchup-128B"));
+        assert!(!quick.iter().any(|n| n.starts_with("fan256")));
+        assert!(!quick.contains(&"topics10000-128B"));
+    }
+
+    #[test]
+    fn shapes_and_messages_of_the_new_cases() {
+        let all = plan(50_000, 20, 10_000, &[], false);
+        let case = |name: &str| {
+            all.iter()
+                .find(|c| c.name == name)
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        assert_eq!(case("fan16-128B-max").messages, 50_000);
+        assert_eq!(case("fan64-128B-max").messages, 25_000);
+        assert_eq!(case("fan256-4KiB-10000/s").messages, 10_000);
+        assert_eq!(case("fan256-4KiB-10000/s").rate(), Rate::PerSecond(10_000));
+        assert_eq!(case("fan4-64KiB-max").messages, 5_000);
+        assert_eq!(case("fan4-64KiB-max").payload, 65_536);
+        assert_eq!(case("fan4-16B-max").payload, 16);
+        let pubs = case("pubs16-16topics-128B-max");
+        assert_eq!(
+            (pubs.publishers(), pubs.topics(), pubs.subscribers()),
+            (16, 16, 4)
+        );
+        assert_eq!(pubs.systems(), [System::RedisPubsub, System::Herald]);
+        assert!(!pubs.spreads_messages());
+        let topics = case("topics10000-128B");
+        assert_eq!((topics.topics(), topics.subscribers()), (10_000, 1));
+        assert_eq!(topics.messages, 10_000);
+        assert!(topics.spreads_messages());
+        assert_eq!(case("topics1000-128B").messages, 10_000);
+        assert_eq!(many_topics_messages(2_000, 1_000), 1_000);
+        assert_eq!(scaled_messages(3, 256, 65_536), 1);
+    }
+
+    #[test]
+    fn cases_are_points_of_their_curves() {
+        let all = plan(10, 20, 10_000, &[], false);
+        let case = |name: &str| all.iter().find(|c| c.name == name).unwrap();
+        let fan4 = case("fan4-128B-max").curve_points();
+        assert_eq!(fan4.len(), 2);
+        assert_eq!(fan4[0].curve, "subscribers-128B-max");
+        assert_eq!((fan4[0].axis, fan4[0].x), (Axis::Subscribers, 4.0));
+        assert_eq!(fan4[1].curve, "payload-fan4-max");
+        assert_eq!((fan4[1].axis, fan4[1].x), (Axis::Payload, 128.0));
+        let slow = case("fan256-4KiB-10000/s").curve_points();
+        assert_eq!(slow.len(), 1);
+        assert_eq!(slow[0].curve, "subscribers-4KiB-10000/s");
+        let pubs = case("pubs16-1topic-128B-max").curve_points();
+        assert_eq!(pubs[0].curve, "publishers-1topic-128B-max");
+        assert_eq!((pubs[0].axis, pubs[0].x), (Axis::Publishers, 16.0));
+        let topics = case("topics1000-128B").curve_points();
+        assert_eq!((topics[0].axis, topics[0].x), (Axis::Topics, 1000.0));
+        assert!(case("catchup-128B").curve_points().is_empty());
+        let big = case("fan4-64KiB-max").curve_points();
+        assert_eq!(big.len(), 1);
+        assert_eq!(
+            (big[0].curve.as_str(), big[0].x),
+            ("payload-fan4-max", 65_536.0)
+        );
+    }
+
+    #[test]
+    fn in_turn_starts_where_asked() {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut t = InTurn::starting_at(names, 4);
+        let got: Vec<String> = (0..4).map(|_| t.next().unwrap().to_string()).collect();
+        assert_eq!(got, ["b", "c", "a", "b"]);
     }
 }

@@ -4,15 +4,18 @@
 //! every subscriber subscribes to all the case's topics at once, and the publisher sends each
 //! batch of 64 to the next topic in turn.
 //!
-//! The publisher is one Herald handle; each subscriber is its own Herald handle (its own
-//! Redis connections, as a separate node would have) with `subscribe([topic])
+//! Each publisher is its own Herald handle (one, or those of a several-publishers case); each
+//! subscriber is its own Herald handle (its own Redis connections, as a separate node would
+//! have; a subscription has no connection of its own within a handle) with `subscribe([topic])
 //! .from(Start::Earliest)` and the default buffer. At full speed the publisher calls
 //! `publish_batch` with 64 messages at a time (the baselines pipeline 64 commands); at a
 //! fixed rate it calls `publish` once per message, concurrently (the handle coalesces the
 //! publishes of one tick into one call). Catch-up publishes the
 //! history with `publish_batch` (1000 at a time), then a new subscriber reads it from the
-//! earliest message to the end. Gap, reset and error events count as errors, and whatever
-//! they hide is counted as lost.
+//! earliest message to the end. In a many-topics case the one subscriber subscribes to every
+//! topic at once, its readiness is the time the `subscribe` call takes, and each message of a
+//! batch goes to the next topic by a `publish` call of its own, all concurrently. Gap, reset
+//! and error events count as errors, and whatever they hide is counted as lost.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +27,7 @@ use tokio::sync::watch;
 use super::cases::{
     drive_fan_out, prefill, FanOutRun, InTurn, Measured, Publisher, RunCounters, Tally, Tasks,
 };
-use super::{BenchError, Ctx};
+use super::{report, BenchError, Ctx};
 
 /// Publishes through one handle, each call to the next of its topics in turn.
 struct HeraldPublisher {
@@ -54,6 +57,21 @@ impl Publisher for HeraldPublisher {
     async fn send_each(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
         let topic = self.topics.next()?;
         let sends = payloads.into_iter().map(|p| self.node.publish(topic, p));
+        futures::future::try_join_all(sends)
+            .await
+            .map(|_| ())
+            .map_err(|e| BenchError::herald("publish", e))
+    }
+
+    async fn send_spread(&mut self, payloads: Vec<Vec<u8>>) -> Result<(), BenchError> {
+        let mut topics = Vec::with_capacity(payloads.len());
+        for _ in 0..payloads.len() {
+            topics.push(self.topics.next()?.to_string());
+        }
+        let sends = topics
+            .iter()
+            .zip(payloads)
+            .map(|(topic, p)| self.node.publish(topic, p));
         futures::future::try_join_all(sends)
             .await
             .map(|_| ())
@@ -108,9 +126,10 @@ async fn consume(
     }
 }
 
-/// Fan-out through Herald: every subscriber subscribes to all of `topics`, the publisher
-/// sends each batch to the next topic in turn (one topic for the fan-out cases, many over a
-/// cluster for the cluster case; `ctx` says where Redis is).
+/// Fan-out through Herald: every subscriber subscribes to all of `topics`, the case's
+/// publishers (each its own handle) send each batch to the next topic in turn (spread: each
+/// message); one topic for the fan-out cases, several for the several-publishers cases, many
+/// for the many-topics and cluster cases (`ctx` says where Redis is).
 pub(crate) async fn fan_out(
     ctx: &Ctx,
     run: &FanOutRun,
@@ -118,13 +137,17 @@ pub(crate) async fn fan_out(
 ) -> Result<Measured, BenchError> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Tasks::new();
+    let rss_before = report::rss_kib();
+    let mut ready = None;
     for i in 0..run.case.subscribers() {
         let node = connect(ctx, format!("bench-sub-{i}")).await?;
+        let started = Instant::now();
         let mut sub = node
             .subscribe(topics.iter().cloned())
             .from(Start::Earliest)
             .await
             .map_err(|e| BenchError::herald("subscribe", e))?;
+        ready = Some(started.elapsed());
         let mut tally = Tally::new(run.base, Arc::clone(&run.counters), run.case.messages, true)?;
         let mut stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
@@ -134,9 +157,24 @@ pub(crate) async fn fan_out(
             tally
         }));
     }
-    let mut publisher =
-        HeraldPublisher::new(connect(ctx, "bench-pub".into()).await?, topics.to_vec());
-    drive_fan_out(run, &mut publisher, &mut tasks, &stop).await
+    let rss_after = report::rss_kib();
+    let mut publishers = Vec::with_capacity(run.case.publishers());
+    for p in 0..run.case.publishers() {
+        let node = connect(ctx, format!("bench-pub-{p}")).await?;
+        publishers.push(HeraldPublisher {
+            node,
+            topics: InTurn::starting_at(topics.to_vec(), p),
+        });
+    }
+    let mut m = drive_fan_out(run, &mut publishers, &mut tasks, &stop).await?;
+    if run.case.spreads_messages() {
+        m.ready = ready;
+        m.subscriber_rss_kib = match (rss_before, rss_after) {
+            (Some(before), Some(after)) => Some(after as i64 - before as i64),
+            _ => None,
+        };
+    }
+    Ok(m)
 }
 
 /// Catch-up through Herald: publish `n` messages, then one new subscriber reads them all.

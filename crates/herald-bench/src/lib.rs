@@ -14,12 +14,20 @@
 //! messages that never arrived as lost. On Ctrl-C the runs stop, the private server is killed
 //! (or, on a given Redis, the benchmark's keys are deleted) and the results so far are shown.
 //!
+//! Besides fan-out to 1 to 256 subscribers and the payload curve at fan-out 4, there are
+//! cases of several publishers on one or 16 topics and of one subscription over 1 000 or
+//! 10 000 topics (its time to ready and memory too), against raw Pub/Sub; `--quick` runs
+//! today's cases and one case of each new family. With `--charts DIR`, [`chart`] draws each
+//! curve (delivered/s, p99 and time to ready against subscribers, publishers, topics,
+//! payload) as an SVG file, a line per system.
+//!
 //! The cluster case (many topics over the 3 primaries of a Redis Cluster) runs on a private
 //! cluster started for it ([`herald_testkit::RedisCluster`], same cleanup); it is skipped, with a
 //! note, when `--redis` names an existing server.
 
 mod baseline;
 mod cases;
+mod chart;
 mod herald_case;
 mod report;
 
@@ -56,7 +64,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "MSG_PER_S", default_value_t = 10_000)]
     pub(crate) rate: u64,
     /// Run only the cases whose name contains one of these, e.g. `fan16-128B-max,catchup`
-    /// (names: fan{1,4,16}-{128B,4KiB}-{max,RATE/s}, catchup-128B, cluster-16topics-128B-max)
+    /// (names: fan{1,4,16,64,256}-{128B,4KiB}-{max,RATE/s}, fan4-{16B,1KiB,64KiB}-max,
+    /// pubs{4,16}-{1topic,16topics}-128B-max, topics{1000,10000}-128B, catchup-128B,
+    /// cluster-16topics-128B-max); with --quick too, any case can be chosen
     #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
     pub(crate) cases: Vec<String>,
     /// Run only these systems (Herald's ratios need the baselines in the same run)
@@ -79,6 +89,11 @@ pub struct BenchArgs {
     /// Print one JSON object per run (as each finishes) instead of the table
     #[arg(long)]
     pub(crate) json: bool,
+    /// Write one SVG chart per curve and measure into this directory (created if missing):
+    /// delivered/s and p99 against subscribers, publishers, topics and payload, one line per
+    /// system
+    #[arg(long, value_name = "DIR")]
+    pub(crate) charts: Option<PathBuf>,
     /// The redis-server program to start when no Redis URL is given
     #[arg(long, value_name = "PATH", default_value = "redis-server")]
     pub(crate) redis_server: PathBuf,
@@ -250,7 +265,7 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
     }
     // Rounds of a case run back to back, each round every selected system in turn.
     let mut runs: Vec<PlannedRun> = Vec::new();
-    for case in cases::plan(messages, catch_up, args.rate, &args.cases) {
+    for case in cases::plan(messages, catch_up, args.rate, &args.cases, args.quick) {
         let systems: Vec<System> = case
             .systems()
             .iter()
@@ -270,8 +285,9 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
     if runs.is_empty() {
         return Err(BenchError::Usage(format!(
             "no case matches --cases {} with --systems {}; case names are \
-             fan{{1,4,16}}-{{128B,4KiB}}-{{max,{}/s}}, catchup-128B and \
-             cluster-16topics-128B-max",
+             fan{{1,4,16,64,256}}-{{128B,4KiB}}-{{max,{}/s}}, fan4-{{16B,1KiB,64KiB}}-max, \
+             pubs{{4,16}}-{{1topic,16topics}}-128B-max, topics{{1000,10000}}-128B, \
+             catchup-128B and cluster-16topics-128B-max",
             args.cases.join(","),
             if args.systems.is_empty() {
                 "(all)".to_string()
@@ -386,6 +402,18 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
         };
         write_results(&rows, &notes)
     };
+    let written = written.and_then(|()| match &args.charts {
+        Some(dir) if !rows.is_empty() => {
+            let files = chart::write_charts(dir, &rows)?;
+            eprintln!(
+                "herald bench: {} chart(s) written to {}",
+                files.len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        _ => Ok(()),
+    });
     match (outcome, written) {
         (Err(BenchError::Output(e)), _) | (Ok(()), Err(e))
             if e.kind() == std::io::ErrorKind::BrokenPipe =>
@@ -432,24 +460,37 @@ async fn run_all(
             publish_timeout: ctx.run_timeout,
             drain_timeout: ctx.drain_timeout,
         };
+        // One channel or topic keeps the run's name; several are numbered after it.
+        let (channels, topics): (Vec<String>, Vec<String>) = match case.topics() {
+            1 => (vec![key.clone()], vec![topic.clone()]),
+            n => (0..n)
+                .map(|t| (format!("{key}:t{t}"), format!("{topic}-t{t}")))
+                .unzip(),
+        };
         let m = match (case.shape, system) {
-            (Shape::FanOut { .. }, System::RedisPubsub) => {
-                baseline::pubsub_fan_out(ctx, &run, &key).await?
-            }
+            (
+                Shape::FanOut { .. } | Shape::Publishers { .. } | Shape::ManyTopics { .. },
+                System::RedisPubsub,
+            ) => baseline::pubsub_fan_out(ctx, &run, &channels).await?,
             (Shape::FanOut { .. }, System::RedisStreams) => {
                 baseline::streams_fan_out(ctx, &run, &key).await?
             }
-            (Shape::FanOut { .. }, System::Herald) => {
-                herald_case::fan_out(ctx, &run, &[topic]).await?
+            (
+                Shape::FanOut { .. } | Shape::Publishers { .. } | Shape::ManyTopics { .. },
+                System::Herald,
+            ) => herald_case::fan_out(ctx, &run, &topics).await?,
+            (Shape::Publishers { .. } | Shape::ManyTopics { .. }, System::RedisStreams) => {
+                return Err(BenchError::Internal(
+                    "the cases of several publishers and many topics have no Streams baseline"
+                        .into(),
+                ))
             }
-            (Shape::Cluster { topics, .. }, System::RedisPubsub) => {
+            (Shape::Cluster { .. }, System::RedisPubsub) => {
                 let (_, nodes) = private_cluster(cluster)?;
-                let channels: Vec<String> = (0..topics).map(|t| format!("{key}:t{t}")).collect();
                 baseline::sharded_fan_out(&nodes.node_urls(), &run, &channels).await?
             }
-            (Shape::Cluster { topics, .. }, System::Herald) => {
+            (Shape::Cluster { .. }, System::Herald) => {
                 let (cluster_ctx, _) = private_cluster(cluster)?;
-                let topics: Vec<String> = (0..topics).map(|t| format!("{topic}-t{t}")).collect();
                 herald_case::fan_out(cluster_ctx, &run, &topics).await?
             }
             (Shape::Cluster { .. }, System::RedisStreams) => {
@@ -785,6 +826,58 @@ fn write_results(rows: &[Row], n: &Notes<'_>) -> std::io::Result<()> {
              Across topics there is no defined order, so `reordered` is only informative there.",
             cases::CLUSTER_PRIMARIES,
             cases::CLUSTER_TOPICS,
+            cases::FULL_SPEED_BATCH
+        )?;
+    }
+    let has = |prefix: &str| rows.iter().any(|r| r.case.starts_with(prefix));
+    if rows
+        .iter()
+        .any(|r| r.subscribers > 16 || r.payload_bytes > 4096)
+    {
+        writeln!(
+            out,
+            "Wide fan-outs and large payloads publish fewer messages, each costlier: 1/2 of \
+             the fan-out count at 64 subscribers, 1/5 at 256, 1/10 at 64 KiB (the `published` \
+             column). Subscriber rule, as in every fan-out: each raw subscriber has its own \
+             connection, each Herald subscriber its own Herald handle (a Herald subscription \
+             has no connection of its own within a handle, so one handle per subscriber is \
+             what makes it one connection set per subscriber). Redis's \
+             client-output-buffer-limit (pubsub, default 32mb hard, 8mb for 60 s) disconnects \
+             raw Pub/Sub subscribers that fall that far behind: their missing messages are in \
+             `lost` and each disconnect is a problem listed above; Herald and Streams \
+             subscribers read from history and do not lose messages that way."
+        )?;
+    }
+    if has("pubs") {
+        writeln!(
+            out,
+            "Several publishers (pubs*): {} and {} publishers, each its own connection (raw) or \
+             Herald handle, together publish the case's messages once each (each takes the next \
+             batch of {} in turn), each batch to the next of the case's topics (1 or {}); {} \
+             subscribers receive every topic. Baseline: raw Pub/Sub with the same publishers. \
+             Across publishers there is no defined order, so `reordered` is only informative.",
+            cases::PUBLISHERS[0],
+            cases::PUBLISHERS[1],
+            cases::FULL_SPEED_BATCH,
+            cases::PUBLISHER_TOPICS,
+            cases::PUBLISHER_SUBSCRIBERS
+        )?;
+    }
+    if has("topics") {
+        writeln!(
+            out,
+            "Many topics (topics*): one subscriber, one subscription over every topic; each \
+             message of a batch of {} goes to the next topic in turn (Herald: one publish call \
+             per message, concurrently; raw: PUBLISH pipelined), with at least one message per \
+             topic (1/5 of the fan-out count, at least the topic count). ready ms: from the \
+             subscribe call until the subscriber is ready (Herald: the subscribe future; raw: \
+             one SUBSCRIBE of every channel until Redis counts the last one, then one GET per \
+             channel pipelined 1000 at a time, the least a client positioning itself in each \
+             topic must read). sub RSS Δ: this process's VmRSS when the subscriber was ready \
+             minus before it connected (a delta, not a peak; nothing published yet; memory that an \
+             earlier run freed is reused without showing, so these cases run first and a \
+             small delta may read 0). \
+             `reordered` is only informative across topics.",
             cases::FULL_SPEED_BATCH
         )?;
     }

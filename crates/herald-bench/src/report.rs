@@ -14,7 +14,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::cases::{
-    size_label, Case, Measured, Rate, Shape, System, FULL_SPEED_BATCH, PREFILL_BATCH,
+    size_label, Case, CurvePoint, Measured, Rate, Shape, System, FULL_SPEED_BATCH, PREFILL_BATCH,
 };
 
 /// `rate` in the JSON output: `"max"` or messages per second.
@@ -38,6 +38,10 @@ pub(crate) struct Row {
     pub(crate) round: u32,
     /// Subscribers.
     pub(crate) subscribers: usize,
+    /// Publishers, each with its own handle or connection.
+    pub(crate) publishers: usize,
+    /// Topics (channels, streams) published to.
+    pub(crate) topics: usize,
     /// Payload size in bytes.
     pub(crate) payload_bytes: usize,
     /// `"max"` or messages per second.
@@ -75,6 +79,20 @@ pub(crate) struct Row {
     pub(crate) first_error: Option<String>,
     /// Peak resident memory of this process during the run, KiB.
     pub(crate) peak_rss_kib: Option<u64>,
+    /// Many-topics cases: milliseconds from the subscribe call until the subscriber was ready
+    /// (raw: SUBSCRIBE of every channel registered, then a pipelined read of one key each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ready_ms: Option<f64>,
+    /// Many-topics cases: the process's resident memory (VmRSS) when the subscriber was ready
+    /// minus before it connected, KiB (an RSS delta, not a peak; publishing not yet started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) subscriber_rss_delta_kib: Option<i64>,
+    /// Many-topics rows: Herald's `ready_ms` / redis-pubsub's (lower is better).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ready_ratio_pubsub: Option<Option<f64>>,
+    /// The chart curves this row is a point of (not in the JSON).
+    #[serde(skip)]
+    pub(crate) curves: Vec<CurvePoint>,
     /// Herald rows: delivered_per_s / redis-pubsub's delivered_per_s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ratio_pubsub: Option<Option<f64>>,
@@ -124,6 +142,8 @@ impl Row {
             system: system.name(),
             round,
             subscribers: case.subscribers(),
+            publishers: case.publishers(),
+            topics: case.topics(),
             payload_bytes: case.payload,
             rate: match case.rate() {
                 Rate::Max => RateField::Label("max"),
@@ -148,6 +168,10 @@ impl Row {
             errors: m.errors,
             first_error: m.first_error.clone(),
             peak_rss_kib,
+            ready_ms: m.ready.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0),
+            subscriber_rss_delta_kib: m.subscriber_rss_kib,
+            ready_ratio_pubsub: None,
+            curves: case.curve_points(),
             ratio_pubsub: None,
             ratio_streams: None,
             p99_ratio_pubsub: None,
@@ -168,6 +192,9 @@ impl Row {
             row.ratio_streams = Some(throughput(streams));
             row.p99_ratio_pubsub = Some(p99(pubsub));
             row.p99_ratio_streams = Some(p99(streams));
+            if row.ready_ms.is_some() {
+                row.ready_ratio_pubsub = Some(ratio(row.ready_ms, pubsub.and_then(|b| b.ready_ms)));
+            }
         }
         row
     }
@@ -340,6 +367,15 @@ pub(crate) fn write_table(
         "p99 vs pubsub",
         "vs streams",
     ];
+    let wide = rows.iter().any(|r| r.publishers > 1 || r.topics > 1);
+    let ready = rows.iter().any(|r| r.ready_ms.is_some());
+    if wide {
+        header.insert(3, "pubs");
+        header.insert(4, "topics");
+    }
+    if ready {
+        header.extend(["ready ms", "ready vs pubsub", "sub RSS Δ KiB"]);
+    }
     if show_round {
         header.insert(2, "round");
     }
@@ -366,6 +402,17 @@ pub(crate) fn write_table(
             times(r.p99_ratio_pubsub),
             times(r.p99_ratio_streams),
         ];
+        if wide {
+            line.insert(3, r.publishers.to_string());
+            line.insert(4, r.topics.to_string());
+        }
+        if ready {
+            line.extend([
+                opt(r.ready_ms),
+                times(r.ready_ratio_pubsub),
+                opt(r.subscriber_rss_delta_kib),
+            ]);
+        }
         if show_round {
             line.insert(2, r.round.to_string());
         }
@@ -451,10 +498,20 @@ pub(crate) fn reset_peak_rss() {
 
 /// `VmHWM` of this process, in KiB.
 pub(crate) fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// `VmRSS` of this process (resident memory now), in KiB.
+pub(crate) fn rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
@@ -476,12 +533,14 @@ mod tests {
             reordered: 0,
             errors: 0,
             first_error: None,
+            ready: None,
+            subscriber_rss_kib: None,
         }
     }
 
     #[test]
     fn herald_rows_carry_ratios() {
-        let case = &plan(100, 10, 10_000, &["fan4-128B-max".into()])[0];
+        let case = &plan(100, 10, 10_000, &["fan4-128B-max".into()], false)[0];
         let pubsub = Row::new(case, System::RedisPubsub, 1, &measured(400), None, &[]);
         let herald = Row::new(
             case,
@@ -553,7 +612,7 @@ mod tests {
 
     #[test]
     fn rounds_summary_pairs_rounds_and_skips_absent_ratios() {
-        let case = &plan(100, 10, 10_000, &["fan4-128B-max".into()])[0];
+        let case = &plan(100, 10, 10_000, &["fan4-128B-max".into()], false)[0];
         let mut rows = Vec::new();
         for (round, (base, herald)) in [(400, 300), (400, 400), (200, 300)].into_iter().enumerate()
         {
@@ -605,5 +664,64 @@ mod tests {
     #[test]
     fn reads_peak_rss() {
         assert!(peak_rss_kib().unwrap_or(1) > 0);
+        assert!(rss_kib().unwrap_or(1) > 0);
+    }
+
+    #[test]
+    fn many_topics_rows_carry_ready_and_memory() {
+        let case = &plan(100, 10, 10_000, &["topics1000-128B".into()], false)[0];
+        let with_ready = |ms: u64| Measured {
+            ready: Some(Duration::from_millis(ms)),
+            subscriber_rss_kib: Some(2048),
+            ..measured(1000)
+        };
+        let pubsub = Row::new(case, System::RedisPubsub, 1, &with_ready(20), None, &[]);
+        let herald = Row::new(
+            case,
+            System::Herald,
+            1,
+            &with_ready(300),
+            None,
+            std::slice::from_ref(&pubsub),
+        );
+        assert_eq!(herald.ready_ratio_pubsub, Some(Some(15.0)));
+        let json = serde_json::to_value(&herald).unwrap();
+        for field in [
+            "case",
+            "system",
+            "subscribers",
+            "payload_bytes",
+            "delivered_per_s",
+            "p99_us",
+            "lost",
+            "publishers",
+            "topics",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing: {json}");
+        }
+        assert_eq!(json["case"], "topics1000-128B");
+        assert_eq!(json["subscribers"], 1);
+        assert_eq!(json["topics"], 1000);
+        assert_eq!(json["publishers"], 1);
+        assert_eq!(json["ready_ms"], 300.0);
+        assert_eq!(json["subscriber_rss_delta_kib"], 2048);
+        assert_eq!(json["ready_ratio_pubsub"], 15.0);
+        assert!(json.get("curves").is_none());
+        let mut table = Vec::new();
+        write_table(&mut table, &[pubsub, herald], false).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("ready ms"), "{table}");
+        assert!(table.contains("15.00x"), "{table}");
+    }
+
+    #[test]
+    fn fan_out_rows_have_no_ready_fields() {
+        let case = &plan(100, 10, 10_000, &["pubs16-16topics".into()], false)[0];
+        let row = Row::new(case, System::RedisPubsub, 1, &measured(400), None, &[]);
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["publishers"], 16);
+        assert_eq!(json["topics"], 16);
+        assert!(json.get("ready_ms").is_none());
+        assert!(json.get("subscriber_rss_delta_kib").is_none());
     }
 }
