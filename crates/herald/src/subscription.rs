@@ -41,7 +41,8 @@ pub enum Start {
     Earliest,
     /// Only messages published after the subscription starts.
     Latest,
-    /// From this offset on (a [`Event::Gap`] first if it was already trimmed).
+    /// From this offset on (a [`Event::Gap`] first if it was already trimmed). Offsets
+    /// start at 1: `Offset(0)` is refused when the subscription starts.
     Offset(u64),
 }
 
@@ -172,6 +173,9 @@ impl SubscribeBuilder {
             validate_cursor(name)?;
         }
         at_least("subscription buffer", self.buffer, 1)?;
+        if let Start::Offset(n) = self.start {
+            at_least("start offset", n, 1)?;
+        }
         let broker = self.broker;
         // Subscribe to notifications first, so that nothing published from now on is missed.
         let feed = broker.live(&topics).await?;
@@ -195,7 +199,7 @@ impl SubscribeBuilder {
                 None => match self.start {
                     Start::Earliest if head.first > 0 => (head.epoch, head.first),
                     Start::Earliest | Start::Latest => (head.epoch, head.last + 1),
-                    Start::Offset(n) => (head.epoch, n.max(1)),
+                    Start::Offset(n) => (head.epoch, n),
                 },
             };
             let epoch = epoch.or(head.epoch);

@@ -799,6 +799,52 @@ async fn bad_input_is_rejected_and_loses_nothing(b: Backend) {
         node.publish("x", Message::new("k").key("")).await,
         Err(Error::InvalidKey { len: 0, .. })
     ));
+    // Options out of range are refused, naming the option, never clamped.
+    assert!(matches!(
+        node.subscribe(["healthy"]).buffer(0).await,
+        Err(Error::InvalidSetting {
+            name: "subscription buffer",
+            ..
+        })
+    ));
+    assert!(matches!(
+        node.subscribe(["healthy"]).from(Start::Offset(0)).await,
+        Err(Error::InvalidSetting {
+            name: "start offset",
+            ..
+        })
+    ));
+    assert!(matches!(
+        node.join("g")
+            .heartbeat_interval(Duration::from_secs(60))
+            .await,
+        Err(Error::InvalidSetting {
+            name: "heartbeat interval",
+            ..
+        })
+    ));
+    assert!(matches!(
+        node.join("g").ttl(Duration::from_millis(5)).await,
+        Err(Error::InvalidTtl { .. })
+    ));
+    assert!(matches!(
+        node.join("bad group").await,
+        Err(Error::InvalidGroup { .. })
+    ));
+    for builder in [
+        herald::Herald::builder().subscription_buffer(0),
+        herald::Herald::builder().poll_interval(Duration::from_millis(1)),
+    ] {
+        assert!(matches!(
+            builder.connect().await,
+            Err(Error::InvalidSetting { .. })
+        ));
+    }
+    let too_many = vec![Message::new("x"); herald::client::MAX_BATCH + 1];
+    assert!(matches!(
+        node.publish_batch("healthy", too_many).await,
+        Err(Error::BatchTooLarge { .. })
+    ));
     let keys: HashSet<u64> = [node.inspect("healthy").await.unwrap().last_offset].into();
     assert_eq!(keys, HashSet::from([1]));
 }
