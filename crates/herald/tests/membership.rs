@@ -434,12 +434,8 @@ async fn until_handle_names(m: &Membership, joined_at_ms: u64) {
     }
 }
 
-/// A heartbeat that re-creates a lost record but cannot announce it (here the event topic
-/// holds a foreign key, so publishing fails): the handle still names the record the broker
-/// lists, and `leave` removes that record.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handle_names_a_rebuilt_record_even_if_its_announcement_fails() {
-    let server = RedisServer::start();
+/// A node with member `member` of group `g` on `server`, heartbeating every 50 ms.
+async fn fast_heartbeating_member(server: &RedisServer) -> (Herald, Membership) {
     let node = Herald::builder()
         .node_id("member")
         .redis(server.url())
@@ -452,6 +448,16 @@ async fn handle_names_a_rebuilt_record_even_if_its_announcement_fails() {
         .heartbeat_interval(Duration::from_millis(50))
         .await
         .unwrap();
+    (node, m)
+}
+
+/// A heartbeat that re-creates a lost record but cannot announce it (here the event topic
+/// holds a foreign key, so publishing fails): the handle still names the record the broker
+/// lists, and `leave` removes that record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handle_names_a_rebuilt_record_even_if_its_announcement_fails() {
+    let server = RedisServer::start();
+    let (node, m) = fast_heartbeating_member(&server).await;
     let first = m.joined_at_ms();
     let _: () = server.cmd(&["SET", "herald:{__members/g}:settings", "foreign"]);
     let _: () = server.cmd(&["HDEL", "herald:{__members/g}:members", "member"]);
@@ -476,18 +482,7 @@ async fn handle_names_a_rebuilt_record_even_if_its_announcement_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_announces_an_incarnation_created_by_a_lost_attempt() {
     let server = RedisServer::start();
-    let node = Herald::builder()
-        .node_id("member")
-        .redis(server.url())
-        .connect()
-        .await
-        .unwrap();
-    let m = node
-        .join("g")
-        .ttl(Duration::from_secs(30))
-        .heartbeat_interval(Duration::from_millis(50))
-        .await
-        .unwrap();
+    let (node, m) = fast_heartbeating_member(&server).await;
     let other = m.joined_at_ms() + 1;
     let record = format!(
         r#"{{"joined_at_ms":{other},"heartbeat_ms":{other},"expires_at_ms":{},"ttl_ms":30000,"meta":{{}}}}"#,
