@@ -110,8 +110,9 @@ pub(crate) struct GapLine<'a> {
     pub(crate) reason: GapReason,
 }
 
-/// The topic's log was lost and a new epoch began:
-/// `{"event":"reset","topic":..,"previous_epoch":..,"epoch":..,"last_delivered":..}`.
+/// Messages delivered earlier were lost (offsets `lost_from ..= last_delivered` of
+/// `previous_epoch`) and the topic continues in `epoch`:
+/// `{"event":"reset","topic":..,"previous_epoch":..,"epoch":..,"last_delivered":..,"lost_from":..}`.
 #[derive(Debug, Serialize)]
 pub(crate) struct ResetLine<'a> {
     /// Always `"reset"`.
@@ -124,6 +125,9 @@ pub(crate) struct ResetLine<'a> {
     pub(crate) epoch: Epoch,
     /// The last offset delivered (or committed) in the lost epoch, 0 when none.
     pub(crate) last_delivered: u64,
+    /// The first lost offset of `previous_epoch`; delivery resumes there in `epoch` (1: the
+    /// whole log was lost, delivery starts over from the oldest retained offset).
+    pub(crate) lost_from: u64,
 }
 
 /// A topic's settings after `configure`:
@@ -246,10 +250,11 @@ mod tests {
             previous_epoch: 7,
             epoch: 9,
             last_delivered: 5,
+            lost_from: 4,
         };
         assert_eq!(
             line(&reset),
-            "{\"event\":\"reset\",\"topic\":\"t\",\"previous_epoch\":7,\"epoch\":9,\"last_delivered\":5}\n"
+            "{\"event\":\"reset\",\"topic\":\"t\",\"previous_epoch\":7,\"epoch\":9,\"last_delivered\":5,\"lost_from\":4}\n"
         );
     }
 

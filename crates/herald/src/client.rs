@@ -276,14 +276,21 @@ impl Herald {
         let message = message.into();
         let key = self.resolve_key(&message)?;
         let own_key = message.key.is_some();
-        let (epoch, Placed { offset, duplicate }) = self
+        let (
+            epoch,
+            Placed {
+                offset,
+                duplicate,
+                epoch: older,
+            },
+        ) = self
             .inner
             .coalescer
             .publish(&self.inner.broker, &self.inner.node, topic, key, message)
             .await?;
         Ok(Receipt {
             topic: topic.to_string(),
-            position: Position::new(epoch, offset),
+            position: Position::new(older.unwrap_or(epoch), offset),
             // A generated key is unique to this call: see `publish_batch`.
             duplicate: duplicate && own_key,
         })
@@ -333,7 +340,8 @@ impl Herald {
         Ok(placed
             .into_iter()
             .zip(&messages)
-            .map(|(Placed { offset, duplicate }, m)| Receipt {
+            .map(|(p, m)| (p.offset, p.duplicate, p.epoch.unwrap_or(epoch), m))
+            .map(|(offset, duplicate, epoch, m)| Receipt {
                 topic: topic.to_string(),
                 position: Position::new(epoch, offset),
                 duplicate: duplicate && m.key.is_some(),

@@ -94,7 +94,7 @@ pub use subscription::{Event, GapReason, Start, SubscribeBuilder, Subscription};
 pub use topic::{validate_topic, SettingsChange, TopicSettings};
 
 /// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Entry points for the micro-benchmarks in `benches/` (not part of the API).
 #[doc(hidden)]

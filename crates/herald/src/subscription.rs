@@ -24,6 +24,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::broker::history::History;
 use crate::broker::{Broker, LiveEvent, LiveFeed, ReadResult, Slot};
 use crate::cursor::CursorCommit;
 use crate::envelope::Notification;
@@ -56,6 +57,12 @@ pub enum GapReason {
     /// The entries exist but could not be decoded, or were deleted from the middle of history
     /// by something other than Herald.
     Unreadable,
+    /// The offsets were acknowledged to a publisher or delivered to a subscriber, then lost
+    /// by Redis (a failover or a crash that lost its newest writes): the topic's log continues
+    /// under a new epoch after the last offset that survived, and someone who saw the lost
+    /// ones reported them. Reported to every subscriber that reads past the end of the
+    /// epoch that lost them.
+    Lost,
 }
 
 /// What a subscription yields.
@@ -77,21 +84,27 @@ pub enum Event {
         /// Why.
         reason: GapReason,
     },
-    /// The topic's log was lost and a new epoch began; delivery continues from the first
-    /// offset of the new epoch.
+    /// Messages this subscription delivered (or its durable cursor committed) were lost by
+    /// Redis: offsets `lost_from ..= last_delivered.offset` of `last_delivered.epoch` are
+    /// gone. The topic continues under the new `epoch`, always a different (larger) one.
     ///
-    /// `epoch` equals `last_delivered.epoch` when Redis lost only the newest writes of the
-    /// log, including some this subscription had delivered (a failover with asynchronous
-    /// replication, a crash without `appendfsync always`): delivery then starts over from the
-    /// oldest retained offset, since offsets after the loss may carry other messages.
+    /// - When Redis lost only the newest writes (a failover with asynchronous replication, a
+    ///   restart without `appendfsync always`), the log continues from the last offset that
+    ///   survived: delivery resumes at `lost_from` in `epoch`, with the messages published
+    ///   after the loss. Nothing is redelivered.
+    /// - When the whole log was lost (or its epoch is no longer in the topic's epoch history),
+    ///   `lost_from` is 1 and delivery starts over from the oldest retained offset of `epoch`.
     Reset {
         /// The topic.
         topic: String,
-        /// The last position delivered (or committed) in the lost log: its epoch is the one
-        /// that was lost, its offset 0 when nothing of it had been delivered.
+        /// The last position delivered (or committed) in the epoch that lost writes, its
+        /// offset 0 when nothing of it had been delivered.
         last_delivered: Position,
-        /// The new epoch.
+        /// The epoch delivery continues in.
         epoch: Epoch,
+        /// The first lost offset of `last_delivered.epoch`: `lost_from ..= last_delivered.offset`
+        /// were lost (empty when `lost_from > last_delivered.offset`).
+        lost_from: u64,
     },
 }
 
@@ -196,13 +209,17 @@ impl SubscribeBuilder {
             let from_cursor = cursor.is_some();
             let (epoch, next) = match cursor {
                 Some(commit) => (Some(commit.position.epoch), commit.position.offset + 1),
-                None => match self.start {
-                    Start::Earliest if head.first > 0 => (head.epoch, head.first),
-                    Start::Earliest | Start::Latest => (head.epoch, head.last + 1),
-                    Start::Offset(n) => (head.epoch, n),
-                },
+                None => {
+                    let next = match self.start {
+                        Start::Earliest if head.first > 0 => head.first,
+                        Start::Earliest | Start::Latest => head.last + 1,
+                        Start::Offset(n) => n,
+                    };
+                    // Offsets before the newest epoch's first belong to older epochs.
+                    let epoch = head.epoch.map(|c| head.history.epoch_at(next, c));
+                    (epoch, next)
+                }
             };
-            let epoch = epoch.or(head.epoch);
             let vouched = from_cursor || (head.epoch.is_some() && next - 1 <= head.last);
             states.push(TopicState {
                 name,
@@ -359,6 +376,8 @@ struct Readahead {
     last: u64,
     complete: bool,
     slots: std::collections::VecDeque<Slot>,
+    /// The epoch history read with the chunk, to deliver each offset under its epoch.
+    history: History,
 }
 
 /// The hash kept to recognise an entry again.
@@ -586,8 +605,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads the next chunk of history for topic `i`, after checking that the log is still
-    /// the one being read (else a `Reset` is emitted and `None` returned).
+    /// Reads the next chunk of history for topic `i`, after validating the topic's position
+    /// against the epoch history: a position past the end of its epoch (writes this
+    /// subscription delivered were lost) becomes a `Reset`, and `None` is returned.
     async fn read_ahead(&mut self, i: usize) -> Result<Option<Readahead>> {
         let (name, next) = (self.topics[i].name.clone(), self.topics[i].next);
         // With an anchor, read one entry more (`next - 1`) to check that history still holds
@@ -598,53 +618,133 @@ impl Engine {
             .broker
             .read(&name, from, self.chunk + usize::from(anchored))
             .await?;
-        let Some(epoch) = r.epoch else {
+        let Some(current) = r.epoch else {
             // No log at all: nothing to deliver until a publish creates one (a new epoch,
             // which then shows up as a Reset if we were reading an older one).
             self.topics[i].behind = false;
             return Ok(None);
         };
-        match self.topics[i].epoch {
-            Some(previous) if previous != epoch => {
+        if self.topics[i].epoch.is_none() {
+            self.topics[i].epoch = Some(r.history.epoch_at(next, current));
+        }
+        // Walk the epoch history from the topic's epoch towards the current one.
+        for _ in 0..=r.history.0.len() {
+            let t = &self.topics[i];
+            let epoch = t.epoch.unwrap_or(current);
+            if epoch == current {
+                break;
+            }
+            let Some(succ) = r.history.successor(epoch).copied() else {
+                // The epoch is not in the history: the whole log was lost (or the history no
+                // longer reaches back to it).
+                let seen = Position::new(epoch, t.next.saturating_sub(1));
+                self.reset_to_oldest(i, &r, current, seen);
+                return Ok(None);
+            };
+            if t.next > succ.first {
+                // Delivered (or committed) past the end of its epoch: those writes were lost.
+                let seen = Position::new(epoch, t.next - 1);
+                tracing::warn!(topic = %name, epoch, lost_from = succ.first, delivered = seen.offset,
+                    "the log lost writes this subscription had read (a failover or a crash without fsync); continuing after the last surviving offset");
                 let reset = Event::Reset {
-                    topic: name,
-                    last_delivered: Position::new(previous, next.saturating_sub(1)),
-                    epoch,
+                    topic: name.clone(),
+                    last_delivered: seen,
+                    epoch: succ.epoch,
+                    lost_from: succ.first,
                 };
                 if let Sent::Yes = self.send(reset) {
-                    self.restart(i, epoch);
+                    let t = &mut self.topics[i];
+                    t.epoch = Some(succ.epoch);
+                    t.next = succ.first;
+                    t.vouched = false;
+                    t.anchor = None;
+                    t.readahead = None;
+                    // So that readers who had not gone that far learn of the loss, too.
+                    if let Err(e) = self.broker.report_lost(&name, seen).await {
+                        tracing::warn!(topic = %name, error = %e, "cannot record the loss");
+                    }
                 }
-                return Ok(None); // read the new epoch from its start on the next round
+                return Ok(None); // read again from the new position
             }
-            Some(_) => {}
-            None => self.topics[i].epoch = Some(epoch),
+            if t.next < succ.first || !self.cross(i, &r.history, t.next) {
+                break; // offsets of its epoch remain to be delivered, or no room
+            }
         }
-        if self.went_back(i, &r) {
-            tracing::warn!(topic = %name, epoch, last = r.last, delivered = next - 1,
-                "the log lost writes this subscription had read (a failover or crash without fsync); restarting from its oldest retained offset");
-            let reset = Event::Reset {
-                topic: name,
-                last_delivered: Position::new(epoch, next - 1),
-                epoch,
-            };
-            if let Sent::Yes = self.send(reset) {
-                self.restart(i, epoch);
+        if self.topics[i].epoch == Some(current) && self.went_back(i, &r) {
+            let t = &self.topics[i];
+            let seen = Position::new(current, t.next - 1);
+            if r.last + 1 < t.next {
+                // The log went back under its epoch: report it, which continues the log under
+                // a new epoch from `last + 1`; the next read validates the position against it.
+                if self.broker.report_lost(&name, seen).await? {
+                    return Ok(None);
+                }
             }
+            // Rewritten in place (by something other than Herald): start over.
+            tracing::warn!(topic = %name, epoch = current, last = r.last, delivered = seen.offset,
+                "the log was rewritten under this subscription; restarting from its oldest retained offset");
+            self.reset_to_oldest(i, &r, current, seen);
             return Ok(None);
         }
         Ok(Some(Readahead {
-            epoch,
+            epoch: current,
             first: r.first,
             last: r.last,
             complete: r.complete,
             slots: r.slots.into(),
+            history: r.history,
         }))
     }
 
+    /// Emits a `Reset` that starts topic `i` over from the oldest retained offset.
+    fn reset_to_oldest(&mut self, i: usize, r: &ReadResult, current: Epoch, seen: Position) {
+        let reset = Event::Reset {
+            topic: self.topics[i].name.clone(),
+            last_delivered: seen,
+            epoch: current,
+            lost_from: 1,
+        };
+        if let Sent::Yes = self.send(reset) {
+            self.restart(i, r.history.epoch_at(1, current));
+        }
+    }
+
+    /// Moves topic `i` into the epoch that offset `next` belongs to, across the ends of the
+    /// epochs before it; at each end, offsets of the ending epoch that were reported lost
+    /// become a `Gap` (`GapReason::Lost`). False if an event could not be handed over.
+    fn cross(&mut self, i: usize, history: &History, next: u64) -> bool {
+        for _ in 0..history.0.len() {
+            let Some(epoch) = self.topics[i].epoch else {
+                return true;
+            };
+            let Some(succ) = history.successor(epoch).copied() else {
+                return true;
+            };
+            if next < succ.first {
+                return true;
+            }
+            let lost = history.get(epoch).map_or(0, |s| s.lost);
+            if lost >= succ.first {
+                let gap = Event::Gap {
+                    topic: self.topics[i].name.clone(),
+                    epoch,
+                    from: succ.first,
+                    to: lost,
+                    reason: GapReason::Lost,
+                };
+                if !matches!(self.send(gap), Sent::Yes) {
+                    return false;
+                }
+            }
+            self.topics[i].epoch = Some(succ.epoch);
+        }
+        true
+    }
+
     /// Delivers what the consumer has room for from a chunk of history, with `Gap` events for
-    /// offsets it lacks; what does not fit is kept for the next round.
+    /// offsets it lacks; what does not fit is kept for the next round. Each offset is
+    /// delivered under the epoch it belongs to.
     fn deliver_readahead(&mut self, i: usize, mut r: Readahead) {
-        let epoch = r.epoch;
         let name = self.topics[i].name.clone();
         while let Some(slot) = r.slots.pop_front() {
             let offset = slot.offset();
@@ -652,17 +752,30 @@ impl Engine {
             if offset < next {
                 continue;
             }
+            if !self.cross(i, &r.history, next) {
+                r.slots.push_front(slot);
+                self.topics[i].readahead = Some(r);
+                return;
+            }
+            let epoch = self.topics[i].epoch.unwrap_or(r.epoch);
             if offset > next {
                 let reason = if r.first == 0 || offset <= r.first {
                     GapReason::Retention
                 } else {
                     GapReason::Unreadable
                 };
-                if !self.gap(i, epoch, offset - 1, reason) {
-                    r.slots.push_front(slot);
+                // A gap stays within one epoch; the rest follows after crossing.
+                let to = match r.history.end_of(epoch) {
+                    Some(end) if end >= next => (offset - 1).min(end),
+                    _ => offset - 1,
+                };
+                let handed = self.gap(i, epoch, to, reason);
+                r.slots.push_front(slot);
+                if !handed {
                     self.topics[i].readahead = Some(r);
                     return;
                 }
+                continue;
             }
             if self.tx.capacity() == 0 {
                 // No room: keep the slot (this task is the only sender, so room stays room).
@@ -698,24 +811,40 @@ impl Engine {
             }
         }
         if r.complete {
-            let next = self.topics[i].next;
-            if next <= r.last {
-                // History ends before `last`: the rest was trimmed or deleted.
+            // History ends before `last`: the rest was trimmed or deleted.
+            for _ in 0..=r.history.0.len() {
+                let next = self.topics[i].next;
+                if next > r.last {
+                    break;
+                }
+                if !self.cross(i, &r.history, next) {
+                    self.topics[i].readahead = Some(r);
+                    return;
+                }
+                let epoch = self.topics[i].epoch.unwrap_or(r.epoch);
                 let reason = if r.first == 0 || next < r.first {
                     GapReason::Retention
                 } else {
                     GapReason::Unreadable
                 };
-                if !self.gap(i, epoch, r.last, reason) {
+                let to = match r.history.end_of(epoch) {
+                    Some(end) if end >= next => r.last.min(end),
+                    _ => r.last,
+                };
+                if !self.gap(i, epoch, to, reason) {
                     self.topics[i].readahead = Some(r);
                     return;
                 }
+            }
+            if !self.cross(i, &r.history, self.topics[i].next) {
+                self.topics[i].readahead = Some(r);
+                return;
             }
             self.topics[i].behind = false;
         }
     }
 
-    /// Starts topic `i` over at offset 1 of `epoch` (after a `Reset`).
+    /// Starts topic `i` over at offset 1, in `epoch` (after a `Reset`).
     fn restart(&mut self, i: usize, epoch: Epoch) {
         let t = &mut self.topics[i];
         t.epoch = Some(epoch);

@@ -15,7 +15,7 @@ use support::{messages, next_event, RedisServer};
 /// The rules of the README's ACL line after `ACL SETUSER herald on >password`, for the
 /// namespace `herald`. Keep the two in sync.
 const HERALD_ACL: &str = "resetkeys ~herald:* resetchannels &herald:* -@all \
-    +evalsha +eval +script|load +multi +exec +hget +hmget +hset +hsetnx +hgetall +xrange +xrevrange \
+    +evalsha +eval +script|load +multi +exec +hget +hmget +hset +hsetnx +hgetall +hlen +hkeys +info +xrange +xrevrange \
     +type +scan +ping +wait +subscribe +unsubscribe +ssubscribe +sunsubscribe \
     +publish +spublish +xadd +xtrim +xlen +exists +del +hdel +rename +pexpire +time \
     +zadd +zrem +zscore +zrangebyscore \

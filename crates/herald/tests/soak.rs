@@ -505,6 +505,7 @@ async fn subscriber(
                             offset: last_delivered,
                         },
                     epoch,
+                    ..
                 } => (
                     topic,
                     Record::Reset {

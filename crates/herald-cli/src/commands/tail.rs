@@ -253,6 +253,8 @@ async fn print_event(
             topic,
             last_delivered,
             epoch,
+            lost_from,
+            ..
         } => {
             out.emit(&ResetLine {
                 event: "reset",
@@ -260,11 +262,13 @@ async fn print_event(
                 previous_epoch: last_delivered.epoch,
                 epoch: *epoch,
                 last_delivered: last_delivered.offset,
+                lost_from: *lost_from,
             })
             .map_err(stdout)?;
-            // Offset 0 of the new epoch: resume from its first message.
+            // Right before where delivery resumes in the new epoch.
             if durable {
-                sub.commit_position(topic, Position::new(*epoch, 0)).await?;
+                let resume = Position::new(*epoch, lost_from.saturating_sub(1));
+                sub.commit_position(topic, resume).await?;
             }
         }
         other => {

@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, watch};
 
 mod members;
 
+use super::history::{EpochStart, History};
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::clock;
 use crate::cursor::CursorCommit;
@@ -19,7 +20,7 @@ use crate::envelope::Notification;
 use crate::error::{Error, Result};
 use crate::inspect::TopicInfo;
 use crate::message::{Entry, Message};
-use crate::position::Epoch;
+use crate::position::{Epoch, Position};
 use crate::topic::{SettingsChange, TopicSettings};
 
 /// How many notifications a live feed may fall behind before it is told it lost some.
@@ -50,6 +51,46 @@ struct TopicLog {
     cursors: BTreeMap<String, CursorCommit>,
     /// Member records of the group whose event topic this is (see `broker::members`).
     members: BTreeMap<String, super::members::MemberRecord>,
+    /// Where the epochs begin, oldest first (at most `HISTORY_LEN`).
+    history: Vec<EpochStart>,
+    /// Set by [`EmbeddedBroker::fail_over`]: the next publish is by another "server" and
+    /// continues the log under a new epoch, as on Redis.
+    writer_changed: bool,
+}
+
+/// How many epochs a topic's history keeps.
+const HISTORY_LEN: usize = 64;
+
+impl TopicLog {
+    /// Opens a new epoch continuing the log from `last + 1`.
+    fn continue_log(&mut self, lost: Option<u64>) -> Epoch {
+        let old = self.epoch.unwrap_or(0);
+        if !self.history.iter().any(|s| s.epoch == old) {
+            self.history.push(EpochStart {
+                epoch: old,
+                first: 1,
+                lost: 0,
+            });
+        }
+        if let Some(lost) = lost {
+            if let Some(s) = self.history.iter_mut().find(|s| s.epoch == old) {
+                s.lost = s.lost.max(lost);
+            }
+        }
+        let e = clock::now_us().max(old + 1);
+        self.history.push(EpochStart {
+            epoch: e,
+            first: self.last + 1,
+            lost: 0,
+        });
+        if self.history.len() > HISTORY_LEN {
+            let extra = self.history.len() - HISTORY_LEN;
+            self.history.drain(..extra);
+        }
+        self.epoch = Some(e);
+        self.writer_changed = false;
+        e
+    }
 }
 
 impl Default for EmbeddedBroker {
@@ -116,6 +157,7 @@ impl EmbeddedBroker {
             });
         }
         let epoch = match log.epoch {
+            Some(_) if log.writer_changed => log.continue_log(None),
             Some(e) => e,
             None => {
                 let e = clock::now_us();
@@ -124,6 +166,12 @@ impl EmbeddedBroker {
                 log.log.clear();
                 log.dedup.clear();
                 log.dedup_expiry.clear();
+                log.history = vec![EpochStart {
+                    epoch: e,
+                    first: 1,
+                    lost: 0,
+                }];
+                log.writer_changed = false;
                 e
             }
         };
@@ -141,9 +189,11 @@ impl EmbeddedBroker {
         let mut fresh = Vec::new();
         for (key, message) in messages {
             if let Some((offset, _)) = log.dedup.get(key) {
+                let epoch = History::new(log.history.clone()).epoch_at(*offset, epoch);
                 placed.push(Placed {
                     offset: *offset,
                     duplicate: true,
+                    epoch: (epoch != log.epoch.unwrap_or(epoch)).then_some(epoch),
                 });
                 continue;
             }
@@ -208,6 +258,55 @@ impl EmbeddedBroker {
             first,
             slots,
             complete,
+            history: History::new(log.history.clone()),
+        }
+    }
+
+    /// Test hook: what a failover to a replica that had received the topic's log up to
+    /// offset `surviving_last` does (the partial sibling of [`clear`](Self::clear)): the later
+    /// entries are gone, and the next publish, by another "server", continues the log under a
+    /// new epoch from `surviving_last + 1`, as `lua/publish.lua` does on Redis.
+    #[doc(hidden)]
+    pub fn fail_over(&self, topic: &str, surviving_last: u64) {
+        let mut topics = self.topics();
+        let Some(log) = topics.get_mut(topic).filter(|l| l.epoch.is_some()) else {
+            return;
+        };
+        if surviving_last < log.last {
+            log.last = surviving_last;
+            while log.log.back().is_some_and(|e| e.offset > surviving_last) {
+                log.log.pop_back();
+            }
+            log.dedup.retain(|_, (o, _)| *o <= surviving_last);
+        }
+        log.writer_changed = true;
+    }
+
+    /// Records a loss, as `lua/lost.lua` does on Redis.
+    pub(crate) fn report_lost(&self, topic: &str, seen: Position) -> bool {
+        let mut topics = self.topics();
+        let Some(log) = topics.get_mut(topic).filter(|l| l.epoch.is_some()) else {
+            return false;
+        };
+        if log.epoch == Some(seen.epoch) {
+            if log.last >= seen.offset {
+                return false;
+            }
+            log.continue_log(Some(seen.offset));
+            return true;
+        }
+        let history = History::new(log.history.clone());
+        match history.end_of(seen.epoch) {
+            Some(end) if seen.offset > end => {
+                match log.history.iter_mut().find(|s| s.epoch == seen.epoch) {
+                    Some(s) if s.lost < seen.offset => {
+                        s.lost = seen.offset;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
         }
     }
 

@@ -11,6 +11,7 @@
 //! - settings and `inspect`.
 
 pub(crate) mod embedded;
+pub(crate) mod history;
 pub(crate) mod members;
 pub(crate) mod redis;
 
@@ -30,6 +31,8 @@ pub const PUBLISH_SCRIPT: &str = redis::PUBLISH_SCRIPT;
 pub const READ_SCRIPT: &str = redis::READ_SCRIPT;
 /// The membership procedure (Lua); see `docs/PROTOCOL.md`, "Membership".
 pub const MEMBERS_SCRIPT: &str = redis::members::MEMBERS_SCRIPT;
+/// The loss report (Lua); see `docs/PROTOCOL.md`, "Epochs".
+pub const LOST_SCRIPT: &str = redis::LOST_SCRIPT;
 
 /// One slot of history: an entry, or something at that offset that could not be decoded.
 #[derive(Debug, Clone)]
@@ -51,6 +54,8 @@ pub(crate) struct ReadResult {
     pub(crate) slots: Vec<Slot>,
     /// True when the read reached the end of history (fewer entries than asked for).
     pub(crate) complete: bool,
+    /// Where the topic's epochs begin (see `history`), read with the rest.
+    pub(crate) history: history::History,
 }
 
 impl Slot {
@@ -79,6 +84,9 @@ pub(crate) struct Placed {
     /// True when its idempotency key was already published within the dedup window: nothing
     /// was appended, and `offset` is that of the earlier publish.
     pub(crate) duplicate: bool,
+    /// For a duplicate whose offset belongs to an older epoch than the publish's (the log
+    /// changed writer since it was published): that epoch.
+    pub(crate) epoch: Option<Epoch>,
 }
 
 impl Placed {
@@ -87,6 +95,7 @@ impl Placed {
         Placed {
             offset,
             duplicate: false,
+            epoch: None,
         }
     }
 }
@@ -141,6 +150,21 @@ impl Broker {
         match self {
             Broker::Redis(b) => Ok(LiveFeed::Redis(b.live(topics).await?)),
             Broker::Embedded(b) => Ok(LiveFeed::Embedded(b.live(topics))),
+        }
+    }
+
+    /// Reports that `seen` existed in the topic's log (a subscriber delivered it, a cursor
+    /// committed it) but the log went back before it: records the loss once, opening a new
+    /// epoch if the log still runs under `seen.epoch` (`lua/lost.lua`). True when it changed
+    /// something.
+    pub(crate) async fn report_lost(
+        &self,
+        topic: &str,
+        seen: crate::position::Position,
+    ) -> Result<bool> {
+        match self {
+            Broker::Redis(b) => b.report_lost(topic, seen).await,
+            Broker::Embedded(b) => Ok(b.report_lost(topic, seen)),
         }
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A Herald client that Herald did not write: Python's `redis` package plus the procedure of
-docs/PROTOCOL.md (wire protocol version 2). Used by crates/herald/tests/interop.rs.
+docs/PROTOCOL.md (wire protocol version 3). Used by crates/herald/tests/interop.rs.
 
 Subcommands (all output is JSON, one object per line, on standard output):
 
@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - reported to the Rust test
     sys.stderr.write("python module 'redis' is missing; run scripts/test.sh to install it\n")
     sys.exit(5)
 
-PROTOCOL = "2"
+PROTOCOL = "3"
 LUA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "broker", "lua")
 # Defaults for a topic that has no settings hash yet (ARGV[4..7]): the library's defaults.
 DEFAULTS = ["100000", "0", "120000", "1048576"]
@@ -221,7 +221,7 @@ def generated_key(node):
 
 
 def publish_args(messages, node):
-    """ARGV[9..] of publish.lua, protocol 2: N, call key, largest payload size and its index,
+    """ARGV[9..] of publish.lua, protocol 3: N, call key, largest payload size and its index,
     the pieces in groups of up to GROUP messages, then index, key, start, length per message
     with a key of its own. Messages without "key" get a generated key, covered by the call
     key (the first generated one)."""
@@ -252,7 +252,8 @@ def publish_args(messages, node):
 def cmd_publish(a):
     r = connect(a.url)
     messages = json.loads(a.messages)
-    keys = [key(a.ns, a.topic, w) for w in ("meta", "log", "settings", "dedup", "dedup-old")]
+    keys = [key(a.ns, a.topic, w)
+            for w in ("meta", "log", "settings", "dedup", "dedup-old", "epochs")]
     argv = [a.protocol, key(a.ns, a.topic, "live"), a.node] + list(a.defaults) + [a.notify]
     argv += publish_args(messages, a.node)
     try:
@@ -269,13 +270,19 @@ def cmd_publish(a):
         first = int(reply[1])
         results = [{"offset": first + i, "duplicate": False} for i in range(len(messages))]
     else:
-        # {epoch, offset_1, duplicate_1, ...}
+        # {epoch, offset_1, flag_1, ...}: flag 0 appended, 1 duplicate in `epoch`, else a
+        # duplicate whose offset belongs to that older epoch.
         pairs = reply[1:]
         if len(pairs) != 2 * len(messages):
             emit({"error": "REPLY", "message": "unexpected publish reply %r" % (reply,)})
             return 3
-        results = [{"offset": int(pairs[i]), "duplicate": int(pairs[i + 1]) == 1}
-                   for i in range(0, len(pairs), 2)]
+        results = []
+        for i in range(0, len(pairs), 2):
+            flag = int(pairs[i + 1])
+            res = {"offset": int(pairs[i]), "duplicate": flag != 0}
+            if flag > 1:
+                res["epoch"] = flag
+            results.append(res)
     emit({"epoch": epoch, "results": results})
     return 0
 
@@ -284,17 +291,32 @@ def cmd_read(a):
     r = connect(a.url)
     read = Script(r, "read.lua")
     meta, log = key(a.ns, a.topic, "meta"), key(a.ns, a.topic, "log")
+    epochs_key = key(a.ns, a.topic, "epochs")
     nxt = max(a.from_, 1)
     chunk = max(a.chunk, 1)
     for _ in range(100000):  # bounded: every round advances, or asks for more entries
-        epoch, last, first, entries, at_end = read([meta, log], [nxt, chunk])
+        epoch, last, first, entries, at_end, history = read([meta, log, epochs_key], [nxt, chunk])
         epoch = None if epoch is None else int(epoch)
         last, first = int(last), int(first)
         if epoch is None:
             break
+        # The epoch history: an offset belongs to the newest epoch beginning at or before it.
+        starts = sorted((int(history[i]), int(history[i + 1].split(b":")[0]))
+                        for i in range(0, len(history), 2))
+
+        def epoch_at(offset):
+            found = epoch
+            for e, f in starts:
+                if f <= offset:
+                    found = e
+            return found if starts else epoch
+
         before = nxt
         for raw in entries:
-            for e in decode_entry(epoch, last, raw):
+            id_m = ENTRY_ID.match(raw[0])
+            entry_epoch = epoch_at(int(id_m.group(1))) if id_m else epoch
+            for e in decode_entry(entry_epoch, last, raw):
+                e["epoch"] = epoch_at(e["offset"])
                 if e["offset"] >= nxt:
                     emit(e)
                     nxt = e["offset"] + 1

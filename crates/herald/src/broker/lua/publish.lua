@@ -1,6 +1,7 @@
--- Herald publish, protocol version 2 (see docs/PROTOCOL.md).
+-- Herald publish, protocol version 3 (see docs/PROTOCOL.md).
 --
--- KEYS[1] meta      hash   {epoch, last, dedup_at}
+-- KEYS[1] meta      hash   {epoch, last, dedup_at, writer}; writer is the run_id of the Redis
+--                   server process that opened the epoch (INFO server)
 -- KEYS[2] log       stream, one entry per group of up to 1000 messages of a publish (ARGV
 --                   groups, duplicates left out): ID "<first offset>-0", fields n <node>
 --                   t <publish time ms> m <messages>, where <messages> is the concatenation of
@@ -8,7 +9,11 @@
 -- KEYS[3] settings  hash   {max_len, max_age_ms, dedup_ms, max_size}
 -- KEYS[4] dedup     hash   idempotency key -> record (see below), keys of the current window
 -- KEYS[5] dedup_old hash   the same for the previous window
--- ARGV[1] protocol version ("2")
+-- KEYS[6] epochs    hash   epoch -> "<first offset>" or "<first offset>:<lost>", the epoch
+--                   history (at most 64 epochs): an epoch covers its first offset up to the
+--                   next epoch's first offset - 1; <lost> is the largest offset of it that
+--                   some party saw acknowledged or delivered and that was lost
+-- ARGV[1] protocol version ("3")
 -- ARGV[2] live channel
 -- ARGV[3] publishing node id
 -- ARGV[4..7] defaults for a topic without settings: max_len, max_age_ms, dedup_ms, max_size
@@ -30,18 +35,20 @@
 -- exactly (same N), as the single-offset record does not hold N.
 --
 -- Returns {epoch, first} when every message was appended (offsets first .. first+N-1), else
--- {epoch, offset_1, duplicate_1, ..., offset_N, duplicate_N}.
+-- {epoch, offset_1, flag_1, ..., offset_N, flag_N}: flag 0 for an appended message, 1 for a
+-- duplicate in `epoch`, or for a duplicate whose offset belongs to an older epoch (the log
+-- changed writer since), that epoch.
 -- All checks run before the first write, so a failed publish writes nothing.
 -- Redis >= 6.2 (XTRIM MINID, exclusive ranges); SPUBLISH needs Redis >= 7.0.
 
-if ARGV[1] ~= '2' then
-  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 2, not ' .. tostring(ARGV[1]))
+if ARGV[1] ~= '3' then
+  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 3, not ' .. tostring(ARGV[1]))
 end
-local meta, log, settings, dedup, dedup_old = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local meta, log, settings, dedup, dedup_old, epochs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local channel, node, notify = ARGV[2], ARGV[3], ARGV[8]
 local n = tonumber(ARGV[9])
-if #KEYS ~= 5 or n == nil or n < 1 or n > 10000 or n ~= math.floor(n) then
-  return redis.error_reply('HERALD_ARGS expected 5 KEYS and a message count of 1 to 10000 in ARGV[9]')
+if #KEYS ~= 6 or n == nil or n < 1 or n > 10000 or n ~= math.floor(n) then
+  return redis.error_reply('HERALD_ARGS expected 6 KEYS and a message count of 1 to 10000 in ARGV[9]')
 end
 local groups = math.ceil(n / 1000)
 local nkeyed = (#ARGV - 12 - groups) / 4
@@ -131,7 +138,7 @@ for j = 1, nkeyed do
   lookup[#lookup + 1] = key
 end
 
-local m = redis.call('HMGET', meta, 'epoch', 'last', 'dedup_at')
+local m = redis.call('HMGET', meta, 'epoch', 'last', 'dedup_at', 'writer')
 local epoch = m[1]
 local last = 0
 if epoch then
@@ -161,9 +168,20 @@ end
 -- 2. Assign offsets. A message is a duplicate when its own key is known or repeats within the
 -- call, or when the call's key is known (the call was published before); a duplicate gets the
 -- original offset and writes nothing.
+-- An epoch is a log incarnation written by one Redis server process. A log whose epoch another
+-- process opened (a promoted replica, a restart) continues under a new epoch from `last + 1`,
+-- so that no offset is ever reused under one epoch: the writes of the old process that this
+-- one lacks keep their names, and readers past `last` in the old epoch learn of the loss.
+local writer = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
 local new_epoch = not epoch
-if new_epoch then
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
+local continued = epoch and m[4] ~= writer
+local old_epoch = epoch
+if new_epoch or continued then
+  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
+  if continued and tonumber(fresh) <= tonumber(epoch) then
+    fresh = string.format('%d', tonumber(epoch) + 1) -- epochs increase, whatever the clock says
+  end
+  epoch = fresh
 end
 local first = last + 1
 local dup_at = {} -- index -> original offset, for duplicates
@@ -205,6 +223,23 @@ last = last + count
 
 local result = {epoch}
 local offsets = nil -- offsets of all N messages, when not first .. first+N-1
+-- A duplicate whose offset lies before the current epoch's first belongs to an older epoch:
+-- its flag is that epoch (see the reply below).
+local cur_first = first
+if dups > 0 and not continued and not new_epoch then
+  cur_first = tonumber(string.match(redis.call('HGET', epochs, epoch) or '1', '^(%d+)')) or 1
+end
+local function dup_flag(o)
+  if o >= cur_first then return 1 end
+  local flat = redis.call('HGETALL', epochs)
+  local best, best_first = nil, nil
+  for k = 1, #flat, 2 do
+    local f = tonumber(string.match(flat[k + 1], '^(%d+)'))
+    if f and f <= o and (best_first == nil or f > best_first) then best, best_first = flat[k], f end
+  end
+  if best == nil and continued then best = old_epoch end
+  return best or 1
+end
 if dups == 0 then
   result[2] = first
 else
@@ -214,7 +249,7 @@ else
     local o = dup_at[i]
     if o then
       result[#result + 1] = o
-      result[#result + 1] = 1
+      result[#result + 1] = dup_flag(o)
     else
       o = next_new
       next_new = next_new + 1
@@ -308,7 +343,20 @@ if #remember > 0 then
 end
 local last_s = string.format('%d', last)
 if new_epoch then
-  redis.call('HSET', meta, 'epoch', epoch, 'last', last_s, 'dedup_at', dedup_at)
+  redis.call('DEL', epochs)
+  redis.call('HSET', epochs, epoch, '1')
+  redis.call('HSET', meta, 'epoch', epoch, 'last', last_s, 'dedup_at', dedup_at, 'writer', writer)
+elseif continued then
+  -- A log written before protocol 3 has no history: its epoch began at offset 1.
+  redis.call('HSETNX', epochs, old_epoch, '1')
+  redis.call('HSET', epochs, epoch, string.format('%d', first))
+  if redis.call('HLEN', epochs) > 64 then
+    local ids = redis.call('HKEYS', epochs)
+    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
+    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
+  end
+  redis.call('HSET', meta, 'epoch', epoch, 'last', last_s, 'writer', writer)
+  if dedup_at then redis.call('HSET', meta, 'dedup_at', dedup_at) end
 elseif dedup_at then
   redis.call('HSET', meta, 'last', last_s, 'dedup_at', dedup_at)
 elseif count > 0 then

@@ -1,9 +1,10 @@
--- Herald history read, protocol version 1 (see docs/PROTOCOL.md).
+-- Herald history read, protocol version 3 (see docs/PROTOCOL.md).
 --
--- KEYS[1] meta, KEYS[2] log
+-- KEYS[1] meta, KEYS[2] log, KEYS[3] epochs
 -- ARGV[1] first offset wanted, ARGV[2] most entries wanted (0: state only)
 --
--- Returns {epoch or false, last offset, first retained offset or 0, entries, at_end}, read
+-- Returns {epoch or false, last offset, first retained offset or 0, entries, at_end,
+-- epoch history (HGETALL epochs: epoch, "<first>[:<lost>]", ...)}, read
 -- atomically. `entries` is an XRANGE reply starting with the entry that holds ARGV[1] (or the
 -- first entry after it), at most ARGV[2] entries; `at_end` is 1 when it reaches the end of the
 -- log. Each entry holds the messages of one publish from its ID's offset on (fields n, t, m).
@@ -25,4 +26,4 @@ if wanted > 0 then
   for _, e in ipairs(part) do entries[#entries + 1] = e end
   if #part < wanted then at_end = 1 end
 end
-return {epoch or false, last, first, entries, at_end}
+return {epoch or false, last, first, entries, at_end, redis.call('HGETALL', KEYS[3])}

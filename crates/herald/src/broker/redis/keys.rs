@@ -37,6 +37,11 @@ impl KeySpace {
         self.key(topic, "log")
     }
 
+    /// The epoch history (epoch to first offset and lost maximum).
+    pub(crate) fn epochs(&self, topic: &str) -> String {
+        self.key(topic, "epochs")
+    }
+
     pub(crate) fn settings(&self, topic: &str) -> String {
         self.key(topic, "settings")
     }
@@ -77,6 +82,7 @@ mod tests {
         let k = KeySpace::new("herald");
         assert_eq!(k.meta("a/b"), "herald:{a/b}:meta");
         assert_eq!(k.dedup("t"), "herald:{t}:dedup");
+        assert_eq!(k.epochs("t"), "herald:{t}:epochs");
         assert_eq!(k.dedup_old("t"), "herald:{t}:dedup-old");
         assert_eq!(k.pattern("t"), "herald:{t}:*");
         assert_eq!(k.topic_of_channel("herald:{a:b}:live"), Some("a:b"));

@@ -39,7 +39,7 @@ mod topology;
 pub(crate) use feed::RedisFeed;
 pub(crate) use keys::KeySpace;
 pub(crate) use publish::PUBLISH_SCRIPT;
-pub(crate) use read::READ_SCRIPT;
+pub(crate) use read::{LOST_SCRIPT, READ_SCRIPT};
 pub(crate) use topology::redact;
 
 use classify::{classify, is_transient};

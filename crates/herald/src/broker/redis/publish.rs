@@ -1,4 +1,4 @@
-//! Publishing on Redis: one call of `lua/publish.lua` (protocol 2, `docs/PROTOCOL.md` §6.1)
+//! Publishing on Redis: one call of `lua/publish.lua` (protocol 3, `docs/PROTOCOL.md` §6.1)
 //! per publish, its arguments ([`PublishCall`]) and its reply, then `WAIT` when the handle
 //! asks for replicas.
 
@@ -30,6 +30,7 @@ impl RedisBroker {
         let mut key_names = vec![keys.meta(topic), keys.log(topic), keys.settings(topic)];
         key_names.push(keys.dedup(topic));
         key_names.push(keys.dedup_old(topic));
+        key_names.push(keys.epochs(topic));
         let call = PublishCall::new(messages);
         let channel = keys.live(topic);
         let wanted = self.inner.opts.min_replicas;
@@ -42,7 +43,7 @@ impl RedisBroker {
                 for k in &key_names {
                     inv.key(k);
                 }
-                inv.arg("2").arg(&channel).arg(node);
+                inv.arg("3").arg(&channel).arg(node);
                 inv.arg(d.max_len)
                     .arg(d.max_age_ms)
                     .arg(d.dedup_window_ms)
@@ -95,7 +96,7 @@ pub(super) fn script() -> Script {
     Script::new(PUBLISH_SCRIPT)
 }
 
-/// The arguments of one call of the publish script (protocol 2, `docs/PROTOCOL.md` §6.1):
+/// The arguments of one call of the publish script (protocol 3, `docs/PROTOCOL.md` §6.1):
 /// the pieces concatenated in groups of up to [`ENTRY_MESSAGES`], the messages that carry an
 /// idempotency key of their own (with where their piece lies, so that the script can leave a
 /// duplicate out), and the call key that covers every message without one.
@@ -184,9 +185,13 @@ fn parse_publish_reply(topic: &str, reply: Value, n: usize) -> Result<(Epoch, Ve
         items[1..]
             .chunks(2)
             .map(|pair| {
+                // 0: appended, 1: a duplicate in the reply's epoch, else a duplicate in that
+                // older epoch.
+                let flag = as_u64(&pair[1])?;
                 Some(Placed {
                     offset: as_u64(&pair[0])?,
-                    duplicate: as_u64(&pair[1])? == 1,
+                    duplicate: flag != 0,
+                    epoch: (flag > 1).then_some(flag),
                 })
             })
             .collect::<Option<Vec<_>>>()
@@ -220,11 +225,13 @@ mod tests {
             [
                 Placed {
                     offset: 4,
-                    duplicate: true
+                    duplicate: true,
+                    epoch: None,
                 },
                 Placed {
                     offset: 12,
-                    duplicate: false
+                    duplicate: false,
+                    epoch: None,
                 }
             ]
         );

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::RedisBroker;
+use crate::broker::history::{EpochStart, History};
 use crate::broker::{ReadResult, Slot};
 use crate::envelope;
 use crate::error::{Error, Result};
@@ -13,6 +14,8 @@ use crate::message::Entry;
 
 /// The atomic history read.
 pub(crate) const READ_SCRIPT: &str = include_str!("../lua/read.lua");
+/// The loss report.
+pub(crate) const LOST_SCRIPT: &str = include_str!("../lua/lost.lua");
 
 impl RedisBroker {
     /// Reads the topic's state and at least `limit` messages from `from` (whole entries, so
@@ -22,6 +25,7 @@ impl RedisBroker {
         let from = from.max(1);
         let meta = self.inner.keys.meta(topic);
         let log = self.inner.keys.log(topic);
+        let epochs = self.inner.keys.epochs(topic);
         let entries_wanted = if limit == 0 {
             0
         } else {
@@ -36,7 +40,7 @@ impl RedisBroker {
             // The cluster client does not follow MOVED/ASK inside a transaction: read with the
             // script, whose EVALSHA it routes and redirects like any keyed command.
             let reply = self
-                .read_by_script(topic, &meta, &log, from, entries_wanted)
+                .read_by_script(topic, &meta, &log, &epochs, from, entries_wanted)
                 .await?;
             return self.finish_read(topic, reply, from, entries_wanted);
         }
@@ -46,6 +50,7 @@ impl RedisBroker {
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 pipe.cmd("HMGET").arg(&meta).arg("epoch").arg("last");
+                pipe.cmd("HGETALL").arg(&epochs);
                 pipe.cmd("XRANGE")
                     .arg(&log)
                     .arg("-")
@@ -72,6 +77,31 @@ impl RedisBroker {
         self.finish_read(topic, reply, from, entries_wanted)
     }
 
+    /// Reports a loss with `lua/lost.lua` (see `Broker::report_lost`).
+    pub(crate) async fn report_lost(
+        &self,
+        topic: &str,
+        seen: crate::position::Position,
+    ) -> Result<bool> {
+        use redis::Script;
+        static LOST: std::sync::LazyLock<Script> =
+            std::sync::LazyLock::new(|| Script::new(LOST_SCRIPT));
+        let meta = self.inner.keys.meta(topic);
+        let epochs = self.inner.keys.epochs(topic);
+        let reply: Vec<Value> = self
+            .retry("report a loss", topic, |mut conn| {
+                let mut inv = LOST.prepare_invoke();
+                inv.key(&meta)
+                    .key(&epochs)
+                    .arg("3")
+                    .arg(seen.epoch)
+                    .arg(seen.offset);
+                Box::pin(async move { inv.invoke_async(&mut conn).await })
+            })
+            .await?;
+        Ok(reply.first().and_then(as_u64) == Some(1))
+    }
+
     /// Parses the read's reply and remembers how many messages its entries held.
     fn finish_read(
         &self,
@@ -95,6 +125,7 @@ impl RedisBroker {
         topic: &str,
         meta: &str,
         log: &str,
+        epochs: &str,
         from: u64,
         entries_wanted: usize,
     ) -> Result<Vec<Value>> {
@@ -104,14 +135,23 @@ impl RedisBroker {
         let reply: Vec<Value> = self
             .retry("read", topic, |mut conn| {
                 let mut inv = READ.prepare_invoke();
-                inv.key(meta).key(log).arg(from).arg(entries_wanted);
+                inv.key(meta)
+                    .key(log)
+                    .key(epochs)
+                    .arg(from)
+                    .arg(entries_wanted);
                 Box::pin(async move { inv.invoke_async(&mut conn).await })
             })
             .await?;
         let mut it = reply.into_iter();
-        let (Some(epoch), Some(last), Some(first), Some(entries)) =
-            (it.next(), it.next(), it.next(), it.next())
-        else {
+        let (Some(epoch), Some(last), Some(first), Some(entries), Some(_at_end), Some(history)) = (
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+            it.next(),
+        ) else {
             return Err(Error::Corrupt {
                 topic: topic.to_string(),
                 detail: "unexpected read script reply".into(),
@@ -127,7 +167,7 @@ impl RedisBroker {
             )])],
             _ => Vec::new(),
         };
-        let mut out = vec![Value::Array(vec![epoch, last]), Value::Array(head)];
+        let mut out = vec![Value::Array(vec![epoch, last]), history, Value::Array(head)];
         if entries_wanted > 0 {
             out.push(Value::Array(Vec::new()));
             out.push(entries);
@@ -177,7 +217,8 @@ pub(super) fn as_bytes(v: &Value) -> Option<&[u8]> {
     }
 }
 
-/// Parses the read transaction's replies: `HMGET meta epoch last`, the first entry, and when
+/// Parses the read transaction's replies: `HMGET meta epoch last`, `HGETALL epochs`, the first
+/// entry, and when
 /// entries were asked for, the entry at or before `from` and the entries from `from` on.
 /// Returns the result and the average number of messages per entry read.
 fn parse_read_reply(
@@ -190,7 +231,7 @@ fn parse_read_reply(
         topic: topic.to_string(),
         detail: format!("unexpected read reply: {what}"),
     };
-    let expected = if entries_wanted > 0 { 4 } else { 2 };
+    let expected = if entries_wanted > 0 { 5 } else { 3 };
     if reply.len() != expected {
         return Err(bad("wrong length"));
     }
@@ -212,6 +253,10 @@ fn parse_read_reply(
             topic: topic.to_string(),
             detail: "meta field \"last\" is not a number".into(),
         })?,
+    };
+    let history = match reply.next() {
+        Some(v) => parse_history(topic, v)?,
+        None => return Err(bad("epochs")),
     };
     let first = match reply.next() {
         Some(Value::Array(head)) => head.first().and_then(entry_offset).unwrap_or(0),
@@ -250,9 +295,50 @@ fn parse_read_reply(
             first,
             slots,
             complete: at_end,
+            history,
         },
         avg,
     ))
+}
+
+/// Parses `HGETALL epochs` (a flat array, or a map under RESP3).
+fn parse_history(topic: &str, v: Value) -> Result<History> {
+    let pairs: Vec<(Value, Value)> = match v {
+        Value::Array(flat) => {
+            let mut it = flat.into_iter();
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            out
+        }
+        Value::Map(m) => m,
+        Value::Nil => Vec::new(),
+        _ => {
+            return Err(Error::Corrupt {
+                topic: topic.to_string(),
+                detail: "the epoch history is not a hash".into(),
+            })
+        }
+    };
+    let mut starts = Vec::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        let k = as_bytes(&k).and_then(|b| std::str::from_utf8(b).ok());
+        let v = as_bytes(&v).and_then(|b| std::str::from_utf8(b).ok());
+        match k.zip(v).and_then(|(k, v)| EpochStart::parse(k, v)) {
+            Some(s) => starts.push(s),
+            None => {
+                return Err(Error::Corrupt {
+                    topic: topic.to_string(),
+                    detail: format!(
+                        "epoch history entry {:?} is not <epoch> -> <first>[:<lost>]",
+                        k.unwrap_or("?")
+                    ),
+                })
+            }
+        }
+    }
+    Ok(History::new(starts))
 }
 
 /// The offset in an entry's ID (`<offset>-0`), if it has that form.
@@ -369,6 +455,7 @@ mod tests {
     fn read_reply_with_entries() {
         let reply = vec![
             Value::Array(vec![bulk("42"), bulk("5")]),
+            Value::Array(vec![bulk("42"), bulk("1:7"), bulk("30"), bulk("1")]),
             Value::Array(vec![entry(2, &["a"])]),
             // The entry holding `from` = 3 starts before it.
             Value::Array(vec![entry(2, &["a", "b"])]),
@@ -383,6 +470,8 @@ mod tests {
         );
         let offsets: Vec<u64> = r.slots.iter().map(Slot::offset).collect();
         assert_eq!(offsets, [3, 4, 5]);
+        assert_eq!(r.history.end_of(30), Some(0));
+        assert_eq!(r.history.get(42).map(|s| s.lost), Some(7));
         // Three entries read (the foreign one included) held four messages.
         assert_eq!(avg, Some(4.0 / 3.0));
     }
@@ -391,6 +480,7 @@ mod tests {
     fn read_reply_of_a_topic_without_log() {
         let reply = vec![
             Value::Array(vec![Value::Nil, Value::Nil]),
+            Value::Array(vec![]),
             Value::Array(vec![]),
         ];
         let Ok((r, avg)) = parse_read_reply("t", reply, 1, 0) else {
@@ -401,9 +491,19 @@ mod tests {
         let bad = vec![
             Value::Array(vec![bulk("x"), Value::Nil]),
             Value::Array(vec![]),
+            Value::Array(vec![]),
         ];
         assert!(matches!(
             parse_read_reply("t", bad, 1, 0),
+            Err(Error::Corrupt { .. })
+        ));
+        let bad_history = vec![
+            Value::Array(vec![bulk("1"), bulk("1")]),
+            Value::Array(vec![bulk("1"), bulk("one")]),
+            Value::Array(vec![]),
+        ];
+        assert!(matches!(
+            parse_read_reply("t", bad_history, 1, 0),
             Err(Error::Corrupt { .. })
         ));
     }

@@ -1,0 +1,79 @@
+-- Herald loss report, protocol version 3 (see docs/PROTOCOL.md).
+--
+-- A party (a subscriber, a durable cursor) that saw offset ARGV[3] of epoch ARGV[2] exist
+-- reports it; the call is idempotent, so several parties noticing one loss at once make one
+-- record and at most one epoch change.
+--
+-- KEYS[1] meta, KEYS[2] epochs (as in publish.lua)
+-- ARGV[1] protocol version ("3"), ARGV[2] epoch, ARGV[3] offset
+--
+-- - The topic's current epoch is ARGV[2] but its `last` is below ARGV[3]: the log went back
+--   under one writer. A new epoch opens, continuing from `last + 1` (offsets are never reused
+--   under one epoch), and ARGV[3] is recorded as the old epoch's lost maximum.
+-- - ARGV[2] is an older epoch of the history that ended before ARGV[3]: ARGV[3] is recorded
+--   as its lost maximum, if larger than the one recorded.
+-- - Otherwise (nothing lost, no log, an epoch the history does not hold) nothing changes.
+--
+-- Returns {changed (0/1), current epoch or false}.
+
+if ARGV[1] ~= '3' then
+  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 3, not ' .. tostring(ARGV[1]))
+end
+local meta, epochs = KEYS[1], KEYS[2]
+local e, o = ARGV[2], tonumber(ARGV[3])
+if #KEYS ~= 2 or tonumber(e) == nil or o == nil then
+  return redis.error_reply('HERALD_ARGS expected 2 KEYS, an epoch and an offset')
+end
+local m = redis.call('HMGET', meta, 'epoch', 'last')
+local current, last = m[1], tonumber(m[2])
+if not current or not last then return {0, current or false} end
+
+-- Records `o` as the lost maximum of epoch `id` whose record is `rec` ("first[:lost]").
+local function record(id, rec)
+  local first, lost = string.match(rec, '^(%d+):?(%d*)$')
+  if not first then
+    return redis.error_reply('HERALD_CORRUPT epoch history entry ' .. id .. ' holds ' .. rec)
+  end
+  if lost ~= '' and tonumber(lost) >= o then return 0 end
+  redis.call('HSET', epochs, id, first .. ':' .. string.format('%d', o))
+  return 1
+end
+
+if current == e then
+  if last >= o then return {0, current} end
+  local t = redis.call('TIME')
+  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
+  if tonumber(fresh) <= tonumber(current) then
+    fresh = string.format('%d', tonumber(current) + 1)
+  end
+  local rec = redis.call('HGET', epochs, current) or '1'
+  local r = record(current, rec)
+  if type(r) == 'table' then return r end
+  redis.call('HSET', epochs, fresh, string.format('%d', last + 1))
+  if redis.call('HLEN', epochs) > 64 then
+    local ids = redis.call('HKEYS', epochs)
+    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
+    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
+  end
+  local writer = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+  redis.call('HSET', meta, 'epoch', fresh, 'writer', writer)
+  return {1, fresh}
+end
+
+local rec = redis.call('HGET', epochs, e)
+if not rec then return {0, current} end
+-- The epoch ends where the next one (the smallest larger id) begins.
+local next_first = nil
+local flat = redis.call('HGETALL', epochs)
+local best = nil
+for i = 1, #flat, 2 do
+  local id = tonumber(flat[i])
+  if id > tonumber(e) and (best == nil or id < best) then
+    best = id
+    next_first = tonumber(string.match(flat[i + 1], '^(%d+)'))
+  end
+end
+if not next_first or o < next_first then return {0, current} end
+local r = record(e, rec)
+if type(r) == 'table' then return r end
+return {r, current}
