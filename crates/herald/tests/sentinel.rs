@@ -381,13 +381,18 @@ async fn planned_failover_under_load_loses_nothing_acknowledged() {
         let (stop, acked) = (stop.clone(), acked.clone());
         publishers.push(tokio::spawn(async move {
             let mut i = 0;
+            let mut slowest = Duration::ZERO;
             // Bounded: at most 200 000 messages per publisher.
             while !stop.load(Ordering::SeqCst) && i < 200_000 {
                 i += 1;
+                let started = Instant::now();
                 let offset = publish_until_acked(&h, who, i).await;
+                slowest = slowest.max(started.elapsed());
                 acked.lock().unwrap().insert(format!("p{who}-{i}"), offset);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            // For information (publishes wait while a failover is under way).
+            eprintln!("publisher {who}: {i} publishes, slowest {slowest:?}");
         }));
     }
 
