@@ -380,7 +380,12 @@ impl RedisBroker {
             let mut m = client
                 .get_connection_manager_with_config(self.inner.manager_config.clone())
                 .await?;
-            let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut m).await?;
+            let role: Vec<Value> = match redis::cmd("ROLE").query_async(&mut m).await {
+                Ok(role) => role,
+                // A user without ROLE: trust the sentinels.
+                Err(e) if e.code() == Some("NOPERM") => return Ok((client, m)),
+                Err(e) => return Err(e),
+            };
             match role.first() {
                 Some(Value::BulkString(r)) if r == b"master" => Ok((client, m)),
                 _ => Err(timed_out("the node the sentinels name is not a master yet")),
