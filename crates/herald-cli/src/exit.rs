@@ -9,7 +9,7 @@
 //! | 0 | success |
 //! | 1 | any other failure (including a failed `herald demo`) |
 //! | 2 | bad usage or bad input (unknown option, invalid topic name, malformed header, ...) |
-//! | 3 | Redis could not be reached, or did not answer in time |
+//! | 3 | Redis could not be reached, or did not answer in time; `herald publish --min-replicas N`: fewer than N replicas confirmed within `--replica-timeout` |
 //! | 4 | Redis refused the request (authentication, permissions, out of memory, read-only) or holds data Herald did not write |
 //! | 5 | `herald publish --wait-all`: not every member acknowledged within `--timeout` |
 
@@ -37,7 +37,9 @@ Exit status:
   0  success
   1  any other failure (including a failed `herald demo`)
   2  bad usage or bad input (unknown option, invalid topic name, malformed --header, message too large, ...)
-  3  Redis could not be reached, or did not answer in time (see --connect-timeout)
+  3  Redis could not be reached, or did not answer in time (see --connect-timeout);
+     `herald publish --min-replicas N`: fewer than N replicas confirmed within --replica-timeout
+     (the message is on the primary; the same command with the same --key waits again)
   4  Redis refused the request (authentication, permissions, out of memory, read-only replica)
      or Herald's keys hold data Herald did not write
   5  `herald publish --wait-all`: not every member of the group acknowledged within --timeout
@@ -126,6 +128,12 @@ fn hint(e: &herald::Error) -> Option<String> {
         herald::Error::Unreachable { .. } => {
             Some("or raise --connect-timeout to wait longer".to_string())
         }
+        herald::Error::NotReplicated { .. } => Some(
+            "run the same `herald publish` again with the same --key (it waits again without \
+             publishing twice; without --key it would publish again), raise --replica-timeout, \
+             lower --min-replicas, or check the replicas (redis-cli INFO replication)"
+                .to_string(),
+        ),
         _ => None,
     }
 }
@@ -158,6 +166,24 @@ mod tests {
             .status,
             UNREACHABLE
         );
+    }
+
+    #[test]
+    fn not_replicated_exits_3_and_says_what_to_do() {
+        let e = herald::Error::NotReplicated {
+            topic: "t".into(),
+            epoch: 1,
+            first: 1,
+            last: 1,
+            acked: 0,
+            wanted: 1,
+            waited: std::time::Duration::from_secs(1),
+        };
+        let f = Failure::from(e);
+        assert_eq!(f.status, UNREACHABLE);
+        let message = f.message.unwrap_or_default();
+        assert!(message.contains("same --key"), "{message}");
+        assert!(message.contains("--replica-timeout"), "{message}");
     }
 
     #[test]

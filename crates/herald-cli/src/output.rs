@@ -30,6 +30,12 @@ pub(crate) struct ReceiptLine<'a> {
     pub(crate) offset: u64,
     /// True when the idempotency key had been published already and nothing was appended.
     pub(crate) duplicate: bool,
+    /// `herald publish -` only: the input line (counting from 1) the message came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) line: Option<u64>,
+    /// `herald publish - --key KEY` only: the line's idempotency key (`KEY-<line>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<String>,
 }
 
 impl<'a> From<&'a Receipt> for ReceiptLine<'a> {
@@ -39,6 +45,8 @@ impl<'a> From<&'a Receipt> for ReceiptLine<'a> {
             epoch: r.position.epoch,
             offset: r.position.offset,
             duplicate: r.duplicate,
+            line: None,
+            key: None,
         }
     }
 }

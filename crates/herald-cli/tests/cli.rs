@@ -277,6 +277,17 @@ fn publish_lines_from_stdin() {
     let receipts = first.assert_ok().json();
     assert_eq!(offsets(&receipts), [1, 2, 3, 4]);
     assert!(receipts.iter().all(|r| r["duplicate"] == false));
+    // Each receipt names its input line (from 1) and that line's key.
+    let lines: Vec<u64> = receipts
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 2, 3, 4]);
+    let keys: Vec<&str> = receipts
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["run-1", "run-2", "run-3", "run-4"]);
     // The same input with the same --key publishes nothing twice.
     let again = run_with_input(&args, b"one\ntwo\r\n\nthree");
     let receipts = again.assert_ok().json();
@@ -312,6 +323,17 @@ fn publish_lines_from_stdin() {
     );
     let receipts = bulk.assert_ok().json();
     assert_eq!(offsets(&receipts), (1..=1000).collect::<Vec<_>>());
+    // Without --key: the line, no key; a single publish has neither.
+    assert!(receipts
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r["line"] == i as u64 + 1 && r.get("key").is_none()));
+    let single = run_on(&server, &["publish", "bulk", "x"]);
+    let single = &single.assert_ok().json()[0];
+    assert!(
+        single.get("line").is_none() && single.get("key").is_none(),
+        "{single}"
+    );
     let tail = run_on(&server, &["tail", "bulk", "--from", "990", "--count", "11"]);
     let lines = tail.assert_ok().json();
     assert_eq!(lines[0]["data"], "line 990");
@@ -803,4 +825,114 @@ fn bench_rounds_out_of_range_is_a_usage_error() {
 fn bench_is_absent_without_the_feature() {
     let r = run(&["bench", "--quick"]);
     assert_eq!(r.code(), 2, "{r:#?}");
+}
+
+/// `SIGCONT`s a stopped process when dropped, so that a failing test leaves nothing stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -STOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The process id of a server, from `INFO server`.
+fn process_id(server: &RedisServer) -> u32 {
+    let info: String = server.cmd(&["INFO", "server"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `herald publish --min-replicas`: exit 0 once the replica has the message; with the replica
+/// stopped, exit status 3 and a message saying what to do; publishing the same key again once
+/// it is back succeeds without a duplicate.
+#[test]
+fn publish_min_replicas_exits_3_when_replicas_do_not_confirm() {
+    let primary = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
+    let replica = RedisServer::start_with(&[
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ]);
+    // In sync: a fresh write reaches the replica (WAIT) within the bound.
+    herald_testkit::wait_until("replica in sync", Duration::from_secs(20), || {
+        let (acked,): (usize,) = redis::pipe()
+            .cmd("SET")
+            .arg("sync-check")
+            .arg(1)
+            .ignore()
+            .cmd("WAIT")
+            .arg(1)
+            .arg(100)
+            .query(&mut primary.conn())
+            .unwrap();
+        acked == 1
+    });
+    let reached = run_on(
+        &primary,
+        &["publish", "t", "one", "--key", "k1", "--min-replicas", "1"],
+    );
+    assert_eq!(offsets(&reached.assert_ok().json()), [1]);
+
+    let stopped = Stopped::stop(process_id(&replica));
+    let args = [
+        "publish",
+        "t",
+        "two",
+        "--key",
+        "k2",
+        "--min-replicas",
+        "1",
+        "--replica-timeout",
+        "0.3",
+    ];
+    let missed = run_on(&primary, &args);
+    assert_eq!(missed.code(), 3, "{missed:#?}");
+    assert!(
+        missed.stdout.is_empty(),
+        "nothing acknowledged: {missed:#?}"
+    );
+    assert_one_error_line(&missed, "0 of the 1 replicas");
+    assert!(missed.stderr.contains("same --key"), "{missed:#?}");
+    drop(stopped);
+
+    // The replica is back: the same command waits again, and the message is there once.
+    let mut again = None;
+    for _ in 0..50 {
+        let run = run_on(&primary, &args);
+        if run.code() == 0 {
+            again = Some(run);
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let again = again.expect("the replica never confirmed after SIGCONT");
+    let receipt = &again.json()[0];
+    assert_eq!(
+        (receipt["offset"].as_u64(), receipt["duplicate"].as_bool()),
+        (Some(2), Some(true))
+    );
+    // A bad value is refused before anything is published.
+    let bad = run_on(&primary, &["publish", "t", "x", "--min-replicas", "many"]);
+    assert_eq!(bad.code(), 2, "{bad:#?}");
 }

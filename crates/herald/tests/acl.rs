@@ -19,7 +19,7 @@ const HERALD_ACL: &str = "resetkeys ~herald:* resetchannels &herald:* -@all \
     +type +scan +ping +wait +subscribe +unsubscribe +ssubscribe +sunsubscribe \
     +publish +spublish +xadd +xtrim +xlen +exists +del +hdel +rename +pexpire +time \
     +zadd +zrem +zscore +zrangebyscore \
-    +cluster|slots +cluster|shards +readonly +asking +hello";
+    +cluster|slots +cluster|shards +readonly +asking +hello +role";
 
 #[test]
 fn readme_shows_this_acl_line() {

@@ -70,6 +70,14 @@ impl GlobalArgs {
 
 /// Connects to Redis as the global options say.
 pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
+    connect_with(global, |b| b).await
+}
+
+/// Connects as the global options say, with `adjust` applied to the builder first.
+pub(crate) async fn connect_with(
+    global: &GlobalArgs,
+    adjust: impl FnOnce(HeraldBuilder) -> HeraldBuilder,
+) -> Result<Herald, Failure> {
     let mut builder = Herald::builder()
         .redis(global.redis_url())
         .namespace(global.namespace.as_str());
@@ -82,7 +90,7 @@ pub(crate) async fn connect(global: &GlobalArgs) -> Result<Herald, Failure> {
         })?;
         builder = builder.tls_ca_pem(pem);
     }
-    connect_builder(builder, global.connect_timeout).await
+    connect_builder(adjust(builder), global.connect_timeout).await
 }
 
 /// Connects `builder`, retrying an unreachable Redis for `timeout` (the library bounds every

@@ -1,6 +1,10 @@
 //! `herald publish TOPIC [DATA] [--key KEY] [--header K=V]...`: publishes one message (DATA),
 //! or one message per line of standard input (DATA is `-`), and prints one JSON line per
-//! message: `{"topic":..,"epoch":..,"offset":..,"duplicate":..}`.
+//! message: `{"topic":..,"epoch":..,"offset":..,"duplicate":..}`; with DATA `-`, each line
+//! also says which input line it is for (`"line":N`, from 1) and, with `--key`, its key.
+//!
+//! With `--min-replicas N [--replica-timeout SECS]`, a publish is acknowledged only once N
+//! replicas have it (Redis `WAIT`); otherwise the command fails with exit status 3.
 //!
 //! With `--wait-all GROUP [--timeout SECS]`, it then waits until every live member of GROUP
 //! has acknowledged the (last) message and prints the report (see [`super::wait_all`]).
@@ -32,7 +36,11 @@ const MAX_LINE: usize = 512 * 1024 * 1024;
 {\"topic\":..,\"epoch\":..,\"offset\":..,\"duplicate\":..}.\n\n\
 With DATA `-`, every line of standard input is published as one message (its \\n or \\r\\n \
 removed; empty lines are published as empty messages) and one JSON line is printed per line, \
-in order. Lines are sent in batches, each appended atomically.",
+in order, with \"line\":N (counting from 1) and, with --key, \"key\":\"KEY-N\" added. Lines are \
+sent in batches, each appended atomically.\n\n\
+With --min-replicas N, a message is acknowledged (printed) only once N replicas of the Redis \
+primary have it; otherwise herald exits with status 3, the message standing on the primary \
+(run the same command again with the same --key: it waits again without duplicating).",
     after_help = "Examples:\n  \
 herald publish config 'reload users' --key reload-42 --header source=admin\n  \
 seq 1 1000 | herald publish numbers - --key numbers-run-7"
@@ -63,6 +71,16 @@ pub(crate) struct PublishArgs {
     #[arg(long, value_name = "GROUP")]
     wait_all: Option<String>,
 
+    /// Acknowledge a publish only once N replicas of the Redis primary have it (Redis WAIT), so
+    /// that it survives a failover; exit with status 3 when fewer confirm within
+    /// --replica-timeout
+    #[arg(long, value_name = "N", default_value = "0")]
+    min_replicas: usize,
+
+    /// How long a publish waits for --min-replicas, in seconds
+    #[arg(long, default_value = "1", value_name = "SECS", value_parser = super::parse_duration)]
+    replica_timeout: std::time::Duration,
+
     /// How long --wait-all waits, in seconds
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = super::parse_duration, requires = "wait_all")]
     timeout: std::time::Duration,
@@ -74,7 +92,14 @@ pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> Result<(), Fa
     if let Some(group) = &args.wait_all {
         herald::membership::validate_group(group)?;
     }
-    let herald = connect(global).await?;
+    let herald = if args.min_replicas > 0 {
+        super::connect_with(global, |b| {
+            b.min_replicas(args.min_replicas, args.replica_timeout)
+        })
+        .await?
+    } else {
+        connect(global).await?
+    };
     let mut out = JsonLines::stdout();
     match args.data.as_deref() {
         Some("-") => {
@@ -153,9 +178,12 @@ async fn publish_lines<R: tokio::io::AsyncRead + Unpin>(
             break;
         }
         let receipts = herald.publish_batch(&args.topic, batch.drain(..)).await?;
-        for receipt in &receipts {
-            out.write(&ReceiptLine::from(receipt))
-                .map_err(|e| Failure::stdout(&e))?;
+        let first_line = line_no + 1 - receipts.len() as u64;
+        for (line, receipt) in (first_line..).zip(&receipts) {
+            let mut receipt_line = ReceiptLine::from(receipt);
+            receipt_line.line = Some(line);
+            receipt_line.key = args.key.as_ref().map(|key| format!("{key}-{line}"));
+            out.write(&receipt_line).map_err(|e| Failure::stdout(&e))?;
         }
         out.flush().map_err(|e| Failure::stdout(&e))?;
         last = receipts.into_iter().last().or(last);

@@ -60,7 +60,9 @@ pub(crate) struct TailArgs {
     #[arg(long, value_name = "NAME")]
     durable: Option<String>,
 
-    /// Exit after printing N messages (gap and reset events do not count)
+    /// Exit after printing N messages. Gap and reset events do not count; the messages
+    /// printed after a reset (those of the topic's new epoch, delivered from where the reset
+    /// line says) count like any other, once per line printed
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
 

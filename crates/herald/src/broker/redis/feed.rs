@@ -21,6 +21,10 @@ pub(crate) struct RedisFeed {
     keys: KeySpace,
     /// Headers of split notifications whose pieces are still to come, per channel.
     split: HashMap<String, FrameHeader>,
+    /// With Sentinel: changes when Herald moves to a new primary, which ends the feed (the
+    /// subscription then re-subscribes there).
+    #[cfg(feature = "sentinel")]
+    switches: tokio::sync::watch::Receiver<u64>,
 }
 
 enum Feed {
@@ -45,6 +49,10 @@ impl RedisBroker {
         // With Sentinel, subscribe at the primary it names now (the feed of a demoted or dead
         // primary has just ended).
         self.follow_primary().await;
+        #[cfg(feature = "sentinel")]
+        let mut switches = self.inner.fence.switches();
+        #[cfg(feature = "sentinel")]
+        switches.mark_unchanged();
         let attempt = async {
             #[cfg(feature = "cluster")]
             if let Some(cluster) = self.cluster() {
@@ -64,6 +72,8 @@ impl RedisBroker {
                 feed,
                 keys: self.inner.keys.clone(),
                 split: HashMap::new(),
+                #[cfg(feature = "sentinel")]
+                switches,
             }),
             Ok(Err(e)) if is_transient(&e) => Err(Error::Unreachable {
                 target: self.inner.target.clone(),
@@ -117,6 +127,12 @@ impl RedisFeed {
         loop {
             let (channel, payload) = match &mut self.feed {
                 Feed::PubSub { stream, .. } => {
+                    #[cfg(feature = "sentinel")]
+                    let msg = tokio::select! {
+                        msg = stream.next() => msg?,
+                        _ = self.switches.changed() => return None,
+                    };
+                    #[cfg(not(feature = "sentinel"))]
                     let msg = stream.next().await?;
                     let channel = msg.get_channel_name().to_string();
                     (channel, Bytes::copy_from_slice(msg.get_payload_bytes()))

@@ -26,6 +26,8 @@ use redis::{RedisError, Script};
 
 mod classify;
 mod cursors;
+#[cfg(feature = "sentinel")]
+mod failover;
 mod feed;
 mod keys;
 pub(crate) mod members;
@@ -94,6 +96,9 @@ struct Inner {
     primary: tokio::sync::Mutex<Option<(String, u16)>>,
     #[cfg(feature = "sentinel")]
     manager_config: ConnectionManagerConfig,
+    /// With Sentinel: closed while the sentinels replace the primary (see [`failover`]).
+    #[cfg(feature = "sentinel")]
+    fence: failover::Fence,
     /// PUBLISH, or SPUBLISH (sharded Pub/Sub) with a cluster.
     notify: &'static str,
     keys: KeySpace,
@@ -174,7 +179,7 @@ impl RedisBroker {
             Target::Cluster(_) => "SPUBLISH",
             _ => "PUBLISH",
         };
-        Ok(RedisBroker {
+        let broker = RedisBroker {
             inner: Arc::new(Inner {
                 topology,
                 client: std::sync::RwLock::new(client),
@@ -183,6 +188,8 @@ impl RedisBroker {
                 primary: tokio::sync::Mutex::new(_primary),
                 #[cfg(feature = "sentinel")]
                 manager_config: config,
+                #[cfg(feature = "sentinel")]
+                fence: failover::Fence::default(),
                 notify,
                 keys: KeySpace::new(&opts.namespace),
                 publish: publish::script(),
@@ -190,7 +197,12 @@ impl RedisBroker {
                 target,
                 entry_sizes: Default::default(),
             }),
-        })
+        };
+        #[cfg(feature = "sentinel")]
+        if let Target::Sentinel(s) = &broker.inner.topology {
+            failover::spawn(&broker, s);
+        }
+        Ok(broker)
     }
 
     /// Opens the command connection: to the server, to the primary Sentinel names (also
@@ -270,46 +282,12 @@ impl RedisBroker {
     }
 
     /// With Sentinel: asks the sentinels for the primary and, when it moved, connects to the
-    /// new one. Called after transient errors and before each Pub/Sub connection.
+    /// new one (`failover::follow_sentinel`). Called after transient errors and before each
+    /// Pub/Sub connection; the sentinels' announcements are followed as they come as well.
     async fn follow_primary(&self) {
         #[cfg(feature = "sentinel")]
         if let Target::Sentinel(s) = &self.inner.topology {
             self.follow_sentinel(s).await;
-        }
-    }
-
-    #[cfg(feature = "sentinel")]
-    async fn follow_sentinel(&self, s: &topology::SentinelTarget) {
-        let mut primary = self.inner.primary.lock().await;
-        let timeout = self.inner.opts.response_timeout;
-        let (host, port) = match s.primary(timeout).await {
-            Ok(addr) if Some(&addr) != primary.as_ref() => addr,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "sentinels did not name a primary");
-                return;
-            }
-        };
-        let opened = async {
-            let client = s.data_client(&host, port)?;
-            let m = tokio::time::timeout(
-                timeout,
-                client.get_connection_manager_with_config(self.inner.manager_config.clone()),
-            )
-            .await
-            .map_err(|_| timed_out("no answer from the new primary"))??;
-            Ok::<_, RedisError>((client, m))
-        };
-        match opened.await {
-            Ok((client, m)) => {
-                tracing::info!(master = %s.master, host = %host, port, "following the primary Sentinel names");
-                *self.inner.conn.write().unwrap_or_else(|p| p.into_inner()) = Conn::Single(m);
-                *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) = client;
-                *primary = Some((host, port));
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, host = %host, port, "cannot reach the primary Sentinel names yet");
-            }
         }
     }
 

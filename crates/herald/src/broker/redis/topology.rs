@@ -226,7 +226,7 @@ mod sentinel {
     /// The Sentinel form of the URL.
     pub(crate) struct SentinelTarget {
         /// `redis://host:port` of each sentinel.
-        pub(super) sentinels: Vec<String>,
+        pub(crate) sentinels: Vec<String>,
         /// The name of the primary's group, as the sentinels know it.
         pub(crate) master: String,
         /// `user:password@` or "".
@@ -292,36 +292,74 @@ mod sentinel {
             self.tls.as_ref().and_then(Option::as_deref)
         }
 
-        /// Asks the sentinels, in order, for the current primary's address. An unreachable
-        /// sentinel is skipped; the error is transient (I/O) unless a sentinel answered that it
-        /// does not know the name.
+        /// A client for the sentinel at `url` (one of [`Self::sentinels`]).
+        pub(crate) fn sentinel_client(&self, url: &str) -> RedisResult<redis::Client> {
+            client(url, self.ca())
+        }
+
+        /// Asks the sentinels for the current primary's address: the one named by the
+        /// sentinel with the highest `config-epoch` (a sentinel that has not heard of a
+        /// switch yet names the old primary under a lower epoch). The error is transient
+        /// (I/O) unless every sentinel answered that it does not know the name.
         pub(crate) async fn primary(&self, timeout: Duration) -> RedisResult<(String, u16)> {
+            let views = self.views(timeout).await?;
+            views
+                .into_iter()
+                .max_by_key(|v| v.epoch)
+                .map(|v| v.addr)
+                .ok_or_else(|| RedisError::from((RedisKind::Io, "sentinel", "no answer".into())))
+        }
+
+        /// Every answering sentinel's view of the primary, asked concurrently. Returns once
+        /// all answered (or failed), or [`GRACE`] after the first answer, so that a sentinel
+        /// that is down costs little; at least one view, or the reasons none came.
+        pub(crate) async fn views(&self, timeout: Duration) -> RedisResult<Vec<View>> {
+            use futures::stream::{FuturesUnordered, StreamExt};
+            let mut asks: FuturesUnordered<_> = self
+                .sentinels
+                .iter()
+                .map(|sentinel| async move {
+                    let outcome = tokio::time::timeout(timeout, self.view_of(sentinel, timeout))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(RedisError::from((
+                                RedisKind::Io,
+                                "sentinel",
+                                "timed out".into(),
+                            )))
+                        });
+                    (sentinel, outcome)
+                })
+                .collect();
+            let mut views = Vec::new();
             let mut reasons = Vec::new();
             let mut unknown = 0;
-            for sentinel in &self.sentinels {
-                let ask = async {
-                    let client = client(sentinel, self.ca())?;
-                    let config = redis::AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(timeout))
-                        .set_response_timeout(Some(timeout));
-                    let mut conn = client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?;
-                    redis::cmd("SENTINEL")
-                        .arg("get-master-addr-by-name")
-                        .arg(&self.master)
-                        .query_async::<Option<(String, u16)>>(&mut conn)
-                        .await
+            let mut grace: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match grace {
+                    Some(until) => match tokio::time::timeout_at(until, asks.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    },
+                    None => asks.next().await,
                 };
-                match tokio::time::timeout(timeout, ask).await {
-                    Ok(Ok(Some(addr))) => return Ok(addr),
-                    Ok(Ok(None)) => {
+                let Some((sentinel, outcome)) = next else {
+                    break;
+                };
+                match outcome {
+                    Ok(Some(view)) => {
+                        views.push(view);
+                        grace.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
+                    }
+                    Ok(None) => {
                         unknown += 1;
                         reasons.push(format!("{sentinel}: unknown primary name"));
                     }
-                    Ok(Err(e)) => reasons.push(format!("{sentinel}: {e}")),
-                    Err(_) => reasons.push(format!("{sentinel}: timed out")),
+                    Err(e) => reasons.push(format!("{sentinel}: {e}")),
                 }
+            }
+            if !views.is_empty() {
+                return Ok(views);
             }
             let detail = format!(
                 "no sentinel gave the address of {:?} ({})",
@@ -338,6 +376,61 @@ mod sentinel {
                 Err(RedisError::from((RedisKind::Io, "sentinel", detail)))
             }
         }
+
+        /// One sentinel's view; `None` when it does not know the name.
+        async fn view_of(&self, sentinel: &str, timeout: Duration) -> RedisResult<Option<View>> {
+            let client = client(sentinel, self.ca())?;
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout));
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            let addr = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&self.master)
+                .query_async::<Option<(String, u16)>>(&mut conn)
+                .await?;
+            let Some(addr) = addr else {
+                return Ok(None);
+            };
+            let fields: Vec<String> = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(&self.master)
+                .query_async(&mut conn)
+                .await?;
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == name)
+                    .and_then(|kv| kv.get(1))
+                    .map(String::as_str)
+                    .unwrap_or_default()
+            };
+            let flags = field("flags");
+            Ok(Some(View {
+                addr,
+                epoch: field("config-epoch").parse().unwrap_or(0),
+                failover_in_progress: flags.contains("failover_in_progress"),
+                odown: flags.contains("o_down"),
+            }))
+        }
+    }
+
+    /// How long [`SentinelTarget::views`] waits for more sentinels after the first answer.
+    const GRACE: Duration = Duration::from_millis(150);
+
+    /// What one sentinel says about the primary.
+    #[derive(Debug, Clone)]
+    pub(crate) struct View {
+        /// The address it names (the promoted replica's once a failover promoted it).
+        pub(crate) addr: (String, u16),
+        /// Its `config-epoch` for the primary.
+        pub(crate) epoch: u64,
+        /// It is running a failover of the primary.
+        pub(crate) failover_in_progress: bool,
+        /// It considers the primary objectively down.
+        pub(crate) odown: bool,
     }
 }
 
