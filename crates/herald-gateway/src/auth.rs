@@ -278,6 +278,7 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Auth (HS256 and ES256 bearer JWTs, grants on topic patterns, expiry), bad input, and the
 //! operations endpoints, over real sockets against a real redis-server.
 

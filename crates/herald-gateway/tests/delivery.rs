@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Publish, history, SSE and WebSocket delivery and resume, over real sockets, on the
 //! embedded broker and on a real redis-server.
 

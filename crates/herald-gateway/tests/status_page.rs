@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The status page in a real browser: headless Chromium (Debian's `chromium`) loads `/`
 //! after a publish and its DOM shows the new offset; a screenshot is written to
 //! `target/gateway-status.png` as an artifact. The browser loads `/?once=1` (one snapshot,

@@ -1,6 +1,6 @@
 //! What the gateway's tests share: starting a gateway on a backend, a small HTTP client over
 //! a real socket (hyper), an SSE reader and a WebSocket client.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
