@@ -18,6 +18,11 @@ if ! command -v openssl >/dev/null 2>&1; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "== installing chromium (the gateway's status page test loads it headless)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
 if ! python3 -c 'import redis' >/dev/null 2>&1; then
   echo "== installing Python's redis package (for the protocol interoperability test)"
   python3 -m pip install -q redis 2>/dev/null || python3 -m pip install -q --break-system-packages redis

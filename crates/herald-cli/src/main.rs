@@ -12,6 +12,7 @@
 //! herald join GROUP [--id ID] [--meta K=V]... [--ttl SECS] [--ack TOPIC]...
 //! herald lag TOPIC
 //! herald demo [--nodes N] [--messages M]
+//! herald serve [--listen ADDR] [--auth jwt-hs256:FILE|jwt-rs256:FILE|jwt-es256:FILE] [--audience AUD]
 //! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...] [--rounds N]
 //! ```
 //!
@@ -81,6 +82,10 @@ enum Command {
     #[cfg(feature = "bench")]
     #[command(after_long_help = exit::HELP)]
     Bench(herald_bench::BenchArgs),
+    /// Serve topics over HTTP, Server-Sent Events and WebSocket (docs/GATEWAY.md)
+    #[cfg(feature = "serve")]
+    #[command(after_long_help = exit::HELP)]
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +124,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench(args) => herald_bench::run(args, global.redis.clone())
             .await
             .map_err(|e| Failure::new(e.exit_status(), e.to_string())),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => commands::serve::run(global, args).await,
     }
 }
 

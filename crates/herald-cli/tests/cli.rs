@@ -936,3 +936,55 @@ fn publish_min_replicas_exits_3_when_replicas_do_not_confirm() {
     let bad = run_on(&primary, &["publish", "t", "x", "--min-replicas", "many"]);
     assert_eq!(bad.code(), 2, "{bad:#?}");
 }
+
+/// One HTTP/1.1 request over a plain socket; returns the status and the body.
+#[cfg(feature = "serve")]
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LINE_WAIT)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+#[cfg(feature = "serve")]
+#[test]
+fn serve_publishes_over_http_and_refuses_a_public_address_without_auth() {
+    let server = RedisServer::start();
+    let refused = run_on(&server, &["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(refused.code(), 2, "{refused:#?}");
+    assert_one_error_line(&refused, "without authentication");
+    let bad_auth = run_on(&server, &["serve", "--auth", "jwt-none:/dev/null"]);
+    assert_eq!(bad_auth.code(), 2, "{bad_auth:#?}");
+    assert_one_error_line(&bad_auth, "--auth");
+
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut live = Live::start(&server, &["serve", "--listen", &listen]);
+    let line = live.next();
+    assert_eq!(line["event"], "listening");
+    assert_eq!(line["address"], listen.as_str());
+    let (status, body) = http(&listen, "POST", "/v1/topics/t/messages", "hello");
+    assert_eq!(status, 200, "{body}");
+    let receipt: Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(receipt["offset"], 1);
+    let (status, _) = http(&listen, "GET", "/healthz", "");
+    assert_eq!(status, 200);
+    let tail = run_on(
+        &server,
+        &["tail", "t", "--from", "earliest", "--count", "1"],
+    );
+    assert_eq!(tail.json()[0]["data"], "hello");
+}

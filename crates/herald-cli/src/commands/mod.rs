@@ -11,6 +11,8 @@ pub(crate) mod join;
 pub(crate) mod lag;
 pub(crate) mod members;
 pub(crate) mod publish;
+#[cfg(feature = "serve")]
+pub(crate) mod serve;
 pub(crate) mod tail;
 pub(crate) mod wait_all;
 
