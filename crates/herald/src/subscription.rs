@@ -646,6 +646,11 @@ impl Engine {
                 let seen = Position::new(epoch, t.next - 1);
                 tracing::warn!(topic = %name, epoch, lost_from = succ.first, delivered = seen.offset,
                     "the log lost writes this subscription had read (a failover or a crash without fsync); continuing after the last surviving offset");
+                // Recorded first (idempotent), so that whoever sees this Reset can count on
+                // readers who had not gone that far learning of the loss, too.
+                if let Err(e) = self.broker.report_lost(&name, seen).await {
+                    tracing::warn!(topic = %name, error = %e, "cannot record the loss");
+                }
                 let reset = Event::Reset {
                     topic: name.clone(),
                     last_delivered: seen,
@@ -659,10 +664,6 @@ impl Engine {
                     t.vouched = false;
                     t.anchor = None;
                     t.readahead = None;
-                    // So that readers who had not gone that far learn of the loss, too.
-                    if let Err(e) = self.broker.report_lost(&name, seen).await {
-                        tracing::warn!(topic = %name, error = %e, "cannot record the loss");
-                    }
                 }
                 return Ok(None); // read again from the new position
             }
