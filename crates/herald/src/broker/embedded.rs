@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 mod members;
+mod work;
 
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
 use crate::clock;
@@ -50,6 +51,8 @@ struct TopicLog {
     cursors: BTreeMap<String, CursorCommit>,
     /// Member records of the group whose event topic this is (see `broker::members`).
     members: BTreeMap<String, super::members::MemberRecord>,
+    /// Work groups of this topic (see `broker::work`).
+    groups: BTreeMap<String, work::GroupState>,
 }
 
 impl Default for EmbeddedBroker {

@@ -13,6 +13,7 @@
 pub(crate) mod embedded;
 pub(crate) mod members;
 pub(crate) mod redis;
+pub(crate) mod work;
 
 use crate::cursor::{CursorCommit, CursorInfo};
 use crate::envelope::Notification;
@@ -30,6 +31,8 @@ pub const PUBLISH_SCRIPT: &str = redis::PUBLISH_SCRIPT;
 pub const READ_SCRIPT: &str = redis::READ_SCRIPT;
 /// The membership procedure (Lua); see `docs/PROTOCOL.md`, "Membership".
 pub const MEMBERS_SCRIPT: &str = redis::members::MEMBERS_SCRIPT;
+/// The work group procedure (Lua); see `docs/PROTOCOL.md`, "Work groups (v1)".
+pub const WORK_SCRIPT: &str = redis::work::WORK_SCRIPT;
 
 /// One slot of history: an entry, or something at that offset that could not be decoded.
 #[derive(Debug, Clone)]

@@ -1,0 +1,244 @@
+-- Herald work group procedure (work protocol version 1). See docs/PROTOCOL.md,
+-- "Work groups (v1)".
+--
+-- KEYS[1]  <ns>:{<topic>}:work:<group>          hash: v, epoch, next, acked, dead, lost, resets, dlq
+-- KEYS[2]  <ns>:{<topic>}:work:<group>:jobs     hash: offset -> JSON job record
+-- KEYS[3]  <ns>:{<topic>}:work:<group>:due      sorted set: offset -> when it may be handed out
+-- KEYS[4]  <ns>:{<topic>}:work:<group>:holders  sorted set: holder -> expires_at_ms
+-- KEYS[5]  <ns>:{<topic>}:groups                set: the topic's group names
+-- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | PROGRESS | TERM |
+--          DEADDONE | LOST | STATE
+--
+-- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error}
+-- with state "run" (leased to h until d), "wait" (a retry, due at d) or "dead" (to be
+-- dead-lettered by h, leased until d). Every time is the Redis server clock (TIME).
+-- A holder is "<member id>#<incarnation>"; it is live while its score is not in the past.
+-- The group never writes the topic's own keys.
+
+local state, jobs, due, holders, groups = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local op = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function get(offset)
+  local raw = redis.call('HGET', jobs, offset)
+  if not raw then
+    return nil
+  end
+  local ok, r = pcall(cjson.decode, raw)
+  if ok and type(r) == 'table' and type(r.a) == 'number' then
+    return r
+  end
+  return nil
+end
+
+local function put(offset, r, at)
+  redis.call('HSET', jobs, offset, cjson.encode(r))
+  redis.call('ZADD', due, at, offset)
+end
+
+local function drop(offset)
+  redis.call('HDEL', jobs, offset)
+  redis.call('ZREM', due, offset)
+end
+
+-- A holder is gone: what it held becomes due now (the attempt it had is spent).
+local function release(holder, why)
+  redis.call('ZREM', holders, holder)
+  local all = redis.call('HGETALL', jobs)
+  for i = 1, #all, 2 do
+    local ok, r = pcall(cjson.decode, all[i + 1])
+    if ok and type(r) == 'table' and r.h == holder and (r.s == 'run' or r.s == 'dead') then
+      r.h = ''
+      if r.s == 'run' then
+        r.e = why
+      end
+      r.d = now
+      put(all[i], r, now)
+    end
+  end
+end
+
+local function reap()
+  local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', '(' .. now, 'LIMIT', 0, 100)
+  for _, h in ipairs(gone) do
+    release(h, 'member ' .. h .. ' expired')
+  end
+end
+
+local function alive(holder)
+  local exp = redis.call('ZSCORE', holders, holder)
+  return exp and tonumber(exp) >= now
+end
+
+if op == 'REGISTER' then
+  -- REGISTER id ttl_ms dlq group -> holder
+  local id, ttl, dlq, group = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+  local prefix = id .. '#'
+  for _, h in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
+    if string.sub(h, 1, #prefix) == prefix then
+      release(h, 'member ' .. h .. ' restarted')
+    end
+  end
+  local holder = prefix .. t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('ZADD', holders, now + ttl, holder)
+  redis.call('SADD', groups, group)
+  redis.call('HSET', state, 'v', '1', 'dlq', dlq)
+  return holder
+elseif op == 'HEARTBEAT' then
+  -- HEARTBEAT holder ttl_ms -> 1 (alive, refreshed) | 0 (gone: register again)
+  local holder, ttl = ARGV[2], tonumber(ARGV[3])
+  if alive(holder) then
+    redis.call('ZADD', holders, now + ttl, holder)
+    return 1
+  end
+  if redis.call('ZSCORE', holders, holder) then
+    release(holder, 'member ' .. holder .. ' expired')
+  end
+  return 0
+elseif op == 'LEAVE' then
+  -- LEAVE holder -> 1
+  release(ARGV[2], 'member ' .. ARGV[2] .. ' left')
+  return 1
+elseif op == 'CLAIM' then
+  -- CLAIM holder n lease_ms max_deliveries ttl_ms epoch first last start
+  --   -> {'gone'} | {'epoch', current} |
+  --      {'ok', now, reset, lost, offset1, attempt1, kind1, error1, ...}
+  local holder, n, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local ttl, epoch, first, last = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local start = tonumber(ARGV[10])
+  if not alive(holder) then
+    return {'gone'}
+  end
+  redis.call('ZADD', holders, now + ttl, holder)
+  local reset = 0
+  local cur = tonumber(redis.call('HGET', state, 'epoch') or '0')
+  if cur == 0 then
+    redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(start))
+  elseif epoch > cur then
+    redis.call('DEL', jobs, due)
+    redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(first))
+    redis.call('HINCRBY', state, 'resets', 1)
+    reset = 1
+  elseif epoch < cur then
+    return {'epoch', fmt(cur)}
+  end
+  reap()
+  local out = {'ok', fmt(now), fmt(reset), '0'}
+  local count = 0
+  local function grant(offset, r, kind)
+    out[#out + 1] = offset
+    out[#out + 1] = fmt(r.a)
+    out[#out + 1] = kind
+    out[#out + 1] = r.e or ''
+    count = count + 1
+  end
+  for _, o in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, n)) do
+    local r = get(o)
+    if not r then
+      redis.call('ZREM', due, o)
+    else
+      if r.s == 'run' and r.h ~= '' then
+        r.e = 'lease expired'
+      end
+      if r.s ~= 'dead' and r.a >= max then
+        r.s = 'dead'
+      end
+      r.h = holder
+      r.d = now + lease
+      if r.s == 'dead' then
+        put(o, r, r.d)
+        grant(o, r, 'dead')
+      else
+        r.s = 'run'
+        r.a = r.a + 1
+        put(o, r, r.d)
+        grant(o, r, 'job')
+      end
+    end
+  end
+  local nxt = tonumber(redis.call('HGET', state, 'next') or '1')
+  if nxt < first then
+    out[4] = fmt(first - nxt)
+    redis.call('HINCRBY', state, 'lost', first - nxt)
+    nxt = first
+  end
+  while count < n and nxt <= last do
+    local r = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = ''}
+    put(fmt(nxt), r, r.d)
+    grant(fmt(nxt), r, 'job')
+    nxt = nxt + 1
+  end
+  redis.call('HSET', state, 'next', fmt(nxt))
+  return out
+elseif op == 'STATE' then
+  -- STATE -> {now, {state field, value, ...}, {offset, record, ...}, {holder, expiry, ...}}
+  return {
+    fmt(now),
+    redis.call('HGETALL', state),
+    redis.call('HGETALL', jobs),
+    redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES'),
+  }
+end
+
+-- Outcomes: OP holder epoch offset attempt [args] -> 'ok' | 'dead' | 'stale'
+local holder, epoch, offset, attempt = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('HGET', state, 'epoch') ~= epoch then
+  return 'stale'
+end
+local r = get(offset)
+if not r or r.h ~= holder or r.a ~= attempt then
+  return 'stale'
+end
+if op == 'DEADDONE' then
+  if r.s ~= 'dead' then
+    return 'stale'
+  end
+  drop(offset)
+  redis.call('HINCRBY', state, 'dead', 1)
+  return 'ok'
+elseif op == 'LOST' then
+  drop(offset)
+  redis.call('HINCRBY', state, 'lost', 1)
+  return 'ok'
+end
+if r.s ~= 'run' then
+  return 'stale'
+end
+if op == 'ACK' then
+  drop(offset)
+  redis.call('HINCRBY', state, 'acked', 1)
+  return 'ok'
+elseif op == 'NAK' then
+  -- NAK ... delay_ms max_deliveries lease_ms error
+  local delay, max, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  r.e = ARGV[9]
+  if r.a >= max then
+    r.s = 'dead'
+    r.d = now + lease
+    put(offset, r, r.d)
+    return 'dead'
+  end
+  r.s = 'wait'
+  r.h = ''
+  r.d = now + delay
+  put(offset, r, r.d)
+  return 'ok'
+elseif op == 'PROGRESS' then
+  -- PROGRESS ... lease_ms
+  r.d = now + tonumber(ARGV[6])
+  put(offset, r, r.d)
+  return 'ok'
+elseif op == 'TERM' then
+  -- TERM ... lease_ms error
+  r.s = 'dead'
+  r.e = ARGV[7]
+  r.d = now + tonumber(ARGV[6])
+  put(offset, r, r.d)
+  return 'dead'
+end
+return redis.error_reply('HERALD_BAD_INPUT unknown work operation ' .. tostring(op))

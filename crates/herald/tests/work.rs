@@ -1,0 +1,431 @@
+//! Work groups (crate::work) on both backends: one-of-N delivery, leases and fencing,
+//! retries and dead letters, reaping and restarts, resets, visible state.
+
+#![allow(clippy::unwrap_used)]
+
+use herald_testkit as support;
+use support::on_both_backends;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use herald::work::Backoff;
+use herald::{Event, Job, Message, Outcome, Start, WorkEvent, Worker};
+use support::{next_event, Backend, EVENT_WAIT};
+
+on_both_backends!(
+    one_of_n_each_message_acked_once_per_group,
+    stale_ack_after_lease_expiry_is_refused,
+    in_progress_keeps_the_lease,
+    poison_message_is_dead_lettered_after_max_deliveries,
+    killed_member_job_is_redelivered_at_once,
+    restarted_member_does_not_inherit_its_leases,
+    topic_reset_is_reported_to_the_group,
+    groups_report_their_state,
+    bad_options_are_refused,
+);
+
+async fn next_work(w: &mut Worker) -> WorkEvent {
+    match tokio::time::timeout(EVENT_WAIT, w.next()).await {
+        Ok(Some(Ok(e))) => e,
+        Ok(Some(Err(e))) => panic!("worker error: {e}"),
+        Ok(None) => panic!("worker ended"),
+        Err(_) => panic!("no work within {EVENT_WAIT:?}"),
+    }
+}
+
+async fn next_job(w: &mut Worker) -> Job {
+    match next_work(w).await {
+        WorkEvent::Job(j) => j,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
+async fn maybe_job(w: &mut Worker, wait: Duration) -> Option<Job> {
+    match tokio::time::timeout(wait, w.next()).await {
+        Ok(Some(Ok(WorkEvent::Job(j)))) => Some(j),
+        Ok(Some(Ok(other))) => panic!("expected a job, got {other:?}"),
+        Ok(Some(Err(e))) => panic!("worker error: {e}"),
+        Ok(None) => panic!("worker ended"),
+        Err(_) => None,
+    }
+}
+
+fn text(j: &Job) -> String {
+    String::from_utf8_lossy(j.payload()).into_owned()
+}
+
+async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
+    const N: u64 = 2000;
+    let node = b.node("pub").await;
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        subs.push(
+            node.subscribe(["jobs"])
+                .from(Start::Earliest)
+                .await
+                .unwrap(),
+        );
+    }
+    // (group, offset) -> acks
+    let acks: Arc<Mutex<HashMap<(usize, u64), u32>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for g in 0..3 {
+        for m in 0..4 {
+            let h = b.node(&format!("g{g}m{m}")).await;
+            let acks = acks.clone();
+            let mut w = h
+                .work("jobs")
+                .group(format!("group-{g}"))
+                .concurrency(4)
+                .start()
+                .await
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let done = acks.lock().unwrap().keys().filter(|k| k.0 == g).count() as u64;
+                    if done >= N {
+                        break;
+                    }
+                    let Some(job) = maybe_job(&mut w, Duration::from_millis(500)).await else {
+                        continue;
+                    };
+                    let offset = job.position().offset;
+                    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+                    *acks.lock().unwrap().entry((g, offset)).or_default() += 1;
+                }
+                w.close().await.unwrap();
+            }));
+        }
+    }
+    for chunk in 0..(N / 100) {
+        let batch: Vec<Message> = (0..100)
+            .map(|i| Message::new(format!("m{}", chunk * 100 + i)))
+            .collect();
+        node.publish_batch("jobs", batch).await.unwrap();
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("every group finishes")
+            .unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    for g in 0..3 {
+        for o in 1..=N {
+            assert_eq!(acks.get(&(g, o)), Some(&1), "group {g} offset {o}");
+        }
+    }
+    for sub in &mut subs {
+        for o in 1..=N {
+            match next_event(sub).await {
+                Event::Message(d) => assert_eq!(d.position.offset, o),
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+    for g in 0..3 {
+        let info = node
+            .work_group("jobs", &format!("group-{g}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(info.acked, N);
+        assert_eq!(info.lag, 0);
+        assert!(info.in_flight.is_empty());
+    }
+}
+
+async fn stale_ack_after_lease_expiry_is_refused(b: Backend) {
+    let a = b.node("a").await;
+    let c = b.node("c").await;
+    a.publish("slow", "job").await.unwrap();
+    let lease = Duration::from_millis(300);
+    let mut wa = a
+        .work("slow")
+        .group("g")
+        .lease(lease)
+        .start()
+        .await
+        .unwrap();
+    let slow = next_job(&mut wa).await;
+    assert_eq!(slow.attempt(), 1);
+    let mut wc = c
+        .work("slow")
+        .group("g")
+        .lease(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    // The lease runs out (Redis clock) and the other member takes the message.
+    let again = next_job(&mut wc).await;
+    assert_eq!(again.position(), slow.position());
+    assert_eq!(again.attempt(), 2);
+    assert_eq!(again.last_error(), Some("lease expired"));
+    assert_eq!(slow.ack().await.unwrap(), Outcome::Stale);
+    assert_eq!(again.ack().await.unwrap(), Outcome::Acked);
+    let info = a.work_group("slow", "g").await.unwrap().unwrap();
+    assert_eq!(info.acked, 1);
+    assert!(info.in_flight.is_empty());
+    assert!(maybe_job(&mut wa, Duration::from_millis(500))
+        .await
+        .is_none());
+}
+
+async fn in_progress_keeps_the_lease(b: Backend) {
+    let a = b.node("a").await;
+    let c = b.node("c").await;
+    a.publish("long", "job").await.unwrap();
+    let lease = Duration::from_secs(2);
+    let mut wa = a
+        .work("long")
+        .group("g")
+        .lease(lease)
+        .start()
+        .await
+        .unwrap();
+    let job = next_job(&mut wa).await;
+    let mut wc = c
+        .work("long")
+        .group("g")
+        .lease(lease)
+        .start()
+        .await
+        .unwrap();
+    // Working for three leases, extending every fifth of one.
+    for _ in 0..15 {
+        assert_eq!(job.in_progress().await.unwrap(), Outcome::Extended);
+        assert!(maybe_job(&mut wc, lease / 5).await.is_none(), "lease kept");
+    }
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    assert!(maybe_job(&mut wc, Duration::from_millis(500))
+        .await
+        .is_none());
+    assert_eq!(a.work_group("long", "g").await.unwrap().unwrap().acked, 1);
+}
+
+async fn poison_message_is_dead_lettered_after_max_deliveries(b: Backend) {
+    let node = b.node("n").await;
+    let mut dead = node
+        .subscribe([herald::work::dead_letter_topic("tasks", "g").as_str()])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    node.publish("tasks", Message::new("poison").header("kind", "bad"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        node.publish("tasks", format!("ok-{i}")).await.unwrap();
+    }
+    let mut w = node
+        .work("tasks")
+        .group("g")
+        .max_deliveries(3)
+        .backoff(Backoff::List(vec![Duration::from_millis(50)]))
+        .concurrency(2)
+        .start()
+        .await
+        .unwrap();
+    let mut poison_attempts = Vec::new();
+    let mut acked = Vec::new();
+    let mut dead_outcomes = 0;
+    for _ in 0..100 {
+        if poison_attempts.len() == 3 && acked.len() == 5 {
+            break;
+        }
+        let job = next_job(&mut w).await;
+        if text(&job) == "poison" {
+            poison_attempts.push(job.attempt());
+            match job
+                .fail(format!("boom {}", poison_attempts.len()))
+                .await
+                .unwrap()
+            {
+                Outcome::Retry { .. } => {}
+                Outcome::DeadLettered { .. } => dead_outcomes += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        } else {
+            acked.push(text(&job));
+            assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+        }
+    }
+    assert_eq!(poison_attempts, vec![1, 2, 3]);
+    assert_eq!(dead_outcomes, 1);
+    acked.sort();
+    assert_eq!(acked, (0..5).map(|i| format!("ok-{i}")).collect::<Vec<_>>());
+    let d = match next_event(&mut dead).await {
+        Event::Message(d) => d,
+        other => panic!("expected a dead letter, got {other:?}"),
+    };
+    assert_eq!(&d.payload[..], b"poison");
+    let h = |k: &str| d.headers.get(k).cloned();
+    assert_eq!(h("kind").as_deref(), Some("bad"));
+    assert_eq!(h("herald-dead-topic").as_deref(), Some("tasks"));
+    assert_eq!(h("herald-dead-group").as_deref(), Some("g"));
+    assert_eq!(h("herald-dead-offset").as_deref(), Some("1"));
+    assert_eq!(h("herald-dead-attempts").as_deref(), Some("3"));
+    assert_eq!(h("herald-dead-error").as_deref(), Some("boom 3"));
+    assert!(maybe_job(&mut w, Duration::from_millis(500))
+        .await
+        .is_none());
+    let info = node.work_group("tasks", "g").await.unwrap().unwrap();
+    assert_eq!((info.acked, info.dead_lettered), (5, 1));
+}
+
+async fn killed_member_job_is_redelivered_at_once(b: Backend) {
+    let a = b.node("a").await;
+    let c = b.node("c").await;
+    a.publish("crash", "job").await.unwrap();
+    // A lease far longer than the test: only reaping can free the job.
+    let lease = Duration::from_secs(600);
+    let ttl = Duration::from_millis(600);
+    let mut wa = a
+        .work("crash")
+        .group("g")
+        .lease(lease)
+        .member_ttl(ttl)
+        .start()
+        .await
+        .unwrap();
+    let lost_job = next_job(&mut wa).await;
+    drop(wa); // a crash: no more heartbeats
+    let mut wc = c
+        .work("crash")
+        .group("g")
+        .lease(lease)
+        .member_ttl(ttl)
+        .start()
+        .await
+        .unwrap();
+    let job = next_job(&mut wc).await;
+    assert_eq!(job.position(), lost_job.position());
+    assert_eq!(job.attempt(), 2);
+    assert!(
+        job.last_error().unwrap().contains("expired"),
+        "{:?}",
+        job.last_error()
+    );
+    assert_eq!(lost_job.ack().await.unwrap(), Outcome::Stale);
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+}
+
+async fn restarted_member_does_not_inherit_its_leases(b: Backend) {
+    let a = b.node("a").await;
+    a.publish("restart", "job").await.unwrap();
+    let lease = Duration::from_secs(600);
+    let mut first = a
+        .work("restart")
+        .group("g")
+        .member("worker-1")
+        .lease(lease)
+        .start()
+        .await
+        .unwrap();
+    let old_holder = first.holder();
+    let old_job = next_job(&mut first).await;
+    drop(first);
+    // Restarted at once, during the old lease, under the same name.
+    let mut second = a
+        .work("restart")
+        .group("g")
+        .member("worker-1")
+        .lease(lease)
+        .start()
+        .await
+        .unwrap();
+    assert_ne!(second.holder(), old_holder);
+    let job = next_job(&mut second).await;
+    assert_eq!(job.position(), old_job.position());
+    assert_eq!(job.attempt(), 2);
+    assert!(job.last_error().unwrap().contains("restarted"));
+    assert_eq!(old_job.ack().await.unwrap(), Outcome::Stale);
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+}
+
+async fn topic_reset_is_reported_to_the_group(mut b: Backend) {
+    let node = b.node("n").await;
+    node.publish("reset", "before").await.unwrap();
+    let mut w = node.work("reset").group("g").start().await.unwrap();
+    let job = next_job(&mut w).await;
+    let old = job.position();
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    b.lose_everything();
+    let r = node.publish("reset", "after").await.unwrap();
+    assert!(r.position.epoch > old.epoch);
+    match next_work(&mut w).await {
+        WorkEvent::Reset { epoch, .. } => assert_eq!(epoch, r.position.epoch),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let job = next_job(&mut w).await;
+    assert_eq!(job.position(), r.position);
+    assert_eq!(text(&job), "after");
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+}
+
+async fn groups_report_their_state(b: Backend) {
+    let node = b.node("n").await;
+    for i in 0..3 {
+        node.publish("state", format!("m{i}")).await.unwrap();
+    }
+    let mut w = node
+        .work("state")
+        .group("g")
+        .member("w1")
+        .start()
+        .await
+        .unwrap();
+    let job = next_job(&mut w).await;
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    let held = next_job(&mut w).await;
+    let infos = node.work_groups("state").await.unwrap();
+    assert_eq!(infos.len(), 1);
+    let info = &infos[0];
+    assert_eq!(info.group, "g");
+    assert_eq!(info.acked, 1);
+    assert_eq!(info.dead_letter_topic, "__dead/state/g");
+    assert_eq!(info.in_flight.len(), 1);
+    assert_eq!(info.in_flight[0].offset, held.position().offset);
+    assert_eq!(info.in_flight[0].attempt, 1);
+    assert!(info.in_flight[0].holder.starts_with("w1#"));
+    assert_eq!(info.members, vec![w.holder()]);
+    assert_eq!(info.lag, 2, "one in flight, one not handed out");
+    assert!(node.work_group("state", "other").await.unwrap().is_none());
+    let mut by_group = BTreeMap::new();
+    by_group.insert(info.group.clone(), info.next_offset);
+    assert_eq!(by_group.get("g"), Some(&3));
+}
+
+async fn bad_options_are_refused(b: Backend) {
+    let node = b.node("n").await;
+    let cases = [
+        node.work("t").start().await.err(),
+        node.work("t").group("a:b").start().await.err(),
+        node.work("t")
+            .group("g")
+            .lease(Duration::from_millis(1))
+            .start()
+            .await
+            .err(),
+        node.work("t").group("g").concurrency(0).start().await.err(),
+        node.work("t")
+            .group("g")
+            .max_deliveries(0)
+            .start()
+            .await
+            .err(),
+        node.work("t")
+            .group("g")
+            .backoff(Backoff::List(vec![]))
+            .start()
+            .await
+            .err(),
+        node.work("t").group("g").member("a#b").start().await.err(),
+    ];
+    for (i, e) in cases.into_iter().enumerate() {
+        assert!(e.is_some(), "case {i} refused");
+    }
+    assert!(node.work_groups("t").await.unwrap().is_empty());
+}
