@@ -6,6 +6,7 @@
 
 pub(crate) mod configure;
 pub(crate) mod demo;
+pub(crate) mod groups;
 pub(crate) mod inspect;
 pub(crate) mod join;
 pub(crate) mod lag;
@@ -13,6 +14,7 @@ pub(crate) mod members;
 pub(crate) mod publish;
 pub(crate) mod tail;
 pub(crate) mod wait_all;
+pub(crate) mod work;
 
 use std::time::Duration;
 

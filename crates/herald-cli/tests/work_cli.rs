@@ -1,0 +1,198 @@
+//! `herald work` and `herald groups` on a real Redis (started by the test on 127.0.0.1):
+//! printing and acking, commands with their environment and outcomes, a poison message
+//! dead-lettered, a worker killed with SIGKILL mid-job. Every wait is bounded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use herald_testkit::RedisServer as Redis;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn herald(redis: &Redis) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.env("HERALD_REDIS_URL", redis.url())
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command did not finish in time: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn publish(redis: &Redis, topic: &str, data: &str) {
+    let out = run(herald(redis).args(["publish", topic, data]));
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn groups(redis: &Redis, topic: &str) -> Vec<Value> {
+    let out = run(herald(redis).args(["groups", topic]));
+    assert!(out.status.success(), "{out:?}");
+    json_lines(&out)
+}
+
+#[test]
+fn work_prints_and_acks_each_delivery_once() {
+    let redis = Redis::start();
+    for i in 1..=5 {
+        publish(&redis, "jobs", &format!("job-{i}"));
+    }
+    let out = run(herald(&redis).args(["work", "jobs", "--group", "g", "--count", "5"]));
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["topic"], "jobs");
+        assert_eq!(l["group"], "g");
+        assert_eq!(l["attempt"], 1);
+        assert_eq!(l["offset"], i as u64 + 1);
+        assert_eq!(l["data"], format!("job-{}", i + 1));
+    }
+    // Everything was acked: another member finds nothing.
+    let out = run(herald(&redis).args(["work", "jobs", "--group", "g", "--timeout", "1"]));
+    assert!(out.status.success(), "{out:?}");
+    assert!(json_lines(&out).is_empty());
+    let g = groups(&redis, "jobs");
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0]["group"], "g");
+    assert_eq!(g[0]["acked"], 5);
+    assert_eq!(g[0]["next_offset"], 6);
+    assert_eq!(g[0]["lag"], 0);
+    assert_eq!(g[0]["in_flight"], Value::Array(vec![]));
+    assert_eq!(g[0]["dead_letter_topic"], "__dead/jobs/g");
+    assert_eq!(g[0]["members"], Value::Array(vec![]), "members left");
+}
+
+#[test]
+fn work_runs_a_command_per_delivery_and_dead_letters_a_poison_message() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    publish(&redis, "tasks", "bad");
+    publish(&redis, "tasks", "good");
+    let script = r#"p=$(cat); echo "$HERALD_TOPIC $HERALD_GROUP $HERALD_OFFSET $HERALD_ATTEMPT $p" >> "$0"; test "$p" != bad"#;
+    let out = run(herald(&redis)
+        .args(["work", "tasks", "--group", "g", "--max-deliveries", "2"])
+        .args(["--backoff", "0.05", "--count", "3", "--"])
+        .args(["sh", "-c", script])
+        .arg(&log));
+    assert!(out.status.success(), "{out:?}");
+    let mut outcomes: Vec<(u64, u64, String)> = json_lines(&out)
+        .iter()
+        .map(|l| {
+            assert_eq!(l["topic"], "tasks");
+            (
+                l["offset"].as_u64().unwrap(),
+                l["attempt"].as_u64().unwrap(),
+                l["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, 1, "retry".to_string()),
+            (1, 2, "dead".to_string()),
+            (2, 1, "acked".to_string()),
+        ]
+    );
+    let mut runs: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        vec!["tasks g 1 1 bad", "tasks g 1 2 bad", "tasks g 2 1 good"]
+    );
+    let out = run(herald(&redis).args([
+        "tail",
+        "__dead/tasks/g",
+        "--from",
+        "earliest",
+        "--count",
+        "1",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let dead = json_lines(&out);
+    assert_eq!(dead[0]["data"], "bad");
+    assert_eq!(dead[0]["headers"]["herald-dead-topic"], "tasks");
+    assert_eq!(dead[0]["headers"]["herald-dead-offset"], "1");
+    assert_eq!(dead[0]["headers"]["herald-dead-attempts"], "2");
+    let g = groups(&redis, "tasks");
+    assert_eq!(
+        (g[0]["acked"].clone(), g[0]["dead_lettered"].clone()),
+        (1.into(), 1.into())
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_job_has_its_job_done_elsewhere() {
+    let redis = Redis::start();
+    publish(&redis, "crash", "job");
+    // A lease far longer than the test: only reaping (after the member's time to live) can
+    // free the job.
+    let mut a = herald(&redis)
+        .args([
+            "work", "crash", "--group", "g", "--id", "a", "--lease", "600", "--",
+        ])
+        .args(["sleep", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let g = groups(&redis, "crash");
+        if g.first()
+            .is_some_and(|g| g["in_flight"].as_array().is_some_and(|f| f.len() == 1))
+        {
+            let holder = g[0]["in_flight"][0]["holder"].as_str().unwrap().to_string();
+            assert!(holder.starts_with("a#"), "{holder}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker a never took the job");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = a.kill(); // SIGKILL
+    let _ = a.wait();
+    let out = run(herald(&redis)
+        .args([
+            "work", "crash", "--group", "g", "--id", "b", "--count", "1", "--",
+        ])
+        .arg("true"));
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["offset"], 1);
+    assert_eq!(lines[0]["attempt"], 2);
+    assert_eq!(lines[0]["outcome"], "acked");
+    assert_eq!(groups(&redis, "crash")[0]["acked"], 1);
+}
