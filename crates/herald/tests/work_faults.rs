@@ -148,3 +148,71 @@ async fn client_kill_loses_no_job_and_acks_none_twice() {
     })
     .await;
 }
+
+/// A member written against `docs/PROTOCOL.md` alone (raw script calls): claims, acks, and a
+/// retried ack whose first reply was lost is answered `ok` again, never `stale`; an outcome
+/// for another attempt or holder is `stale`.
+#[test]
+fn the_script_speaks_the_documented_protocol() {
+    let server = RedisServer::start();
+    let node = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let h = node(&server.url(), "pub").await;
+        h.publish("raw", "one").await.unwrap()
+    });
+    let keys: Vec<String> = ["", ":jobs", ":due", ":holders"]
+        .iter()
+        .map(|s| format!("herald:{{raw}}:work:g{s}"))
+        .chain([
+            "herald:{raw}:groups".to_string(),
+            "herald:{raw}:work:g:done".to_string(),
+        ])
+        .collect();
+    let mut conn = server.conn();
+    let script = redis::Script::new(herald::broker::WORK_SCRIPT);
+    let call = |conn: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke(conn).unwrap()
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let holder = text(&call(
+        &mut conn,
+        &["REGISTER", "m", "5000", "__dead/raw/g", "g"],
+    ));
+    assert!(holder.starts_with("m#"), "{holder}");
+    let epoch = node.position.epoch.to_string();
+    let claim = call(
+        &mut conn,
+        &[
+            "CLAIM", &holder, "10", "30000", "3", "5000", &epoch, "1", "1", "1",
+        ],
+    );
+    let redis::Value::Array(items) = claim else {
+        panic!("claim reply {claim:?}");
+    };
+    let items: Vec<String> = items.iter().map(text).collect();
+    assert_eq!(items[0], "ok");
+    assert_eq!(&items[2..], ["0", "0", "1", "1", "job", ""], "{items:?}");
+    let ack = |conn: &mut redis::Connection, holder: &str, attempt: &str| {
+        text(&call(conn, &["ACK", holder, &epoch, "1", attempt]))
+    };
+    assert_eq!(ack(&mut conn, &holder, "2"), "stale");
+    assert_eq!(ack(&mut conn, "other#1", "1"), "stale");
+    assert_eq!(ack(&mut conn, &holder, "1"), "ok");
+    assert_eq!(
+        ack(&mut conn, &holder, "1"),
+        "ok",
+        "a retried ack is not stale"
+    );
+    let state: String = server.cmd(&["HGET", "herald:{raw}:work:g", "acked"]);
+    assert_eq!(state, "1");
+}

@@ -23,7 +23,12 @@ pub(super) struct GroupState {
     jobs: BTreeMap<u64, JobRecord>,
     /// Holder to expiry.
     holders: BTreeMap<String, u64>,
+    /// (offset, holder, attempt) acked or dead-lettered recently, to when (see `work.lua`).
+    done: BTreeMap<(u64, String, u32), u64>,
 }
+
+/// How long a finished attempt is remembered.
+const DONE_KEEP_MS: u64 = 600_000;
 
 impl GroupState {
     fn alive(&self, holder: &str, now: u64) -> bool {
@@ -138,6 +143,7 @@ impl EmbeddedBroker {
                 }
                 Some(cur) if a.epoch > cur => {
                     g.jobs.clear();
+                    g.done.clear();
                     g.epoch = Some(a.epoch);
                     g.next = a.first;
                     g.resets += 1;
@@ -229,6 +235,14 @@ impl EmbeddedBroker {
             if g.epoch != Some(epoch) {
                 return OpResult::Stale;
             }
+            let tag = (offset, holder.to_string(), attempt);
+            if matches!(op, Op::Ack | Op::DeadDone) && g.done.contains_key(&tag) {
+                return OpResult::Ok;
+            }
+            let finished = |g: &mut GroupState| {
+                g.done.retain(|_, at| *at + DONE_KEEP_MS >= now);
+                g.done.insert(tag.clone(), now);
+            };
             let Some(r) = g.jobs.get_mut(&offset) else {
                 return OpResult::Stale;
             };
@@ -242,6 +256,7 @@ impl EmbeddedBroker {
                     }
                     g.jobs.remove(&offset);
                     g.dead += 1;
+                    finished(g);
                     return OpResult::Ok;
                 }
                 Op::Lost => {
@@ -258,6 +273,7 @@ impl EmbeddedBroker {
                 Op::Ack => {
                     g.jobs.remove(&offset);
                     g.acked += 1;
+                    finished(g);
                     OpResult::Ok
                 }
                 Op::Nak {

@@ -6,6 +6,9 @@
 -- KEYS[3]  <ns>:{<topic>}:work:<group>:due      sorted set: offset -> when it may be handed out
 -- KEYS[4]  <ns>:{<topic>}:work:<group>:holders  sorted set: holder -> expires_at_ms
 -- KEYS[5]  <ns>:{<topic>}:groups                set: the topic's group names
+-- KEYS[6]  <ns>:{<topic>}:work:<group>:done     sorted set: "<offset>:<holder>:<attempt>" -> when
+--          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
+--          first reply was lost is answered 'ok' again rather than 'stale'
 -- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | PROGRESS | TERM |
 --          DEADDONE | LOST | STATE
 --
@@ -15,7 +18,8 @@
 -- A holder is "<member id>#<incarnation>"; it is live while its score is not in the past.
 -- The group never writes the topic's own keys.
 
-local state, jobs, due, holders, groups = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local state, jobs, due, holders, groups, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local DONE_KEEP_MS = 600000
 local op = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -120,7 +124,7 @@ elseif op == 'CLAIM' then
   if cur == 0 then
     redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(start))
   elseif epoch > cur then
-    redis.call('DEL', jobs, due)
+    redis.call('DEL', jobs, due, done)
     redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(first))
     redis.call('HINCRBY', state, 'resets', 1)
     reset = 1
@@ -191,14 +195,23 @@ if redis.call('HGET', state, 'epoch') ~= epoch then
   return 'stale'
 end
 local r = get(offset)
+local tag = offset .. ':' .. holder .. ':' .. ARGV[5]
+if (op == 'ACK' or op == 'DEADDONE') and redis.call('ZSCORE', done, tag) then
+  return 'ok'
+end
 if not r or r.h ~= holder or r.a ~= attempt then
   return 'stale'
+end
+local function finished()
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (now - DONE_KEEP_MS))
+  redis.call('ZADD', done, now, tag)
 end
 if op == 'DEADDONE' then
   if r.s ~= 'dead' then
     return 'stale'
   end
   drop(offset)
+  finished()
   redis.call('HINCRBY', state, 'dead', 1)
   return 'ok'
 elseif op == 'LOST' then
@@ -211,6 +224,7 @@ if r.s ~= 'run' then
 end
 if op == 'ACK' then
   drop(offset)
+  finished()
   redis.call('HINCRBY', state, 'acked', 1)
   return 'ok'
 elseif op == 'NAK' then

@@ -18,7 +18,7 @@ pub(crate) const WORK_SCRIPT: &str = include_str!("../lua/work.lua");
 static WORK: LazyLock<Script> = LazyLock::new(|| Script::new(WORK_SCRIPT));
 
 impl RedisBroker {
-    fn work_keys(&self, topic: &str, group: &str) -> [String; 5] {
+    fn work_keys(&self, topic: &str, group: &str) -> [String; 6] {
         let k = &self.inner.keys;
         [
             k.key(topic, &format!("work:{group}")),
@@ -26,6 +26,7 @@ impl RedisBroker {
             k.key(topic, &format!("work:{group}:due")),
             k.key(topic, &format!("work:{group}:holders")),
             k.key(topic, "groups"),
+            k.key(topic, &format!("work:{group}:done")),
         ]
     }
 
