@@ -4,7 +4,7 @@
 //! self-contained demo:
 //!
 //! ```text
-//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--wait-all GROUP [--timeout SECS]]
+//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--delay SECS] [--wait-all GROUP [--timeout SECS]]
 //! herald tail TOPIC... [--from earliest|latest|OFFSET] [--durable NAME] [--count N] [--timeout SECS]
 //! herald inspect TOPIC
 //! herald configure TOPIC [--max-len N] [--max-age SECS] [--dedup-window SECS] [--max-size BYTES]

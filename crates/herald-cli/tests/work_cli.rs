@@ -196,3 +196,18 @@ fn a_worker_killed_mid_job_has_its_job_done_elsewhere() {
     assert_eq!(lines[0]["outcome"], "acked");
     assert_eq!(groups(&redis, "crash")[0]["acked"], 1);
 }
+
+#[test]
+fn a_delayed_message_goes_to_the_group_after_the_one_published_after_it() {
+    let redis = Redis::start();
+    let out = run(herald(&redis).args(["publish", "later", "delayed", "--delay", "1.5"]));
+    assert!(out.status.success(), "{out:?}");
+    publish(&redis, "later", "now");
+    let out = run(herald(&redis).args(["work", "later", "--group", "g", "--count", "2"]));
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    let data: Vec<&str> = lines.iter().map(|l| l["data"].as_str().unwrap()).collect();
+    assert_eq!(data, ["now", "delayed"]);
+    assert_eq!(lines[1]["attempt"], 1);
+    assert_eq!(lines[1]["headers"]["herald-delay-ms"], "1500");
+}

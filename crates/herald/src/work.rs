@@ -40,7 +40,11 @@
 //!   `herald-dead-attempts` and `herald-dead-error` (the last error a member gave, or why the
 //!   last lease ended). Its idempotency key is
 //!   `dead:<topic>:<group>:<epoch>:<offset>`, so dead-lettering twice appends once.
-//! - A message waiting for a retry or being dead-lettered never blocks later messages.
+//! - **Delays**: a message published with [`Message::delay`] (the header `herald-delay-ms`)
+//!   is not handed out before its publish time plus the delay, by the broker's clock. When a
+//!   claim hands out such a message early, the member defers it (`DEFER`: it waits, and
+//!   that delivery does not count as an attempt). A message waiting for its delay or a retry,
+//!   or being dead-lettered, never blocks later messages.
 //! - **Members**: a [`Worker`] registers as a new incarnation of its member id (the node id
 //!   unless [`WorkBuilder::member`] says otherwise) and heartbeats every third of its time to
 //!   live. A member that stops heartbeating is reaped by the next claim of any member after
@@ -102,6 +106,19 @@ pub const MAX_GROUP_LEN: usize = 100;
 pub const MIN_LEASE: Duration = Duration::from_millis(100);
 /// The shortest accepted member time to live.
 pub const MIN_WORKER_TTL: Duration = Duration::from_millis(300);
+
+/// The header that delays a message for work groups: milliseconds after its publish time
+/// (broker clock) before any group hands it out (see [`Message::delay`]).
+pub const DELAY_HEADER: &str = "herald-delay-ms";
+
+impl Message {
+    /// Delays this message for work groups: no group hands it out before `delay` has passed
+    /// since it was published (by the broker's clock). Plain subscribers receive it at once.
+    /// Carried as the header [`DELAY_HEADER`].
+    pub fn delay(self, delay: Duration) -> Self {
+        self.header(DELAY_HEADER, ms(delay).to_string())
+    }
+}
 
 /// The default dead-letter topic of `group` on `topic`.
 pub fn dead_letter_topic(topic: &str, group: &str) -> String {
@@ -963,7 +980,7 @@ async fn claim_round(
         last: head.last,
         start,
     };
-    let (reset, lost, grants) = match broker
+    let (now_ms, reset, lost, grants) = match broker
         .work_claim(&shared.topic, &shared.group, &holder, args)
         .await?
     {
@@ -973,10 +990,11 @@ async fn claim_round(
         }
         Claimed::OldEpoch => return Ok(Some(0)),
         Claimed::Granted {
+            now_ms,
             reset,
             lost,
             grants,
-        } => (reset, lost, grants),
+        } => (now_ms, reset, lost, grants),
     };
     let event = |e: WorkEvent| async { tx.send(Ok(e)).await.is_ok() };
     if reset || changed {
@@ -1022,6 +1040,13 @@ async fn claim_round(
             }
             continue;
         }
+        if let Some(until_ms) = not_before(&delivery).filter(|t| *t > now_ms) {
+            let pos = delivery.position;
+            shared
+                .outcome(&holder, pos, g.attempt, &Op::Defer { until_ms })
+                .await?;
+            continue;
+        }
         let Some(permit) = permits.pop() else {
             break;
         };
@@ -1038,6 +1063,13 @@ async fn claim_round(
         }
     }
     Ok(Some(n))
+}
+
+/// When a delayed message may be handed out: its publish time plus its
+/// [`DELAY_HEADER`] (broker clock).
+fn not_before(d: &Delivery) -> Option<u64> {
+    let delay: u64 = d.headers.get(DELAY_HEADER)?.parse().ok()?;
+    Some(d.published_at_ms.saturating_add(delay))
 }
 
 /// Reads the messages of `grants`, in runs of consecutive offsets. `None` when the topic is

@@ -25,6 +25,7 @@ on_both_backends!(
     topic_reset_is_reported_to_the_group,
     groups_report_their_state,
     bad_options_are_refused,
+    delayed_message_waits_without_blocking_later_ones,
 );
 
 async fn next_work(w: &mut Worker) -> WorkEvent {
@@ -428,4 +429,47 @@ async fn bad_options_are_refused(b: Backend) {
         assert!(e.is_some(), "case {i} refused");
     }
     assert!(node.work_groups("t").await.unwrap().is_empty());
+}
+
+async fn delayed_message_waits_without_blocking_later_ones(b: Backend) {
+    let node = b.node("n").await;
+    let delay = Duration::from_millis(1500);
+    let delayed = node
+        .publish("later", Message::new("delayed").delay(delay))
+        .await
+        .unwrap();
+    node.publish("later", "now").await.unwrap();
+    let mut sub = node
+        .subscribe(["later"])
+        .from(Start::Earliest)
+        .await
+        .unwrap();
+    let mut w = node
+        .work("later")
+        .group("g")
+        .concurrency(4)
+        .start()
+        .await
+        .unwrap();
+    let first = next_job(&mut w).await;
+    assert_eq!(
+        text(&first),
+        "now",
+        "a delayed message does not block later ones"
+    );
+    assert_eq!(first.ack().await.unwrap(), Outcome::Acked);
+    let job = next_job(&mut w).await;
+    assert_eq!(job.position(), delayed.position);
+    assert_eq!(job.attempt(), 1, "waiting for the delay is not an attempt");
+    // The broker here runs on this machine's clock: the job came no earlier than its time.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let due = job.delivery().published_at_ms + delay.as_millis() as u64;
+    assert!(now_ms + 2 >= due, "handed out {}ms early", due - now_ms);
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    // Plain subscribers are not delayed.
+    let got = support::messages(&mut sub, 2).await;
+    assert_eq!(got[0].1, "delayed");
 }

@@ -44,6 +44,8 @@ pub(crate) enum Claimed {
     /// The group is already in a later epoch than the caller read.
     OldEpoch,
     Granted {
+        /// The broker's clock at the claim.
+        now_ms: u64,
         /// The group was in an earlier epoch: its state was dropped and it starts again.
         reset: bool,
         /// Offsets trimmed before the group handed them out (counted, now skipped).
@@ -65,6 +67,10 @@ pub(crate) enum Op {
     Progress {
         lease_ms: u64,
     },
+    /// Not before `until_ms` (broker clock); this delivery does not count as an attempt.
+    Defer {
+        until_ms: u64,
+    },
     Term {
         lease_ms: u64,
         error: String,
@@ -79,6 +85,7 @@ impl Op {
             Op::Ack => "ACK",
             Op::Nak { .. } => "NAK",
             Op::Progress { .. } => "PROGRESS",
+            Op::Defer { .. } => "DEFER",
             Op::Term { .. } => "TERM",
             Op::DeadDone => "DEADDONE",
             Op::Lost => "LOST",

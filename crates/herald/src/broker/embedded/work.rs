@@ -212,6 +212,7 @@ impl EmbeddedBroker {
                 g.next += 1;
             }
             Claimed::Granted {
+                now_ms: now,
                 reset,
                 lost,
                 grants,
@@ -295,6 +296,13 @@ impl EmbeddedBroker {
                 }
                 Op::Progress { lease_ms } => {
                     r.d = now + lease_ms;
+                    OpResult::Ok
+                }
+                Op::Defer { until_ms } => {
+                    r.s = "wait".into();
+                    r.h.clear();
+                    r.a = r.a.saturating_sub(1);
+                    r.d = *until_ms;
                     OpResult::Ok
                 }
                 Op::Term { lease_ms, error } => {

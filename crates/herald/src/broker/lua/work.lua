@@ -9,7 +9,7 @@
 -- KEYS[6]  <ns>:{<topic>}:work:<group>:done     sorted set: "<offset>:<holder>:<attempt>" -> when
 --          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
 --          first reply was lost is answered 'ok' again rather than 'stale'
--- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | PROGRESS | TERM |
+-- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | DEFER | PROGRESS | TERM |
 --          DEADDONE | LOST | STATE
 --
 -- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error}
@@ -240,6 +240,14 @@ elseif op == 'NAK' then
   r.s = 'wait'
   r.h = ''
   r.d = now + delay
+  put(offset, r, r.d)
+  return 'ok'
+elseif op == 'DEFER' then
+  -- DEFER ... until_ms: not before until_ms, and this delivery does not count
+  r.s = 'wait'
+  r.h = ''
+  r.a = r.a - 1
+  r.d = tonumber(ARGV[6])
   put(offset, r, r.d)
   return 'ok'
 elseif op == 'PROGRESS' then

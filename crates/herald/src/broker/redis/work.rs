@@ -131,7 +131,7 @@ impl RedisBroker {
             Some("ok") => {}
             _ => return Err(bad()),
         }
-        let (Some(reset), Some(lost)) = (num(2), num(3)) else {
+        let (Some(now_ms), Some(reset), Some(lost)) = (num(1), num(2), num(3)) else {
             return Err(bad());
         };
         let mut grants = Vec::new();
@@ -150,6 +150,7 @@ impl RedisBroker {
             i += 4;
         }
         Ok(Claimed::Granted {
+            now_ms,
             reset: reset == 1,
             lost,
             grants,
@@ -188,6 +189,7 @@ impl RedisBroker {
                 error.clone(),
             ]),
             Op::Progress { lease_ms } => args.push(lease_ms.to_string()),
+            Op::Defer { until_ms } => args.push(until_ms.to_string()),
             Op::Term { lease_ms, error } => args.extend([lease_ms.to_string(), error.clone()]),
         }
         let reply = self
