@@ -357,6 +357,8 @@ impl WorkBuilder {
     }
 
     /// Where a new group starts (default [`Start::Earliest`]); ignored when it exists.
+    /// [`Start::Latest`] means the messages published after this worker started (all of a
+    /// topic that had no log yet).
     pub fn from(mut self, start: Start) -> Self {
         self.start = start;
         self
@@ -471,6 +473,14 @@ impl WorkBuilder {
             format!("must be at least 5ms, got {:?}", self.poll),
         )?;
         let ttl_ms = ms(self.ttl);
+        // `Latest` means after this point: the topic's head now (or, for a topic without a log
+        // yet, its whole first epoch).
+        let head = self.herald.broker().read(&self.topic, 1, 0).await?;
+        let start = match self.start {
+            Start::Latest => Begin::After(head.epoch, head.last),
+            Start::Earliest => Begin::Earliest,
+            Start::Offset(o) => Begin::Offset(o.max(1)),
+        };
         let holder = self
             .herald
             .broker()
@@ -496,7 +506,7 @@ impl WorkBuilder {
             tx,
             permits,
             self.concurrency,
-            self.start,
+            start,
             self.poll,
             stop_rx,
         ));
@@ -880,6 +890,16 @@ async fn heartbeat(shared: Arc<Shared>, every: Duration) {
     }
 }
 
+/// Where a group created by this worker starts.
+#[derive(Debug, Clone, Copy)]
+enum Begin {
+    Earliest,
+    /// After this offset of this epoch (the head when the worker started); from the start
+    /// of any other epoch.
+    After(Option<Epoch>, u64),
+    Offset(u64),
+}
+
 /// The claim loop: claims as many deliveries as there are free places, reads their messages
 /// and yields them; waits for new messages or the poll interval when there is nothing.
 async fn feed(
@@ -887,7 +907,7 @@ async fn feed(
     tx: mpsc::Sender<Result<WorkEvent>>,
     places: Arc<Semaphore>,
     concurrency: usize,
-    start: Start,
+    start: Begin,
     poll: Duration,
     mut stop: oneshot::Receiver<()>,
 ) {
@@ -908,7 +928,7 @@ async fn feed(
                 Err(_) => break,
             }
         }
-        let round = claim_round(&shared, &tx, &mut permits, &mut known_epoch, &start).await;
+        let round = claim_round(&shared, &tx, &mut permits, &mut known_epoch, start).await;
         drop(permits);
         match round {
             Ok(Some(n)) if n > 0 => continue,
@@ -947,7 +967,7 @@ async fn claim_round(
     tx: &mpsc::Sender<Result<WorkEvent>>,
     permits: &mut Vec<OwnedSemaphorePermit>,
     known_epoch: &mut Option<Epoch>,
-    start: &Start,
+    start: Begin,
 ) -> Result<Option<usize>> {
     let broker = shared.herald.broker();
     let head = broker.read(&shared.topic, 1, 0).await?;
@@ -964,9 +984,10 @@ async fn claim_round(
         first
     } else {
         match start {
-            Start::Earliest => first,
-            Start::Latest => head.last + 1,
-            Start::Offset(o) => (*o).max(1),
+            Begin::Earliest => first,
+            Begin::After(e, last) if e == Some(epoch) => last + 1,
+            Begin::After(..) => first,
+            Begin::Offset(o) => o,
         }
     };
     let holder = shared.holder();

@@ -26,6 +26,7 @@ on_both_backends!(
     groups_report_their_state,
     bad_options_are_refused,
     delayed_message_waits_without_blocking_later_ones,
+    latest_start_means_after_the_worker_started,
 );
 
 async fn next_work(w: &mut Worker) -> WorkEvent {
@@ -472,4 +473,33 @@ async fn delayed_message_waits_without_blocking_later_ones(b: Backend) {
     // Plain subscribers are not delayed.
     let got = support::messages(&mut sub, 2).await;
     assert_eq!(got[0].1, "delayed");
+}
+
+async fn latest_start_means_after_the_worker_started(b: Backend) {
+    let node = b.node("n").await;
+    // A topic with history: the group starts after it.
+    node.publish("old", "before").await.unwrap();
+    let mut w = node
+        .work("old")
+        .group("g")
+        .from(Start::Latest)
+        .start()
+        .await
+        .unwrap();
+    let after = node.publish("old", "after").await.unwrap();
+    let job = next_job(&mut w).await;
+    assert_eq!(job.position(), after.position);
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    // A topic without a log yet: its first message is after the start.
+    let mut w = node
+        .work("new")
+        .group("g")
+        .from(Start::Latest)
+        .start()
+        .await
+        .unwrap();
+    let first = node.publish("new", "first").await.unwrap();
+    let job = next_job(&mut w).await;
+    assert_eq!(job.position(), first.position);
+    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
 }
