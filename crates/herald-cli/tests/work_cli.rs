@@ -211,3 +211,50 @@ fn a_delayed_message_goes_to_the_group_after_the_one_published_after_it() {
     assert_eq!(lines[1]["attempt"], 1);
     assert_eq!(lines[1]["headers"]["herald-delay-ms"], "1500");
 }
+
+#[test]
+fn ctrl_c_lets_the_running_command_finish_then_leaves() {
+    let redis = Redis::start();
+    publish(&redis, "stop", "one");
+    publish(&redis, "stop", "two");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let mut child = herald(&redis)
+        .args(["work", "stop", "--group", "g", "--id", "a", "--"])
+        .args(["sh", "-c", r#"touch "$0"; sleep 1"#])
+        .arg(&started)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("herald work did not end after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "only the running job finished: {lines:?}");
+    assert_eq!(lines[0]["offset"], 1);
+    assert_eq!(lines[0]["outcome"], "acked");
+    let g = groups(&redis, "stop");
+    assert_eq!(g[0]["acked"], 1);
+    assert_eq!(g[0]["members"], Value::Array(vec![]), "it left the group");
+    assert_eq!(g[0]["lag"], 1, "the second message is still to do");
+}

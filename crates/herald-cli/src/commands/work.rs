@@ -11,7 +11,8 @@
 //! `acked`, `retry`, `dead` or `stale`. Resets and lost messages are printed as
 //! `{"event":"reset",..}` and `{"event":"lost",..}`. Ctrl-C (or SIGTERM), `--count` and
 //! `--timeout` stop taking new work, let running commands finish, then leave the group
-//! (what is still leased is released at once).
+//! (what is still leased is released at once); a second Ctrl-C kills the running commands
+//! first.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -43,7 +44,8 @@ HERALD_GROUP, HERALD_EPOCH, HERALD_OFFSET, HERALD_ATTEMPT, HERALD_KEY in its env
 status 0 acks, any other status retries. One JSON line per outcome:\n  \
 {\"topic\":..,\"group\":..,\"epoch\":..,\"offset\":..,\"attempt\":..,\"outcome\":\"acked\"|\"retry\"|\"dead\"|\"stale\"}\n\n\
 Ends after --count deliveries, after --timeout seconds without one, or on Ctrl-C: running \
-commands finish first, then the member leaves the group."
+commands finish first (a second Ctrl-C kills them), then the member leaves the group, which \
+releases whatever it still holds at once."
 )]
 pub(crate) struct WorkArgs {
     /// The topic
@@ -239,13 +241,26 @@ pub(crate) async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<(), Failu
             }
         }
     }
-    // Stop taking work; let the running commands finish.
+    // Stop taking work; let the running commands finish (a second Ctrl-C kills them: their
+    // leases are released when the member leaves).
     worker.stop_taking();
-    while let Some(done) = running.join_next().await {
-        let (job, ok) =
-            done.map_err(|e| Failure::other(format!("a command task failed: {e}")))??;
-        finish(&mut out, job, ok).await?;
+    let again = shutdown_signal();
+    tokio::pin!(again);
+    loop {
+        tokio::select! {
+            () = &mut again => {
+                running.abort_all();
+                break;
+            }
+            done = running.join_next() => {
+                let Some(done) = done else { break };
+                let (job, ok) =
+                    done.map_err(|e| Failure::other(format!("a command task failed: {e}")))??;
+                finish(&mut out, job, ok).await?;
+            }
+        }
     }
+    while running.join_next().await.is_some() {}
     leave(worker).await
 }
 
