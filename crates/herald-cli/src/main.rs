@@ -13,6 +13,7 @@
 //! herald lag TOPIC
 //! herald work TOPIC --group NAME [--from earliest|latest|OFFSET] [--lease SECS] [--max-deliveries N] [--backoff SECS,...] [--concurrency N] [--id ID] [--count N] [--timeout SECS] [-- COMMAND [ARG]...]
 //! herald groups TOPIC
+//! herald schedule NAME TOPIC --every SECS [DATA] [--count N]
 //! herald demo [--nodes N] [--messages M]
 //! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...] [--rounds N]
 //! ```
@@ -37,7 +38,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    configure, demo, groups, inspect, join, lag, members, publish, tail, work, GlobalArgs,
+    configure, demo, groups, inspect, join, lag, members, publish, schedule, tail, work, GlobalArgs,
 };
 use exit::Failure;
 
@@ -84,6 +85,9 @@ enum Command {
     /// Print every work group of a topic with its state, one JSON line each
     #[command(after_long_help = exit::HELP)]
     Groups(groups::GroupsArgs),
+    /// Publish a message once per tick of a recurring schedule, however many schedulers run
+    #[command(after_long_help = exit::HELP)]
+    Schedule(schedule::ScheduleArgs),
     /// Run several nodes in this process and show they all receive the same sequence
     #[command(after_long_help = exit::HELP)]
     Demo(demo::DemoArgs),
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Lag(args) => lag::run(global, args).await,
         Command::Work(args) => work::run(global, args).await,
         Command::Groups(args) => groups::run(global, args).await,
+        Command::Schedule(args) => schedule::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => herald_bench::run(args, global.redis.clone())

@@ -258,3 +258,55 @@ fn ctrl_c_lets_the_running_command_finish_then_leaves() {
     assert_eq!(g[0]["members"], Value::Array(vec![]), "it left the group");
     assert_eq!(g[0]["lag"], 1, "the second message is still to do");
 }
+
+#[test]
+fn two_schedulers_of_one_schedule_publish_each_tick_once() {
+    let redis = Redis::start();
+    let spawn = || {
+        herald(&redis)
+            .args([
+                "schedule", "cleanup", "cron", "--every", "0.3", "--count", "5", "clean",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = vec![spawn(), spawn()];
+    let mut ticks = std::collections::BTreeSet::new();
+    for child in &mut children {
+        let deadline = Instant::now() + WAIT;
+        while child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "herald schedule did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let lines = json_lines(&out);
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        for l in lines {
+            assert_eq!(l["schedule"], "cleanup");
+            ticks.insert(l["tick"].as_u64().unwrap());
+        }
+    }
+    let out = run(herald(&redis).args(["tail", "cron", "--from", "earliest", "--timeout", "1"]));
+    assert!(out.status.success(), "{out:?}");
+    let published: Vec<u64> = json_lines(&out)
+        .iter()
+        .map(|l| {
+            l["headers"]["herald-schedule-tick"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        published,
+        ticks.iter().copied().collect::<Vec<_>>(),
+        "one message per tick, in tick order"
+    );
+}

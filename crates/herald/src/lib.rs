@@ -40,6 +40,7 @@
 //! - [`ack`]: waiting until members acknowledge a message (through their cursors), and lag.
 //! - [`work`]: work groups (task scheduling): each message to one live member, with leases,
 //!   retries and dead letters.
+//! - [`schedule`]: recurring schedules, one message per tick however many nodes run them.
 //! - [`broker`]: where topics live: Redis, or the in-process [`EmbeddedBroker`].
 //! - `envelope`: the wire encoding of messages (documented in `docs/PROTOCOL.md`).
 //! - `retry`: the one backoff and retry-while-transient mechanism used throughout.
@@ -80,6 +81,7 @@ pub mod message;
 pub mod position;
 mod publish;
 mod retry;
+pub mod schedule;
 pub mod subscription;
 pub mod topic;
 pub mod work;

@@ -27,6 +27,7 @@ on_both_backends!(
     bad_options_are_refused,
     delayed_message_waits_without_blocking_later_ones,
     latest_start_means_after_the_worker_started,
+    two_schedulers_publish_each_tick_once_and_the_group_runs_it_once,
 );
 
 async fn next_work(w: &mut Worker) -> WorkEvent {
@@ -502,4 +503,51 @@ async fn latest_start_means_after_the_worker_started(b: Backend) {
     let job = next_job(&mut w).await;
     assert_eq!(job.position(), first.position);
     assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+}
+
+async fn two_schedulers_publish_each_tick_once_and_the_group_runs_it_once(b: Backend) {
+    let every = Duration::from_millis(300);
+    // Twenty ticks starting 1.5 s from now, so that both schedulers are running by then.
+    let first = herald::schedule::tick_of(herald::schedule::now_ms(), every) + 5;
+    let last = first + 19;
+    let mut runs = Vec::new();
+    for n in 0..2 {
+        let node = b.node(&format!("sched-{n}")).await;
+        runs.push(tokio::spawn(async move {
+            node.schedule("cleanup", "cron")
+                .every(every)
+                .message("clean up")
+                .ticks(first..=last)
+                .run()
+                .await
+        }));
+    }
+    let worker_node = b.node("w").await;
+    let mut w = worker_node
+        .work("cron")
+        .group("g")
+        .concurrency(2)
+        .start()
+        .await
+        .unwrap();
+    let mut ran: BTreeMap<u64, u32> = BTreeMap::new();
+    for _ in 0..20 {
+        let job = next_job(&mut w).await;
+        let tick: u64 = job.delivery().headers["herald-schedule-tick"]
+            .parse()
+            .unwrap();
+        *ran.entry(tick).or_default() += 1;
+        assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    }
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    assert!(maybe_job(&mut w, Duration::from_millis(500))
+        .await
+        .is_none());
+    assert_eq!(
+        ran,
+        (first..=last).map(|t| (t, 1)).collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(worker_node.inspect("cron").await.unwrap().last_offset, 20);
 }

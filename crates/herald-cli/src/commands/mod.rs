@@ -12,6 +12,7 @@ pub(crate) mod join;
 pub(crate) mod lag;
 pub(crate) mod members;
 pub(crate) mod publish;
+pub(crate) mod schedule;
 pub(crate) mod tail;
 pub(crate) mod wait_all;
 pub(crate) mod work;
