@@ -4,14 +4,14 @@
 //! self-contained demo:
 //!
 //! ```text
-//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--delay SECS] [--wait-all GROUP [--timeout SECS]]
+//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--delay SECS] [--order-key KEY] [--wait-all GROUP [--timeout SECS]]
 //! herald tail TOPIC... [--from earliest|latest|OFFSET] [--durable NAME] [--count N] [--timeout SECS]
 //! herald inspect TOPIC
 //! herald configure TOPIC [--max-len N] [--max-age SECS] [--dedup-window SECS] [--max-size BYTES]
 //! herald members [GROUP]
 //! herald join GROUP [--id ID] [--meta K=V]... [--ttl SECS] [--ack TOPIC]...
 //! herald lag TOPIC
-//! herald work TOPIC --group NAME [--from earliest|latest|OFFSET] [--lease SECS] [--max-deliveries N] [--backoff SECS,...] [--concurrency N] [--id ID] [--count N] [--timeout SECS] [-- COMMAND [ARG]...]
+//! herald work TOPIC --group NAME [--from earliest|latest|OFFSET] [--lease SECS] [--max-deliveries N] [--backoff SECS,...] [--concurrency N] [--key-order] [--id ID] [--count N] [--timeout SECS] [-- COMMAND [ARG]...]
 //! herald groups TOPIC
 //! herald schedule NAME TOPIC --every SECS [DATA] [--count N]
 //! herald demo [--nodes N] [--messages M]

@@ -54,6 +54,10 @@
 //!   claims next) and the predecessor's late outcomes are `Stale`.
 //!   [`Worker::close`] releases the worker's leases at once; dropping a worker is a crash
 //!   (its leases are released when its time to live passes).
+//! - **Per-key order** ([`WorkBuilder::key_order`], [`Message::order_key`], the header
+//!   `herald-order-key`): messages with the same key are handed out one at a time in offset
+//!   order; a key passes to its next message when the previous one is acked, dead-lettered or
+//!   lost (retries keep it). Different keys, and messages without a key, go in parallel.
 //! - **Idempotent handlers**: a delivery's [`Position`] (topic, epoch, offset) is the same for
 //!   every attempt; a handler whose side effects are keyed by it is safe under redelivery.
 //! - **Retention**: a group does not hold back trimming. Offsets trimmed before the group
@@ -111,12 +115,24 @@ pub const MIN_WORKER_TTL: Duration = Duration::from_millis(300);
 /// (broker clock) before any group hands it out (see [`Message::delay`]).
 pub const DELAY_HEADER: &str = "herald-delay-ms";
 
+/// The header carrying a message's order key (see [`WorkBuilder::key_order`]).
+pub const ORDER_KEY_HEADER: &str = "herald-order-key";
+
+/// How many messages past the group's cursor an ordered claim looks at.
+const ORDER_WINDOW: u64 = 64;
+
 impl Message {
     /// Delays this message for work groups: no group hands it out before `delay` has passed
     /// since it was published (by the broker's clock). Plain subscribers receive it at once.
     /// Carried as the header [`DELAY_HEADER`].
     pub fn delay(self, delay: Duration) -> Self {
         self.header(DELAY_HEADER, ms(delay).to_string())
+    }
+
+    /// Sets the order key: work groups with [`WorkBuilder::key_order`] process the messages
+    /// of one key one at a time, in offset order. Carried as the header [`ORDER_KEY_HEADER`].
+    pub fn order_key(self, key: impl Into<String>) -> Self {
+        self.header(ORDER_KEY_HEADER, key.into())
     }
 }
 
@@ -205,6 +221,7 @@ impl Herald {
             member: None,
             ttl: Duration::from_secs(5),
             poll: Duration::from_millis(100),
+            ordered: false,
         }
     }
 
@@ -230,7 +247,7 @@ impl Herald {
         let head = self.broker().read(topic, 1, 0).await?;
         let now = rec.now_ms;
         let mut in_flight = Vec::new();
-        let (mut waiting, mut dead_pending) = (0, 0);
+        let (mut waiting, mut dead_pending, mut blocked) = (0, 0, 0);
         for (offset, r) in &rec.jobs {
             match r.s.as_str() {
                 "run" => in_flight.push(LeaseInfo {
@@ -241,6 +258,7 @@ impl Herald {
                         - i64::try_from(now).unwrap_or(i64::MAX),
                 }),
                 "wait" => waiting += 1,
+                "blocked" => blocked += 1,
                 _ => dead_pending += 1,
             }
         }
@@ -264,6 +282,7 @@ impl Herald {
             in_flight,
             waiting_retries: waiting,
             dead_pending,
+            blocked_by_key: blocked,
             acked: rec.acked,
             dead_lettered: rec.dead,
             lost: rec.lost,
@@ -313,6 +332,8 @@ pub struct GroupInfo {
     pub waiting_retries: usize,
     /// Offsets out of deliveries, not yet on the dead-letter topic.
     pub dead_pending: usize,
+    /// Offsets waiting for an earlier message of their order key to finish.
+    pub blocked_by_key: usize,
     /// Messages acked.
     pub acked: u64,
     /// Messages dead-lettered.
@@ -347,9 +368,19 @@ pub struct WorkBuilder {
     member: Option<String>,
     ttl: Duration,
     poll: Duration,
+    ordered: bool,
 }
 
 impl WorkBuilder {
+    /// Per-key order: messages with the same order key ([`Message::order_key`]) are handed
+    /// out one at a time, in offset order (the next only once the previous was acked or
+    /// dead-lettered; retries keep the key), different keys and messages without one in
+    /// parallel. Every member of the group must use the same setting.
+    pub fn key_order(mut self, yes: bool) -> Self {
+        self.ordered = yes;
+        self
+    }
+
     /// The group (required).
     pub fn group(mut self, name: impl Into<String>) -> Self {
         self.group = Some(name.into());
@@ -496,6 +527,7 @@ impl WorkBuilder {
             max_deliveries: self.max_deliveries,
             backoff: self.backoff.clone(),
             ttl_ms,
+            ordered: self.ordered,
             holder: Mutex::new(holder),
         });
         let (tx, rx) = mpsc::channel(self.concurrency + 16);
@@ -541,6 +573,8 @@ struct Shared {
     max_deliveries: u32,
     backoff: Backoff,
     ttl_ms: u64,
+    /// Per-key order (see [`WorkBuilder::key_order`]).
+    ordered: bool,
     /// The current incarnation's holder name.
     holder: Mutex<String>,
 }
@@ -912,6 +946,7 @@ async fn feed(
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut known_epoch: Option<Epoch> = None;
+    let mut hint: u64 = 0;
     let mut live: Option<LiveFeed> = None;
     loop {
         let first = tokio::select! {
@@ -928,7 +963,14 @@ async fn feed(
                 Err(_) => break,
             }
         }
-        let round = claim_round(&shared, &tx, &mut permits, &mut known_epoch, start).await;
+        let round = claim_round(
+            &shared,
+            &tx,
+            &mut permits,
+            (&mut known_epoch, &mut hint),
+            start,
+        )
+        .await;
         drop(permits);
         match round {
             Ok(Some(n)) if n > 0 => continue,
@@ -966,7 +1008,7 @@ async fn claim_round(
     shared: &Arc<Shared>,
     tx: &mpsc::Sender<Result<WorkEvent>>,
     permits: &mut Vec<OwnedSemaphorePermit>,
-    known_epoch: &mut Option<Epoch>,
+    (known_epoch, hint): (&mut Option<Epoch>, &mut u64),
     start: Begin,
 ) -> Result<Option<usize>> {
     let broker = shared.herald.broker();
@@ -990,6 +1032,34 @@ async fn claim_round(
             Begin::Offset(o) => o,
         }
     };
+    // Ordered: the order keys of the messages from the group's cursor (as last seen) on.
+    let mut prefetched = BTreeMap::new();
+    let mut ordered = None;
+    if shared.ordered {
+        let from = if *hint == 0 || changed {
+            start.max(first)
+        } else {
+            *hint
+        };
+        let to = head.last.min(from + ORDER_WINDOW - 1);
+        if from <= to {
+            match read_runs(shared, epoch, vec![(from, to)]).await? {
+                Some(m) => prefetched = m,
+                None => return Ok(Some(0)),
+            }
+        }
+        let keys = (from..=to)
+            .map(|o| {
+                prefetched
+                    .get(&o)
+                    .and_then(|d| d.headers.get(ORDER_KEY_HEADER))
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>();
+        ordered = Some((from, keys));
+    }
+    let asked = ordered.as_ref().map(|(f, _)| *f);
     let holder = shared.holder();
     let args = ClaimArgs {
         max: permits.len(),
@@ -1000,8 +1070,9 @@ async fn claim_round(
         first,
         last: head.last,
         start,
+        ordered,
     };
-    let (now_ms, reset, lost, grants) = match broker
+    let (now_ms, reset, lost, next, grants) = match broker
         .work_claim(&shared.topic, &shared.group, &holder, args)
         .await?
     {
@@ -1014,9 +1085,12 @@ async fn claim_round(
             now_ms,
             reset,
             lost,
+            next,
             grants,
-        } => (now_ms, reset, lost, grants),
+        } => (now_ms, reset, lost, next, grants),
     };
+    let moved = *hint != next;
+    *hint = next;
     let event = |e: WorkEvent| async { tx.send(Ok(e)).await.is_ok() };
     if reset || changed {
         let ev = WorkEvent::Reset {
@@ -1038,10 +1112,21 @@ async fn claim_round(
     if lost > 0 && !event(lost_event(lost)).await {
         return Ok(None);
     }
-    let n = grants.len();
-    let Some(mut entries) = read_grants(shared, epoch, &grants).await? else {
+    let mut n = grants.len();
+    if n == 0 && moved && (asked.is_some_and(|f| next < f) || next <= head.last) {
+        // Ordered: the group's cursor was not where this member looked, or moved past
+        // messages blocked on their keys with more to look at: look again at once.
+        n = 1;
+    }
+    let missing: Vec<Grant> = grants
+        .iter()
+        .filter(|g| !prefetched.contains_key(&g.offset))
+        .cloned()
+        .collect();
+    let Some(mut entries) = read_grants(shared, epoch, &missing).await? else {
         return Ok(Some(0));
     };
+    entries.append(&mut prefetched);
     for g in grants {
         let Some(delivery) = entries.remove(&g.offset) else {
             let pos = Position::new(epoch, g.offset);
@@ -1109,6 +1194,16 @@ async fn read_grants(
             _ => runs.push((o, o)),
         }
     }
+    read_runs(shared, epoch, runs).await
+}
+
+/// Reads the messages at offsets `from..=to` of each run. `None` when the topic is no longer
+/// in `epoch`.
+async fn read_runs(
+    shared: &Shared,
+    epoch: Epoch,
+    runs: Vec<(u64, u64)>,
+) -> Result<Option<BTreeMap<u64, Delivery>>> {
     let mut out = BTreeMap::new();
     for (from, to) in runs {
         let mut at = from;

@@ -28,6 +28,7 @@ on_both_backends!(
     delayed_message_waits_without_blocking_later_ones,
     latest_start_means_after_the_worker_started,
     two_schedulers_publish_each_tick_once_and_the_group_runs_it_once,
+    per_key_order_one_at_a_time_in_offset_order,
 );
 
 async fn next_work(w: &mut Worker) -> WorkEvent {
@@ -550,4 +551,104 @@ async fn two_schedulers_publish_each_tick_once_and_the_group_runs_it_once(b: Bac
         (first..=last).map(|t| (t, 1)).collect::<BTreeMap<_, _>>()
     );
     assert_eq!(worker_node.inspect("cron").await.unwrap().last_offset, 20);
+}
+
+/// Per order key: how many of its messages are in flight, and the offsets finished in order.
+type KeyState = Arc<Mutex<BTreeMap<String, (u32, Vec<u64>)>>>;
+
+async fn per_key_order_one_at_a_time_in_offset_order(b: Backend) {
+    const PER_KEY: usize = 10;
+    let keys = ["a", "b", "c", "d"];
+    let node = b.node("pub").await;
+    let mut expected: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for i in 0..PER_KEY {
+        for k in keys {
+            let r = node
+                .publish("ordered", Message::new(format!("{k}-{i}")).order_key(k))
+                .await
+                .unwrap();
+            expected
+                .entry(k.to_string())
+                .or_default()
+                .push(r.position.offset);
+        }
+    }
+    node.publish("ordered", "free").await.unwrap();
+    // key -> (in flight now, offsets completed in order)
+    let state: KeyState = Arc::default();
+    let total = keys.len() * PER_KEY + 1;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for m in 0..2 {
+        let h = b.node(&format!("w{m}")).await;
+        let (state, done) = (state.clone(), done.clone());
+        let mut w = h
+            .work("ordered")
+            .group("g")
+            .key_order(true)
+            .concurrency(8)
+            .backoff(Backoff::List(vec![Duration::from_millis(20)]))
+            .start()
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            while done.load(std::sync::atomic::Ordering::SeqCst) < total {
+                let job = tokio::select! {
+                    j = maybe_job(&mut w, Duration::from_millis(200)) => match j {
+                        Some(j) => j,
+                        None => continue,
+                    },
+                    Some(r) = running.join_next(), if !running.is_empty() => {
+                        r.unwrap();
+                        continue;
+                    }
+                };
+                let key = job.delivery().headers.get("herald-order-key").cloned();
+                let (state, done) = (state.clone(), done.clone());
+                running.spawn(async move {
+                    let offset = job.position().offset;
+                    if let Some(k) = &key {
+                        let mut s = state.lock().unwrap();
+                        let e = s.entry(k.clone()).or_default();
+                        e.0 += 1;
+                        assert_eq!(e.0, 1, "two messages of key {k} in flight");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5 + offset % 7)).await;
+                    // Every fifth message fails once: its key waits for the retry.
+                    if offset % 5 == 0 && job.attempt() == 1 {
+                        if let Some(k) = &key {
+                            state.lock().unwrap().get_mut(k).unwrap().0 -= 1;
+                        }
+                        assert!(matches!(
+                            job.fail("once").await.unwrap(),
+                            Outcome::Retry { .. }
+                        ));
+                        return;
+                    }
+                    if let Some(k) = &key {
+                        let mut s = state.lock().unwrap();
+                        let e = s.get_mut(k).unwrap();
+                        e.0 -= 1;
+                        e.1.push(offset);
+                    }
+                    assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            while let Some(r) = running.join_next().await {
+                r.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every message is processed")
+            .unwrap();
+    }
+    let state = state.lock().unwrap();
+    for (k, offsets) in &expected {
+        assert_eq!(&state[k].1, offsets, "key {k} in offset order");
+    }
 }

@@ -201,7 +201,11 @@ fn the_script_speaks_the_documented_protocol() {
     };
     let items: Vec<String> = items.iter().map(text).collect();
     assert_eq!(items[0], "ok");
-    assert_eq!(&items[2..], ["0", "0", "1", "1", "job", ""], "{items:?}");
+    assert_eq!(
+        &items[2..],
+        ["0", "0", "2", "1", "1", "job", ""],
+        "{items:?}"
+    );
     let ack = |conn: &mut redis::Connection, holder: &str, attempt: &str| {
         text(&call(conn, &["ACK", holder, &epoch, "1", attempt]))
     };

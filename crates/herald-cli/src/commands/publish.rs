@@ -62,6 +62,11 @@ pub(crate) struct PublishArgs {
     #[arg(long, value_name = "SECS", value_parser = super::parse_duration)]
     delay: Option<std::time::Duration>,
 
+    /// Work groups that keep key order (`herald work --key-order`) process the messages of
+    /// one KEY one at a time, in offset order (the header herald-order-key)
+    #[arg(long, value_name = "KEY")]
+    order_key: Option<String>,
+
     /// After publishing, wait until every live member of GROUP has acknowledged (committed
     /// its cursor named after its member id at or past the last message), print which did as
     /// one JSON line, and exit with status 5 unless all did within --timeout
@@ -111,13 +116,17 @@ pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> Result<(), Fa
     }
 }
 
-/// Adds the `--header`s (and `--delay`) to a message.
+/// Adds the `--header`s (and `--delay`, `--order-key`) to a message.
 fn with_headers(message: Message, args: &PublishArgs) -> Message {
     let message = args.headers.iter().fold(message, |m, (name, value)| {
         m.header(name.as_str(), value.as_str())
     });
-    match args.delay {
+    let message = match args.delay {
         Some(delay) => message.delay(delay),
+        None => message,
+    };
+    match &args.order_key {
+        Some(key) => message.order_key(key.as_str()),
         None => message,
     }
 }

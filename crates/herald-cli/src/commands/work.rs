@@ -82,6 +82,11 @@ pub(crate) struct WorkArgs {
     #[arg(long, default_value = "1", value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1000))]
     concurrency: u64,
 
+    /// Process the messages of one order key (`herald publish --order-key`) one at a time,
+    /// in offset order; every member of the group must say the same
+    #[arg(long)]
+    key_order: bool,
+
     /// The member id [default: the node id, unique to this process]
     #[arg(long, value_name = "ID")]
     id: Option<String>,
@@ -163,7 +168,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: WorkArgs) -> Result<(), Failu
         .from(args.from.clone())
         .lease(args.lease)
         .max_deliveries(args.max_deliveries)
-        .concurrency(usize::try_from(args.concurrency).unwrap_or(1));
+        .concurrency(usize::try_from(args.concurrency).unwrap_or(1))
+        .key_order(args.key_order);
     if let Some(b) = &args.backoff {
         builder = builder.backoff(b.clone());
     }

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::position::Epoch;
 
 /// What a claim needs to know about the topic (read by the caller just before).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ClaimArgs {
     /// How many deliveries to hand out at most.
     pub(crate) max: usize,
@@ -23,6 +23,9 @@ pub(crate) struct ClaimArgs {
     pub(crate) last: u64,
     /// Where a group created by this claim starts.
     pub(crate) start: u64,
+    /// Ordered mode: the order keys (empty: none) of the offsets from `.0` on; fresh offsets
+    /// are handed out only among them, one at a time per key.
+    pub(crate) ordered: Option<(u64, Vec<String>)>,
 }
 
 /// One offset handed out by a claim.
@@ -50,6 +53,8 @@ pub(crate) enum Claimed {
         reset: bool,
         /// Offsets trimmed before the group handed them out (counted, now skipped).
         lost: u64,
+        /// The group's `next` after the claim.
+        next: u64,
         grants: Vec<Grant>,
     },
 }
@@ -106,7 +111,7 @@ pub(crate) enum OpResult {
 /// A stored job record (the JSON value of the jobs hash in Redis).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub(crate) struct JobRecord {
-    /// "run", "wait" or "dead".
+    /// "run", "wait", "dead" or "blocked".
     pub(crate) s: String,
     pub(crate) a: u32,
     pub(crate) h: String,
@@ -115,6 +120,9 @@ pub(crate) struct JobRecord {
     pub(crate) t: u64,
     #[serde(default)]
     pub(crate) e: String,
+    /// The order key, if any.
+    #[serde(default)]
+    pub(crate) k: String,
 }
 
 /// A group's stored state, as `STATE` reads it.

@@ -25,6 +25,8 @@ pub(super) struct GroupState {
     holders: BTreeMap<String, u64>,
     /// (offset, holder, attempt) acked or dead-lettered recently, to when (see `work.lua`).
     done: BTreeMap<(u64, String, u32), u64>,
+    /// Order key to the offset holding it.
+    keys: BTreeMap<String, u64>,
 }
 
 /// How long a finished attempt is remembered.
@@ -44,6 +46,30 @@ impl GroupState {
                     r.e = why.to_string();
                 }
                 r.d = now;
+            }
+        }
+    }
+
+    /// Removes a finished record; its order key passes to the lowest offset blocked on it.
+    fn drop_job(&mut self, offset: u64, now: u64) {
+        let Some(r) = self.jobs.remove(&offset) else {
+            return;
+        };
+        if r.k.is_empty() || self.keys.get(&r.k) != Some(&offset) {
+            return;
+        }
+        let next = self
+            .jobs
+            .iter_mut()
+            .find(|(_, b)| b.s == "blocked" && b.k == r.k);
+        match next {
+            Some((o, b)) => {
+                b.s = "wait".into();
+                b.d = now;
+                self.keys.insert(r.k, *o);
+            }
+            None => {
+                self.keys.remove(&r.k);
             }
         }
     }
@@ -144,6 +170,7 @@ impl EmbeddedBroker {
                 Some(cur) if a.epoch > cur => {
                     g.jobs.clear();
                     g.done.clear();
+                    g.keys.clear();
                     g.epoch = Some(a.epoch);
                     g.next = a.first;
                     g.resets += 1;
@@ -191,30 +218,56 @@ impl EmbeddedBroker {
                 g.lost += lost;
                 g.next = a.first;
             }
-            while grants.len() < a.max && g.next <= a.last {
-                g.jobs.insert(
-                    g.next,
-                    JobRecord {
-                        s: "run".into(),
-                        a: 1,
-                        h: holder.to_string(),
-                        d: now + a.lease_ms,
-                        t: now,
-                        e: String::new(),
-                    },
-                );
+            let upto = match &a.ordered {
+                None => Some(a.last),
+                Some((from, _)) if g.next < *from => None,
+                Some((from, keys)) => {
+                    Some(a.last.min((from + keys.len() as u64).saturating_sub(1)))
+                }
+            };
+            while grants.len() < a.max && upto.is_some_and(|u| g.next <= u) {
+                let o = g.next;
+                g.next += 1;
+                let key = match &a.ordered {
+                    Some((from, keys)) => keys
+                        .get(usize::try_from(o - from).unwrap_or(usize::MAX))
+                        .cloned()
+                        .unwrap_or_default(),
+                    None => String::new(),
+                };
+                let mut r = JobRecord {
+                    s: "run".into(),
+                    a: 1,
+                    h: holder.to_string(),
+                    d: now + a.lease_ms,
+                    t: now,
+                    e: String::new(),
+                    k: key.clone(),
+                };
+                if !key.is_empty() && g.keys.contains_key(&key) {
+                    r.s = "blocked".into();
+                    r.a = 0;
+                    r.h.clear();
+                    r.d = u64::MAX;
+                    g.jobs.insert(o, r);
+                    continue;
+                }
+                if !key.is_empty() {
+                    g.keys.insert(key, o);
+                }
+                g.jobs.insert(o, r);
                 grants.push(Grant {
-                    offset: g.next,
+                    offset: o,
                     attempt: 1,
                     dead: false,
                     error: String::new(),
                 });
-                g.next += 1;
             }
             Claimed::Granted {
                 now_ms: now,
                 reset,
                 lost,
+                next: g.next,
                 grants,
             }
         })
@@ -255,13 +308,13 @@ impl EmbeddedBroker {
                     if r.s != "dead" {
                         return OpResult::Stale;
                     }
-                    g.jobs.remove(&offset);
+                    g.drop_job(offset, now);
                     g.dead += 1;
                     finished(g);
                     return OpResult::Ok;
                 }
                 Op::Lost => {
-                    g.jobs.remove(&offset);
+                    g.drop_job(offset, now);
                     g.lost += 1;
                     return OpResult::Ok;
                 }
@@ -272,7 +325,7 @@ impl EmbeddedBroker {
             }
             match op {
                 Op::Ack => {
-                    g.jobs.remove(&offset);
+                    g.drop_job(offset, now);
                     g.acked += 1;
                     finished(g);
                     OpResult::Ok

@@ -6,6 +6,7 @@
 -- KEYS[3]  <ns>:{<topic>}:work:<group>:due      sorted set: offset -> when it may be handed out
 -- KEYS[4]  <ns>:{<topic>}:work:<group>:holders  sorted set: holder -> expires_at_ms
 -- KEYS[5]  <ns>:{<topic>}:groups                set: the topic's group names
+-- KEYS[7]  <ns>:{<topic>}:work:<group>:keys     hash: order key -> the offset holding it
 -- KEYS[6]  <ns>:{<topic>}:work:<group>:done     sorted set: "<offset>:<holder>:<attempt>" -> when
 --          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
 --          first reply was lost is answered 'ok' again rather than 'stale'
@@ -13,12 +14,14 @@
 --          DEADDONE | LOST | STATE
 --
 -- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error}
--- with state "run" (leased to h until d), "wait" (a retry, due at d) or "dead" (to be
--- dead-lettered by h, leased until d). Every time is the Redis server clock (TIME).
+-- with state "run" (leased to h until d), "wait" (a retry, due at d), "dead" (to be
+-- dead-lettered by h, leased until d) or "blocked" (waiting for the order key "k", not due).
+-- A record with an order key "k" holds that key (keys[k] = its offset) unless blocked. Every time is the Redis server clock (TIME).
 -- A holder is "<member id>#<incarnation>"; it is live while its score is not in the past.
 -- The group never writes the topic's own keys.
 
 local state, jobs, due, holders, groups, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local keys = KEYS[7]
 local DONE_KEEP_MS = 600000
 local op = ARGV[1]
 local t = redis.call('TIME')
@@ -45,9 +48,30 @@ local function put(offset, r, at)
   redis.call('ZADD', due, at, offset)
 end
 
-local function drop(offset)
+-- Removes a finished record; its order key passes to the lowest offset blocked on it.
+local function drop(offset, r)
   redis.call('HDEL', jobs, offset)
   redis.call('ZREM', due, offset)
+  if r and r.k and r.k ~= '' and redis.call('HGET', keys, r.k) == offset then
+    local best, best_r = nil, nil
+    local all = redis.call('HGETALL', jobs)
+    for i = 1, #all, 2 do
+      local ok, b = pcall(cjson.decode, all[i + 1])
+      if ok and type(b) == 'table' and b.s == 'blocked' and b.k == r.k
+        and (best == nil or tonumber(all[i]) < tonumber(best)) then
+        best, best_r = all[i], b
+      end
+    end
+    if best then
+      redis.call('HSET', keys, r.k, best)
+      best_r.s = 'wait'
+      best_r.d = now
+      redis.call('HSET', jobs, best, cjson.encode(best_r))
+      redis.call('ZADD', due, now, best)
+    else
+      redis.call('HDEL', keys, r.k)
+    end
+  end
 end
 
 -- A holder is gone: what it held becomes due now (the attempt it had is spent).
@@ -109,9 +133,11 @@ elseif op == 'LEAVE' then
   release(ARGV[2], 'member ' .. ARGV[2] .. ' left')
   return 1
 elseif op == 'CLAIM' then
-  -- CLAIM holder n lease_ms max_deliveries ttl_ms epoch first last start
+  -- CLAIM holder n lease_ms max_deliveries ttl_ms epoch first last start [from key...]
   --   -> {'gone'} | {'epoch', current} |
-  --      {'ok', now, reset, lost, offset1, attempt1, kind1, error1, ...}
+  --      {'ok', now, reset, lost, next, offset1, attempt1, kind1, error1, ...}
+  -- With `from` (ordered mode), the caller gives the order keys ('' for none) of the offsets
+  -- from, from+1, ...: fresh offsets are handed out only within them, one per key at a time.
   local holder, n, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
   local ttl, epoch, first, last = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
   local start = tonumber(ARGV[10])
@@ -124,7 +150,7 @@ elseif op == 'CLAIM' then
   if cur == 0 then
     redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(start))
   elseif epoch > cur then
-    redis.call('DEL', jobs, due, done)
+    redis.call('DEL', jobs, due, done, keys)
     redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(first))
     redis.call('HINCRBY', state, 'resets', 1)
     reset = 1
@@ -132,7 +158,9 @@ elseif op == 'CLAIM' then
     return {'epoch', fmt(cur)}
   end
   reap()
-  local out = {'ok', fmt(now), fmt(reset), '0'}
+  local out = {'ok', fmt(now), fmt(reset), '0', '0'}
+  local from = tonumber(ARGV[11])
+  local nkeys = #ARGV - 11
   local count = 0
   local function grant(offset, r, kind)
     out[#out + 1] = offset
@@ -171,13 +199,35 @@ elseif op == 'CLAIM' then
     redis.call('HINCRBY', state, 'lost', first - nxt)
     nxt = first
   end
-  while count < n and nxt <= last do
-    local r = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = ''}
-    put(fmt(nxt), r, r.d)
-    grant(fmt(nxt), r, 'job')
+  local upto = last
+  if from then
+    if nxt < from then
+      upto = -1
+    else
+      upto = math.min(last, from + nkeys - 1)
+    end
+  end
+  while count < n and nxt <= upto do
+    local o = fmt(nxt)
+    local k = ''
+    if from then
+      k = ARGV[12 + nxt - from]
+    end
+    if k ~= '' and redis.call('HEXISTS', keys, k) == 1 then
+      redis.call('HSET', jobs, o, cjson.encode({s = 'blocked', a = 0, h = '', d = 0, t = now, e = '', k = k}))
+    else
+      local r = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = ''}
+      if k ~= '' then
+        r.k = k
+        redis.call('HSET', keys, k, o)
+      end
+      put(o, r, r.d)
+      grant(o, r, 'job')
+    end
     nxt = nxt + 1
   end
   redis.call('HSET', state, 'next', fmt(nxt))
+  out[5] = fmt(nxt)
   return out
 elseif op == 'STATE' then
   -- STATE -> {now, {state field, value, ...}, {offset, record, ...}, {holder, expiry, ...}}
@@ -210,12 +260,12 @@ if op == 'DEADDONE' then
   if r.s ~= 'dead' then
     return 'stale'
   end
-  drop(offset)
+  drop(offset, r)
   finished()
   redis.call('HINCRBY', state, 'dead', 1)
   return 'ok'
 elseif op == 'LOST' then
-  drop(offset)
+  drop(offset, r)
   redis.call('HINCRBY', state, 'lost', 1)
   return 'ok'
 end
@@ -223,7 +273,7 @@ if r.s ~= 'run' then
   return 'stale'
 end
 if op == 'ACK' then
-  drop(offset)
+  drop(offset, r)
   finished()
   redis.call('HINCRBY', state, 'acked', 1)
   return 'ok'

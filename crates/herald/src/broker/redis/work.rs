@@ -18,7 +18,7 @@ pub(crate) const WORK_SCRIPT: &str = include_str!("../lua/work.lua");
 static WORK: LazyLock<Script> = LazyLock::new(|| Script::new(WORK_SCRIPT));
 
 impl RedisBroker {
-    fn work_keys(&self, topic: &str, group: &str) -> [String; 6] {
+    fn work_keys(&self, topic: &str, group: &str) -> [String; 7] {
         let k = &self.inner.keys;
         [
             k.key(topic, &format!("work:{group}")),
@@ -27,6 +27,7 @@ impl RedisBroker {
             k.key(topic, &format!("work:{group}:holders")),
             k.key(topic, "groups"),
             k.key(topic, &format!("work:{group}:done")),
+            k.key(topic, &format!("work:{group}:keys")),
         ]
     }
 
@@ -101,7 +102,7 @@ impl RedisBroker {
         holder: &str,
         a: ClaimArgs,
     ) -> Result<Claimed> {
-        let args = vec![
+        let mut args = vec![
             "CLAIM".into(),
             holder.into(),
             a.max.to_string(),
@@ -113,6 +114,10 @@ impl RedisBroker {
             a.last.to_string(),
             a.start.to_string(),
         ];
+        if let Some((from, keys)) = &a.ordered {
+            args.push(from.to_string());
+            args.extend(keys.iter().cloned());
+        }
         let reply = self.work_call("claim work", topic, group, args).await?;
         let bad = || corrupt(topic, "unexpected claim reply");
         let Value::Array(items) = reply else {
@@ -131,11 +136,12 @@ impl RedisBroker {
             Some("ok") => {}
             _ => return Err(bad()),
         }
-        let (Some(now_ms), Some(reset), Some(lost)) = (num(1), num(2), num(3)) else {
+        let (Some(now_ms), Some(reset), Some(lost), Some(next)) = (num(1), num(2), num(3), num(4))
+        else {
             return Err(bad());
         };
         let mut grants = Vec::new();
-        let mut i = 4;
+        let mut i = 5;
         while i + 3 < items.len() {
             let (Some(offset), Some(attempt), Some(kind)) = (num(i), num(i + 1), text(i + 2))
             else {
@@ -153,6 +159,7 @@ impl RedisBroker {
             now_ms,
             reset: reset == 1,
             lost,
+            next,
             grants,
         })
     }
