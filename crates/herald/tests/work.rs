@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use herald::work::Backoff;
-use herald::{Event, Job, Message, Outcome, Start, WorkEvent, Worker};
+use herald::{Event, Job, Message, Outcome, SettingsChange, Start, WorkEvent, Worker};
 use support::{next_event, Backend, EVENT_WAIT};
 
 on_both_backends!(
@@ -29,6 +29,7 @@ on_both_backends!(
     latest_start_means_after_the_worker_started,
     two_schedulers_publish_each_tick_once_and_the_group_runs_it_once,
     per_key_order_one_at_a_time_in_offset_order,
+    messages_trimmed_before_the_group_finished_are_reported_lost,
 );
 
 async fn next_work(w: &mut Worker) -> WorkEvent {
@@ -651,4 +652,47 @@ async fn per_key_order_one_at_a_time_in_offset_order(b: Backend) {
     for (k, offsets) in &expected {
         assert_eq!(&state[k].1, offsets, "key {k} in offset order");
     }
+}
+
+async fn messages_trimmed_before_the_group_finished_are_reported_lost(b: Backend) {
+    let node = b.node("n").await;
+    let mut change = SettingsChange::default();
+    change.max_len = Some(5);
+    node.configure("trim", change).await.unwrap();
+    node.publish("trim", "m1").await.unwrap();
+    let mut w = node.work("trim").group("g").start().await.unwrap();
+    let held = next_job(&mut w).await;
+    assert_eq!(held.position().offset, 1);
+    // While the only member holds offset 1, retention trims offsets 2..=15 unseen.
+    for i in 2..=20 {
+        node.publish("trim", format!("m{i}")).await.unwrap();
+    }
+    let first = node.inspect("trim").await.unwrap().first_offset;
+    assert!(first > 2, "history was trimmed");
+    // Nak it: its message is gone too by the time it is due again.
+    assert!(matches!(
+        held.nak(Duration::from_millis(10)).await.unwrap(),
+        Outcome::Retry { .. }
+    ));
+    let mut lost = 0;
+    let mut offsets = Vec::new();
+    for _ in 0..40 {
+        if offsets.len() as u64 == 21 - first && lost == first - 1 {
+            break;
+        }
+        match next_work(&mut w).await {
+            WorkEvent::Lost { count, .. } => lost += count,
+            WorkEvent::Job(j) => {
+                offsets.push(j.position().offset);
+                assert_eq!(j.ack().await.unwrap(), Outcome::Acked);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(offsets, (first..=20).collect::<Vec<_>>());
+    // Offsets 2..first-1 never handed out, and offset 1 whose retry found it trimmed.
+    let info = node.work_group("trim", "g").await.unwrap().unwrap();
+    assert_eq!(info.lost, first - 2 + 1, "{info:?}");
+    assert_eq!(lost, info.lost);
+    assert_eq!((info.acked, info.lag), (21 - first, 0));
 }
