@@ -118,6 +118,9 @@ pub const DELAY_HEADER: &str = "herald-delay-ms";
 /// The header carrying a message's order key (see [`WorkBuilder::key_order`]).
 pub const ORDER_KEY_HEADER: &str = "herald-order-key";
 
+/// How long a worker with some places free waits for more before claiming.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// How many messages past the group's cursor an ordered claim looks at.
 const ORDER_WINDOW: u64 = 64;
 
@@ -529,6 +532,7 @@ impl WorkBuilder {
             ttl_ms,
             ordered: self.ordered,
             holder: Mutex::new(holder),
+            registering: tokio::sync::Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel(self.concurrency + 16);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -577,6 +581,8 @@ struct Shared {
     ordered: bool,
     /// The current incarnation's holder name.
     holder: Mutex<String>,
+    /// Held while registering a new incarnation.
+    registering: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -587,8 +593,12 @@ impl Shared {
             .clone()
     }
 
-    /// Registers a new incarnation (the old one is gone).
-    async fn register_again(&self) -> Result<()> {
+    /// Registers a new incarnation because `gone` is gone (unless another task already did).
+    async fn register_again(&self, gone: &str) -> Result<()> {
+        let _one_at_a_time = self.registering.lock().await;
+        if self.holder() != gone {
+            return Ok(());
+        }
         let holder = self
             .herald
             .broker()
@@ -915,7 +925,7 @@ async fn heartbeat(shared: Arc<Shared>, every: Duration) {
         {
             Ok(true) => {}
             Ok(false) => {
-                if let Err(e) = shared.register_again().await {
+                if let Err(e) = shared.register_again(&holder).await {
                     tracing::warn!(error = %e, "work group member cannot register again; retrying");
                 }
             }
@@ -957,10 +967,19 @@ async fn feed(
             },
         };
         let mut permits = vec![first];
+        // Claim in batches: when jobs finish one by one, wait a moment for up to half the
+        // places, so that one claim hands out several messages.
+        let gather = tokio::time::Instant::now() + GATHER;
         while permits.len() < concurrency {
             match places.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
-                Err(_) => break,
+                Err(_) if permits.len() * 2 >= concurrency => break,
+                Err(_) => {
+                    match tokio::time::timeout_at(gather, places.clone().acquire_owned()).await {
+                        Ok(Ok(p)) => permits.push(p),
+                        _ => break,
+                    }
+                }
             }
         }
         let round = claim_round(
@@ -1077,7 +1096,7 @@ async fn claim_round(
         .await?
     {
         Claimed::Gone => {
-            shared.register_again().await?;
+            shared.register_again(&holder).await?;
             return Ok(Some(1));
         }
         Claimed::OldEpoch => return Ok(Some(0)),
