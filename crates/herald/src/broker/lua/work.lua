@@ -6,17 +6,18 @@
 -- KEYS[3]  <ns>:{<topic>}:work:<group>:due      sorted set: offset -> when it may be handed out
 -- KEYS[4]  <ns>:{<topic>}:work:<group>:holders  sorted set: holder -> expires_at_ms
 -- KEYS[5]  <ns>:{<topic>}:groups                set: the topic's group names
--- KEYS[7]  <ns>:{<topic>}:work:<group>:keys     hash: order key -> the offset holding it
 -- KEYS[6]  <ns>:{<topic>}:work:<group>:done     sorted set: "<offset>:<holder>:<attempt>" -> when
 --          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
 --          first reply was lost is answered 'ok' again rather than 'stale'
+-- KEYS[7]  <ns>:{<topic>}:work:<group>:keys     hash: order key -> the offset holding it
 -- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | DEFER | PROGRESS | TERM |
 --          DEADDONE | LOST | STATE
 --
--- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error}
+-- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error,"k":key}
 -- with state "run" (leased to h until d), "wait" (a retry, due at d), "dead" (to be
 -- dead-lettered by h, leased until d) or "blocked" (waiting for the order key "k", not due).
--- A record with an order key "k" holds that key (keys[k] = its offset) unless blocked. Every time is the Redis server clock (TIME).
+-- A record with an order key "k" holds that key (keys[k] = its offset) unless blocked.
+-- Every time is the Redis server clock (TIME).
 -- A holder is "<member id>#<incarnation>"; it is live while its score is not in the past.
 -- The group never writes the topic's own keys.
 
