@@ -4,13 +4,16 @@
 //! self-contained demo:
 //!
 //! ```text
-//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--wait-all GROUP [--timeout SECS]]
+//! herald publish TOPIC [DATA|-] [--key KEY] [--header K=V]... [--delay SECS] [--order-key KEY] [--wait-all GROUP [--timeout SECS]]
 //! herald tail TOPIC... [--from earliest|latest|OFFSET] [--durable NAME] [--count N] [--timeout SECS]
 //! herald inspect TOPIC
 //! herald configure TOPIC [--max-len N] [--max-age SECS] [--dedup-window SECS] [--max-size BYTES]
 //! herald members [GROUP]
 //! herald join GROUP [--id ID] [--meta K=V]... [--ttl SECS] [--ack TOPIC]...
 //! herald lag TOPIC
+//! herald work TOPIC --group NAME [--from earliest|latest|OFFSET] [--lease SECS] [--max-deliveries N] [--backoff SECS,...] [--concurrency N] [--key-order] [--id ID] [--count N] [--timeout SECS] [-- COMMAND [ARG]...]
+//! herald groups TOPIC
+//! herald schedule NAME TOPIC --every SECS [DATA] [--count N]
 //! herald demo [--nodes N] [--messages M]
 //! herald serve [--listen ADDR] [--auth jwt-hs256:FILE|jwt-rs256:FILE|jwt-es256:FILE] [--audience AUD]
 //! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...] [--rounds N]
@@ -35,7 +38,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use commands::{configure, demo, inspect, join, lag, members, publish, tail, GlobalArgs};
+use commands::{
+    configure, demo, groups, inspect, join, lag, members, publish, schedule, tail, work, GlobalArgs,
+};
 use exit::Failure;
 
 /// Distributed message broadcast over Redis: publish to, follow, inspect and configure
@@ -74,6 +79,16 @@ enum Command {
     /// Print every durable cursor of a topic with its lag and the age of its last commit
     #[command(after_long_help = exit::HELP)]
     Lag(lag::LagArgs),
+    /// Be a member of a work group: each message to one member, with leases, retries and a
+    /// dead-letter topic; print or run a command per delivery
+    #[command(after_long_help = exit::HELP)]
+    Work(work::WorkArgs),
+    /// Print every work group of a topic with its state, one JSON line each
+    #[command(after_long_help = exit::HELP)]
+    Groups(groups::GroupsArgs),
+    /// Publish a message once per tick of a recurring schedule, however many schedulers run
+    #[command(after_long_help = exit::HELP)]
+    Schedule(schedule::ScheduleArgs),
     /// Run several nodes in this process and show they all receive the same sequence
     #[command(after_long_help = exit::HELP)]
     Demo(demo::DemoArgs),
@@ -119,6 +134,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Members(args) => members::run(global, args).await,
         Command::Join(args) => join::run(global, args).await,
         Command::Lag(args) => lag::run(global, args).await,
+        Command::Work(args) => work::run(global, args).await,
+        Command::Groups(args) => groups::run(global, args).await,
+        Command::Schedule(args) => schedule::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => herald_bench::run(args, global.redis.clone())

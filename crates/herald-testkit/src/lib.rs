@@ -126,6 +126,18 @@ impl Backend {
             .unwrap_or_else(|e| panic!("connect node {id}: {e}"))
     }
 
+    /// Makes the next publish on `topic` come from "another server" that holds the whole log
+    /// (a planned failover, a restart with persistence): the log continues under a new epoch.
+    pub fn change_writer(&mut self, topic: &str) {
+        match self {
+            Backend::Embedded(broker) => broker.fail_over(topic, u64::MAX),
+            Backend::Redis(server) => {
+                let meta = format!("herald:{{{topic}}}:meta");
+                let _: () = server.cmd(&["HSET", &meta, "writer", "another-server"]);
+            }
+        }
+    }
+
     /// Loses every topic, as a Redis restart without persistence would.
     pub fn lose_everything(&mut self) {
         match self {

@@ -38,6 +38,9 @@
 //! - [`cursor`]: durable cursors.
 //! - [`membership`]: member groups, heartbeats, `Joined`/`Left`/`Expired` events.
 //! - [`ack`]: waiting until members acknowledge a message (through their cursors), and lag.
+//! - [`work`]: work groups (task scheduling): each message to one live member, with leases,
+//!   retries and dead letters.
+//! - [`schedule`]: recurring schedules, one message per tick however many nodes run them.
 //! - [`broker`]: where topics live: Redis, or the in-process [`EmbeddedBroker`].
 //! - `envelope`: the wire encoding of messages (documented in `docs/PROTOCOL.md`).
 //! - `retry`: the one backoff and retry-while-transient mechanism used throughout.
@@ -78,8 +81,10 @@ pub mod message;
 pub mod position;
 mod publish;
 mod retry;
+pub mod schedule;
 pub mod subscription;
 pub mod topic;
+pub mod work;
 
 pub use ack::{AckReport, AckWait, Acks, CursorLag, PublishAndWait};
 pub use broker::EmbeddedBroker;
@@ -92,6 +97,7 @@ pub use message::{Delivery, Headers, Message, Receipt};
 pub use position::{Epoch, ParsePositionError, Position};
 pub use subscription::{Event, GapReason, Start, SubscribeBuilder, Subscription};
 pub use topic::{validate_topic, SettingsChange, TopicSettings};
+pub use work::{GroupInfo, Job, Outcome, WorkBuilder, WorkEvent, Worker};
 
 /// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 3;

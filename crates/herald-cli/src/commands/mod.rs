@@ -6,15 +6,18 @@
 
 pub(crate) mod configure;
 pub(crate) mod demo;
+pub(crate) mod groups;
 pub(crate) mod inspect;
 pub(crate) mod join;
 pub(crate) mod lag;
 pub(crate) mod members;
 pub(crate) mod publish;
+pub(crate) mod schedule;
 #[cfg(feature = "serve")]
 pub(crate) mod serve;
 pub(crate) mod tail;
 pub(crate) mod wait_all;
+pub(crate) mod work;
 
 use std::time::Duration;
 

@@ -65,6 +65,16 @@ pub(crate) struct PublishArgs {
     #[arg(long = "header", value_name = "K=V", value_parser = super::parse_key_value)]
     headers: Vec<(String, String)>,
 
+    /// Work groups hand the message out no earlier than SECS seconds after it was published
+    /// (by the Redis clock); plain subscribers receive it at once (the header herald-delay-ms)
+    #[arg(long, value_name = "SECS", value_parser = super::parse_duration)]
+    delay: Option<std::time::Duration>,
+
+    /// Work groups that keep key order (`herald work --key-order`) process the messages of
+    /// one KEY one at a time, in offset order (the header herald-order-key)
+    #[arg(long, value_name = "KEY")]
+    order_key: Option<String>,
+
     /// After publishing, wait until every live member of GROUP has acknowledged (committed
     /// its cursor named after its member id at or past the last message), print which did as
     /// one JSON line, and exit with status 5 unless all did within --timeout
@@ -131,11 +141,19 @@ pub(crate) async fn run(global: &GlobalArgs, args: PublishArgs) -> Result<(), Fa
     }
 }
 
-/// Adds the `--header`s to a message.
+/// Adds the `--header`s (and `--delay`, `--order-key`) to a message.
 fn with_headers(message: Message, args: &PublishArgs) -> Message {
-    args.headers.iter().fold(message, |m, (name, value)| {
+    let message = args.headers.iter().fold(message, |m, (name, value)| {
         m.header(name.as_str(), value.as_str())
-    })
+    });
+    let message = match args.delay {
+        Some(delay) => message.delay(delay),
+        None => message,
+    };
+    match &args.order_key {
+        Some(key) => message.order_key(key.as_str()),
+        None => message,
+    }
 }
 
 /// Publishes every line of `input` as a message, in batches, printing one receipt per line;

@@ -72,7 +72,7 @@ pub(crate) struct TailArgs {
 }
 
 /// Parses `--from`.
-fn parse_start(s: &str) -> Result<Start, String> {
+pub(crate) fn parse_start(s: &str) -> Result<Start, String> {
     match s {
         "earliest" => Ok(Start::Earliest),
         "latest" => Ok(Start::Latest),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 
 mod members;
+mod work;
 
 use super::history::{EpochStart, History};
 use super::{cursor_infos, LiveEvent, Placed, ReadResult, Slot};
@@ -56,6 +57,8 @@ struct TopicLog {
     /// Set by [`EmbeddedBroker::fail_over`]: the next publish is by another "server" and
     /// continues the log under a new epoch, as on Redis.
     writer_changed: bool,
+    /// Work groups of this topic (see `broker::work`).
+    groups: BTreeMap<String, work::GroupState>,
 }
 
 /// How many epochs a topic's history keeps.

@@ -59,6 +59,15 @@ impl History {
             .map_or(current, |s| s.epoch)
     }
 
+    /// The epoch before `epoch` and `epoch`'s first offset, when `epoch` continues an earlier
+    /// epoch's log (a change of writing server) rather than starting one from offset 1.
+    pub(crate) fn continues(&self, epoch: Epoch) -> Option<(Epoch, u64)> {
+        let i = self.0.iter().position(|s| s.epoch == epoch)?;
+        let start = self.0.get(i)?;
+        let prev = self.0.get(i.checked_sub(1)?)?;
+        (start.first > 1).then_some((prev.epoch, start.first))
+    }
+
     /// The last offset of `epoch` (the next epoch's first minus one), `None` for the newest.
     pub(crate) fn end_of(&self, epoch: Epoch) -> Option<u64> {
         self.successor(epoch).map(|s| s.first.saturating_sub(1))

@@ -14,6 +14,7 @@ pub(crate) mod embedded;
 pub(crate) mod history;
 pub(crate) mod members;
 pub(crate) mod redis;
+pub(crate) mod work;
 
 use crate::cursor::{CursorCommit, CursorInfo};
 use crate::envelope::Notification;
@@ -33,6 +34,8 @@ pub const READ_SCRIPT: &str = redis::READ_SCRIPT;
 pub const MEMBERS_SCRIPT: &str = redis::members::MEMBERS_SCRIPT;
 /// The loss report (Lua); see `docs/PROTOCOL.md`, "Epochs".
 pub const LOST_SCRIPT: &str = redis::LOST_SCRIPT;
+/// The work group procedure (Lua); see `docs/PROTOCOL.md`, "Work groups (v1)".
+pub const WORK_SCRIPT: &str = redis::work::WORK_SCRIPT;
 
 /// One slot of history: an entry, or something at that offset that could not be decoded.
 #[derive(Debug, Clone)]

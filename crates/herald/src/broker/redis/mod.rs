@@ -37,6 +37,7 @@ mod settings;
 #[cfg(feature = "tls")]
 mod tls;
 mod topology;
+pub(crate) mod work;
 
 pub(crate) use feed::RedisFeed;
 pub(crate) use keys::KeySpace;

@@ -1,0 +1,346 @@
+-- Herald work group procedure (work protocol version 1). See docs/PROTOCOL.md,
+-- "Work groups (v1)".
+--
+-- KEYS[1]  <ns>:{<topic>}:work:<group>          hash: v, epoch, next, acked, dead, lost, resets, dlq
+-- KEYS[2]  <ns>:{<topic>}:work:<group>:jobs     hash: offset -> JSON job record
+-- KEYS[3]  <ns>:{<topic>}:work:<group>:due      sorted set: offset -> when it may be handed out
+-- KEYS[4]  <ns>:{<topic>}:work:<group>:holders  sorted set: holder -> expires_at_ms
+-- KEYS[5]  <ns>:{<topic>}:groups                set: the topic's group names
+-- KEYS[6]  <ns>:{<topic>}:work:<group>:done     sorted set: "<offset>:<holder>:<attempt>" -> when
+--          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
+--          first reply was lost is answered 'ok' again rather than 'stale'
+-- KEYS[7]  <ns>:{<topic>}:work:<group>:keys     hash: order key -> the offset holding it
+-- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | DEFER | PROGRESS | TERM |
+--          DEADDONE | LOST | STATE
+--
+-- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error,"k":key}
+-- with state "run" (leased to h until d), "wait" (a retry, due at d), "dead" (to be
+-- dead-lettered by h, leased until d) or "blocked" (waiting for the order key "k", not due).
+-- A record with an order key "k" holds that key (keys[k] = its offset) unless blocked.
+-- Every time is the Redis server clock (TIME).
+-- A holder is "<member id>#<incarnation>"; it is live while its score is not in the past.
+-- The group never writes the topic's own keys.
+
+local state, jobs, due, holders, groups, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local keys = KEYS[7]
+local DONE_KEEP_MS = 600000
+local op = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local function fmt(n)
+  return string.format('%d', n)
+end
+
+local function get(offset)
+  local raw = redis.call('HGET', jobs, offset)
+  if not raw then
+    return nil
+  end
+  local ok, r = pcall(cjson.decode, raw)
+  if ok and type(r) == 'table' and type(r.a) == 'number' then
+    return r
+  end
+  return nil
+end
+
+local function put(offset, r, at)
+  redis.call('HSET', jobs, offset, cjson.encode(r))
+  redis.call('ZADD', due, at, offset)
+end
+
+-- Removes a finished record; its order key passes to the lowest offset blocked on it.
+local function drop(offset, r)
+  redis.call('HDEL', jobs, offset)
+  redis.call('ZREM', due, offset)
+  if r and r.k and r.k ~= '' and redis.call('HGET', keys, r.k) == offset then
+    local best, best_r = nil, nil
+    local all = redis.call('HGETALL', jobs)
+    for i = 1, #all, 2 do
+      local ok, b = pcall(cjson.decode, all[i + 1])
+      if ok and type(b) == 'table' and b.s == 'blocked' and b.k == r.k
+        and (best == nil or tonumber(all[i]) < tonumber(best)) then
+        best, best_r = all[i], b
+      end
+    end
+    if best then
+      redis.call('HSET', keys, r.k, best)
+      best_r.s = 'wait'
+      best_r.d = now
+      redis.call('HSET', jobs, best, cjson.encode(best_r))
+      redis.call('ZADD', due, now, best)
+    else
+      redis.call('HDEL', keys, r.k)
+    end
+  end
+end
+
+-- A holder is gone: what it held becomes due now (the attempt it had is spent).
+local function release(holder, why)
+  redis.call('ZREM', holders, holder)
+  local all = redis.call('HGETALL', jobs)
+  for i = 1, #all, 2 do
+    local ok, r = pcall(cjson.decode, all[i + 1])
+    if ok and type(r) == 'table' and r.h == holder and (r.s == 'run' or r.s == 'dead') then
+      r.h = ''
+      if r.s == 'run' then
+        r.e = why
+      end
+      r.d = now
+      put(all[i], r, now)
+    end
+  end
+end
+
+local function reap()
+  local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', '(' .. now, 'LIMIT', 0, 100)
+  for _, h in ipairs(gone) do
+    release(h, 'member ' .. h .. ' expired')
+  end
+end
+
+local function alive(holder)
+  local exp = redis.call('ZSCORE', holders, holder)
+  return exp and tonumber(exp) >= now
+end
+
+if op == 'REGISTER' then
+  -- REGISTER id ttl_ms dlq group -> holder
+  local id, ttl, dlq, group = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+  local prefix = id .. '#'
+  for _, h in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
+    if string.sub(h, 1, #prefix) == prefix then
+      release(h, 'member ' .. h .. ' restarted')
+    end
+  end
+  local holder = prefix .. t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('ZADD', holders, now + ttl, holder)
+  redis.call('SADD', groups, group)
+  redis.call('HSET', state, 'v', '1', 'dlq', dlq)
+  return holder
+elseif op == 'HEARTBEAT' then
+  -- HEARTBEAT holder ttl_ms -> 1 (alive, refreshed) | 0 (gone: register again)
+  local holder, ttl = ARGV[2], tonumber(ARGV[3])
+  if alive(holder) then
+    redis.call('ZADD', holders, now + ttl, holder)
+    return 1
+  end
+  if redis.call('ZSCORE', holders, holder) then
+    release(holder, 'member ' .. holder .. ' expired')
+  end
+  return 0
+elseif op == 'LEAVE' then
+  -- LEAVE holder -> 1
+  release(ARGV[2], 'member ' .. ARGV[2] .. ' left')
+  return 1
+elseif op == 'CLAIM' then
+  -- CLAIM holder n lease_ms max_deliveries ttl_ms epoch first last start prev boundary
+  --       [from key...]
+  -- `prev`/`boundary` (0 when not): the topic's epoch before `epoch` and the first offset of
+  -- `epoch`, when `epoch` continues `prev`'s log (a change of writing server, see
+  -- "Epochs"): a group still on `prev` keeps its jobs below `boundary` and continues.
+  --   -> {'gone'} | {'epoch', current} |
+  --      {'ok', now, reset, lost, next, offset1, attempt1, kind1, error1, ...}
+  -- With `from` (ordered mode), the caller gives the order keys ('' for none) of the offsets
+  -- from, from+1, ...: fresh offsets are handed out only within them, one per key at a time.
+  local holder, n, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local ttl, epoch, first, last = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local start = tonumber(ARGV[10])
+  local prev, boundary = tonumber(ARGV[11]), tonumber(ARGV[12])
+  if not alive(holder) then
+    return {'gone'}
+  end
+  redis.call('ZADD', holders, now + ttl, holder)
+  local reset = 0
+  local cur = tonumber(redis.call('HGET', state, 'epoch') or '0')
+  if cur == 0 then
+    redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(start))
+  elseif epoch > cur and cur == prev and boundary > 0 then
+    -- The log continues: offsets from `boundary` on were lost (or never written) under
+    -- `cur`; jobs for them are dropped and handed out again as the new epoch's messages.
+    local all = redis.call('HKEYS', jobs)
+    for _, o in ipairs(all) do
+      if tonumber(o) >= boundary then
+        drop(o, get(o))
+        reset = 1
+      end
+    end
+    local nxt = tonumber(redis.call('HGET', state, 'next') or '1')
+    if nxt > boundary then
+      nxt = boundary
+      reset = 1
+    end
+    redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(nxt), 'prev', fmt(cur),
+      'boundary', fmt(boundary))
+    if reset == 1 then
+      redis.call('HINCRBY', state, 'resets', 1)
+    end
+  elseif epoch > cur then
+    redis.call('DEL', jobs, due, done, keys)
+    redis.call('HDEL', state, 'prev', 'boundary')
+    redis.call('HSET', state, 'epoch', fmt(epoch), 'next', fmt(first))
+    redis.call('HINCRBY', state, 'resets', 1)
+    reset = 1
+  elseif epoch < cur then
+    return {'epoch', fmt(cur)}
+  end
+  reap()
+  local out = {'ok', fmt(now), fmt(reset), '0', '0'}
+  local from = tonumber(ARGV[13])
+  local nkeys = #ARGV - 13
+  local count = 0
+  local function grant(offset, r, kind)
+    out[#out + 1] = offset
+    out[#out + 1] = fmt(r.a)
+    out[#out + 1] = kind
+    out[#out + 1] = r.e or ''
+    count = count + 1
+  end
+  for _, o in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, n)) do
+    local r = get(o)
+    if not r then
+      redis.call('ZREM', due, o)
+    else
+      if r.s == 'run' and r.h ~= '' then
+        r.e = 'lease expired'
+      end
+      if r.s ~= 'dead' and r.a >= max then
+        r.s = 'dead'
+      end
+      r.h = holder
+      r.d = now + lease
+      if r.s == 'dead' then
+        put(o, r, r.d)
+        grant(o, r, 'dead')
+      else
+        r.s = 'run'
+        r.a = r.a + 1
+        put(o, r, r.d)
+        grant(o, r, 'job')
+      end
+    end
+  end
+  local nxt = tonumber(redis.call('HGET', state, 'next') or '1')
+  if nxt < first then
+    out[4] = fmt(first - nxt)
+    redis.call('HINCRBY', state, 'lost', first - nxt)
+    nxt = first
+  end
+  local upto = last
+  if from then
+    if nxt < from then
+      upto = -1
+    else
+      upto = math.min(last, from + nkeys - 1)
+    end
+  end
+  while count < n and nxt <= upto do
+    local o = fmt(nxt)
+    local k = ''
+    if from then
+      k = ARGV[14 + nxt - from]
+    end
+    if k ~= '' and redis.call('HEXISTS', keys, k) == 1 then
+      redis.call('HSET', jobs, o, cjson.encode({s = 'blocked', a = 0, h = '', d = 0, t = now, e = '', k = k}))
+    else
+      local r = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = ''}
+      if k ~= '' then
+        r.k = k
+        redis.call('HSET', keys, k, o)
+      end
+      put(o, r, r.d)
+      grant(o, r, 'job')
+    end
+    nxt = nxt + 1
+  end
+  redis.call('HSET', state, 'next', fmt(nxt))
+  out[5] = fmt(nxt)
+  return out
+elseif op == 'STATE' then
+  -- STATE -> {now, {state field, value, ...}, {offset, record, ...}, {holder, expiry, ...}}
+  return {
+    fmt(now),
+    redis.call('HGETALL', state),
+    redis.call('HGETALL', jobs),
+    redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES'),
+  }
+end
+
+-- Outcomes: OP holder epoch offset attempt [args] -> 'ok' | 'dead' | 'stale'
+local holder, epoch, offset, attempt = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+-- Fencing by epoch: the group's epoch, or the one it continued for offsets below the boundary.
+if redis.call('HGET', state, 'epoch') ~= epoch
+  and not (redis.call('HGET', state, 'prev') == epoch
+    and tonumber(offset) < tonumber(redis.call('HGET', state, 'boundary') or '0')) then
+  return 'stale'
+end
+local r = get(offset)
+local tag = offset .. ':' .. holder .. ':' .. ARGV[5]
+if (op == 'ACK' or op == 'DEADDONE') and redis.call('ZSCORE', done, tag) then
+  return 'ok'
+end
+if not r or r.h ~= holder or r.a ~= attempt then
+  return 'stale'
+end
+local function finished()
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (now - DONE_KEEP_MS))
+  redis.call('ZADD', done, now, tag)
+end
+if op == 'DEADDONE' then
+  if r.s ~= 'dead' then
+    return 'stale'
+  end
+  drop(offset, r)
+  finished()
+  redis.call('HINCRBY', state, 'dead', 1)
+  return 'ok'
+elseif op == 'LOST' then
+  drop(offset, r)
+  redis.call('HINCRBY', state, 'lost', 1)
+  return 'ok'
+end
+if r.s ~= 'run' then
+  return 'stale'
+end
+if op == 'ACK' then
+  drop(offset, r)
+  finished()
+  redis.call('HINCRBY', state, 'acked', 1)
+  return 'ok'
+elseif op == 'NAK' then
+  -- NAK ... delay_ms max_deliveries lease_ms error
+  local delay, max, lease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  r.e = ARGV[9]
+  if r.a >= max then
+    r.s = 'dead'
+    r.d = now + lease
+    put(offset, r, r.d)
+    return 'dead'
+  end
+  r.s = 'wait'
+  r.h = ''
+  r.d = now + delay
+  put(offset, r, r.d)
+  return 'ok'
+elseif op == 'DEFER' then
+  -- DEFER ... until_ms: not before until_ms, and this delivery does not count
+  r.s = 'wait'
+  r.h = ''
+  r.a = r.a - 1
+  r.d = tonumber(ARGV[6])
+  put(offset, r, r.d)
+  return 'ok'
+elseif op == 'PROGRESS' then
+  -- PROGRESS ... lease_ms
+  r.d = now + tonumber(ARGV[6])
+  put(offset, r, r.d)
+  return 'ok'
+elseif op == 'TERM' then
+  -- TERM ... lease_ms error
+  r.s = 'dead'
+  r.e = ARGV[7]
+  r.d = now + tonumber(ARGV[6])
+  put(offset, r, r.d)
+  return 'dead'
+end
+return redis.error_reply('HERALD_BAD_INPUT unknown work operation ' .. tostring(op))

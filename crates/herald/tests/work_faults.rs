@@ -1,0 +1,222 @@
+//! Work groups under Redis faults (real Redis only): `kill -9` with AOF `always` and a
+//! restart, `CLIENT KILL` of every connection. No job is lost (the group finishes every
+//! message) and none is acked twice (no confirmed ack is followed by another delivery of
+//! the same message, and the group's own `acked` counter equals the number of messages).
+
+#![allow(clippy::unwrap_used)]
+
+use herald_testkit as support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use herald::{Herald, Message, Outcome, WorkEvent};
+use support::RedisServer;
+
+const N: u64 = 300;
+
+async fn node(url: &str, id: &str) -> Herald {
+    Herald::builder()
+        .redis(url)
+        .node_id(id)
+        .operation_timeout(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// What the workers saw, per offset: deliveries and confirmed acks, in order.
+type Seen = Arc<Mutex<HashMap<u64, Vec<&'static str>>>>;
+
+/// Runs two workers over `N` messages; calls `disrupt` once 100 have been acked; returns
+/// when the group has finished every message.
+async fn process_all(server: &mut RedisServer, disrupt: impl FnOnce(&mut RedisServer)) {
+    let url = server.url();
+    let publisher = node(&url, "pub").await;
+    for chunk in 0..(N / 100) {
+        let batch: Vec<Message> = (0..100)
+            .map(|i| Message::new(format!("m{}", chunk * 100 + i)))
+            .collect();
+        publisher.publish_batch("faulty", batch).await.unwrap();
+    }
+    let seen: Seen = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..2 {
+        let h = node(&url, &format!("w{w}")).await;
+        let (seen, stop) = (seen.clone(), stop.clone());
+        let mut worker = h
+            .work("faulty")
+            .group("g")
+            .concurrency(4)
+            .lease(Duration::from_secs(3))
+            .start()
+            .await
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let job =
+                    match tokio::time::timeout(Duration::from_millis(300), worker.next()).await {
+                        Ok(Some(Ok(WorkEvent::Job(job)))) => job,
+                        _ => continue,
+                    };
+                let offset = job.position().offset;
+                seen.lock()
+                    .unwrap()
+                    .entry(offset)
+                    .or_default()
+                    .push("delivered");
+                if let Ok(Outcome::Acked) = job.ack().await {
+                    seen.lock()
+                        .unwrap()
+                        .entry(offset)
+                        .or_default()
+                        .push("acked");
+                }
+            }
+        }));
+    }
+    let acked = |seen: &Seen| {
+        seen.lock()
+            .unwrap()
+            .values()
+            .filter(|v| v.contains(&"acked"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked(&seen) < 100 {
+        assert!(Instant::now() < deadline, "100 acks before the fault");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disrupt(server);
+    let checker = node(&url, "check").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(Some(info)) = checker.work_group("faulty", "g").await {
+            if info.lag == 0 && info.next_offset == N + 1 {
+                assert_eq!(info.acked, N, "the group counted one ack per message");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group finishes every message"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    for o in 1..=N {
+        let events = seen.get(&o).cloned().unwrap_or_default();
+        assert!(
+            events.first() == Some(&"delivered"),
+            "offset {o}: {events:?}"
+        );
+        let acks = events.iter().filter(|e| **e == "acked").count();
+        assert!(acks <= 1, "offset {o} acked twice: {events:?}");
+        if let Some(at) = events.iter().position(|e| *e == "acked") {
+            assert_eq!(
+                at,
+                events.len() - 1,
+                "offset {o} delivered after its ack: {events:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_kill9_with_aof_loses_no_job_and_acks_none_twice() {
+    let mut server = RedisServer::start_persistent();
+    process_all(&mut server, |s| {
+        s.kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        s.restart();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_loses_no_job_and_acks_none_twice() {
+    let mut server = RedisServer::start();
+    process_all(&mut server, |s| {
+        let _: redis::Value = s.cmd(&["CLIENT", "KILL", "TYPE", "normal"]);
+    })
+    .await;
+}
+
+/// A member written against `docs/PROTOCOL.md` alone (raw script calls): claims, acks, and a
+/// retried ack whose first reply was lost is answered `ok` again, never `stale`; an outcome
+/// for another attempt or holder is `stale`.
+#[test]
+fn the_script_speaks_the_documented_protocol() {
+    let server = RedisServer::start();
+    let node = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let h = node(&server.url(), "pub").await;
+        h.publish("raw", "one").await.unwrap()
+    });
+    let keys: Vec<String> = ["", ":jobs", ":due", ":holders"]
+        .iter()
+        .map(|s| format!("herald:{{raw}}:work:g{s}"))
+        .chain([
+            "herald:{raw}:groups".to_string(),
+            "herald:{raw}:work:g:done".to_string(),
+        ])
+        .collect();
+    let mut conn = server.conn();
+    let script = redis::Script::new(herald::broker::WORK_SCRIPT);
+    let call = |conn: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke(conn).unwrap()
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let holder = text(&call(
+        &mut conn,
+        &["REGISTER", "m", "5000", "__dead/raw/g", "g"],
+    ));
+    assert!(holder.starts_with("m#"), "{holder}");
+    let epoch = node.position.epoch.to_string();
+    let claim = call(
+        &mut conn,
+        &[
+            "CLAIM", &holder, "10", "30000", "3", "5000", &epoch, "1", "1", "1",
+        ],
+    );
+    let redis::Value::Array(items) = claim else {
+        panic!("claim reply {claim:?}");
+    };
+    let items: Vec<String> = items.iter().map(text).collect();
+    assert_eq!(items[0], "ok");
+    assert_eq!(
+        &items[2..],
+        ["0", "0", "2", "1", "1", "job", ""],
+        "{items:?}"
+    );
+    let ack = |conn: &mut redis::Connection, holder: &str, attempt: &str| {
+        text(&call(conn, &["ACK", holder, &epoch, "1", attempt]))
+    };
+    assert_eq!(ack(&mut conn, &holder, "2"), "stale");
+    assert_eq!(ack(&mut conn, "other#1", "1"), "stale");
+    assert_eq!(ack(&mut conn, &holder, "1"), "ok");
+    assert_eq!(
+        ack(&mut conn, &holder, "1"),
+        "ok",
+        "a retried ack is not stale"
+    );
+    let state: String = server.cmd(&["HGET", "herald:{raw}:work:g", "acked"]);
+    assert_eq!(state, "1");
+}
