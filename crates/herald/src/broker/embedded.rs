@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 
+mod map;
 mod members;
 
 use super::history::{EpochStart, History};
@@ -56,6 +57,8 @@ struct TopicLog {
     /// Set by [`EmbeddedBroker::fail_over`]: the next publish is by another "server" and
     /// continues the log under a new epoch, as on Redis.
     writer_changed: bool,
+    /// The replicated map whose topic this is (see `crate::map`).
+    map: map::MapState,
 }
 
 /// How many epochs a topic's history keeps.
@@ -144,6 +147,17 @@ impl EmbeddedBroker {
         messages: &[(String, &Message)],
     ) -> Result<(Epoch, Vec<Placed>)> {
         let mut topics = self.topics();
+        self.publish_in(&mut topics, topic, node, messages)
+    }
+
+    /// `publish` with the topics already locked (a map change publishes under the same lock).
+    fn publish_in(
+        &self,
+        topics: &mut HashMap<String, TopicLog>,
+        topic: &str,
+        node: &str,
+        messages: &[(String, &Message)],
+    ) -> Result<(Epoch, Vec<Placed>)> {
         let log = topics.entry(topic.to_string()).or_default();
         let settings = *log.settings.get_or_insert(self.inner.defaults);
         if let Some((_, m)) = messages
