@@ -74,6 +74,9 @@ enum Command {
     /// Print every durable cursor of a topic with its lag and the age of its last commit
     #[command(after_long_help = exit::HELP)]
     Lag(lag::LagArgs),
+    /// Replicated maps: get, put (with compare-and-set), del, watch
+    #[command(after_long_help = exit::HELP)]
+    Map(commands::map::MapArgs),
     /// Run several nodes in this process and show they all receive the same sequence
     #[command(after_long_help = exit::HELP)]
     Demo(demo::DemoArgs),
@@ -119,6 +122,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Members(args) => members::run(global, args).await,
         Command::Join(args) => join::run(global, args).await,
         Command::Lag(args) => lag::run(global, args).await,
+        Command::Map(args) => commands::map::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => herald_bench::run(args, global.redis.clone())

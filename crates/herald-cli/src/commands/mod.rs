@@ -9,6 +9,7 @@ pub(crate) mod demo;
 pub(crate) mod inspect;
 pub(crate) mod join;
 pub(crate) mod lag;
+pub(crate) mod map;
 pub(crate) mod members;
 pub(crate) mod publish;
 #[cfg(feature = "serve")]
