@@ -12,6 +12,7 @@
 //! | 3 | Redis could not be reached, or did not answer in time; `herald publish --min-replicas N`: fewer than N replicas confirmed within `--replica-timeout` |
 //! | 4 | Redis refused the request (authentication, permissions, out of memory, read-only) or holds data Herald did not write |
 //! | 5 | `herald publish --wait-all`: not every member acknowledged within `--timeout` |
+//! | 6 | `herald map put/del --expect/--absent`: the compare-and-set lost (the message says the key's current revision) |
 
 use std::fmt;
 use std::io;
@@ -30,6 +31,8 @@ pub(crate) const UNREACHABLE: u8 = 3;
 pub(crate) const REFUSED: u8 = 4;
 /// `herald publish --wait-all`: some member did not acknowledge in time.
 pub(crate) const NOT_ACKNOWLEDGED: u8 = 5;
+/// `herald map put/del --expect/--absent`: the compare-and-set lost.
+pub(crate) const CONFLICT: u8 = 6;
 
 /// The exit statuses, as shown at the end of `herald --help`.
 pub(crate) const HELP: &str = "\
@@ -43,6 +46,8 @@ Exit status:
   4  Redis refused the request (authentication, permissions, out of memory, read-only replica)
      or Herald's keys hold data Herald did not write
   5  `herald publish --wait-all`: not every member of the group acknowledged within --timeout
+  6  `herald map put/del --expect REV|--absent`: the compare-and-set lost; the message says the
+     key's current revision
 
 Errors are reported as one line on standard error: `herald: <what went wrong and what to do>`.
 Log verbosity is set with RUST_LOG (default `warn`); logs also go to standard error.";
@@ -112,6 +117,7 @@ pub(crate) fn status_of(e: &herald::Error) -> u8 {
         ErrorKind::BadInput => BAD_INPUT,
         ErrorKind::Unreachable => UNREACHABLE,
         ErrorKind::Refused => REFUSED,
+        ErrorKind::Conflict => CONFLICT,
         _ => FAILURE,
     }
 }

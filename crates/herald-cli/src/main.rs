@@ -89,6 +89,9 @@ enum Command {
     /// Publish a message once per tick of a recurring schedule, however many schedulers run
     #[command(after_long_help = exit::HELP)]
     Schedule(schedule::ScheduleArgs),
+    /// Replicated maps: get, put (with compare-and-set), del, watch
+    #[command(after_long_help = exit::HELP)]
+    Map(commands::map::MapArgs),
     /// Run several nodes in this process and show they all receive the same sequence
     #[command(after_long_help = exit::HELP)]
     Demo(demo::DemoArgs),
@@ -137,6 +140,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Work(args) => work::run(global, args).await,
         Command::Groups(args) => groups::run(global, args).await,
         Command::Schedule(args) => schedule::run(global, args).await,
+        Command::Map(args) => commands::map::run(global, args).await,
         Command::Demo(args) => demo::run(global, args).await,
         #[cfg(feature = "bench")]
         Command::Bench(args) => herald_bench::run(args, global.redis.clone())

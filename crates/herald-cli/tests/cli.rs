@@ -988,3 +988,45 @@ fn serve_publishes_over_http_and_refuses_a_public_address_without_auth() {
     );
     assert_eq!(tail.json()[0]["data"], "hello");
 }
+
+#[test]
+fn map_put_get_cas_and_watch() {
+    let server = RedisServer::start();
+    let put = run_on(&server, &["map", "put", "cfg", "color", "blue"]);
+    put.assert_ok();
+    let rev = put.json()[0]["revision"].as_str().unwrap().to_string();
+    let got = run_on(&server, &["map", "get", "cfg", "color"]);
+    got.assert_ok();
+    assert_eq!(got.json()[0]["value"], "blue");
+    assert_eq!(got.json()[0]["revision"], rev.as_str());
+    // A lost compare-and-set: status 6, naming the current revision; nothing stored.
+    let lost = run_on(&server, &["map", "put", "cfg", "color", "red", "--absent"]);
+    assert_eq!(lost.code(), 6, "{lost:#?}");
+    assert!(lost.stderr.contains(&rev), "{lost:#?}");
+    let stale = run_on(
+        &server,
+        &["map", "del", "cfg", "color", "--expect", "1:999"],
+    );
+    assert_eq!(stale.code(), 6, "{stale:#?}");
+    let won = run_on(
+        &server,
+        &["map", "put", "cfg", "color", "red", "--expect", &rev],
+    );
+    won.assert_ok();
+    let bad = run_on(&server, &["map", "put", "cfg", "", "x"]);
+    assert_eq!(bad.code(), 2, "{bad:#?}");
+    let watch = run_on(&server, &["map", "watch", "cfg", "--count", "1"]);
+    watch.assert_ok();
+    let lines = watch.json();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["type"], "snapshot");
+    assert_eq!(lines[0]["entries"]["color"]["value"], "red");
+    let whole = run_on(&server, &["map", "get", "cfg"]);
+    assert_eq!(whole.json()[0]["revision"], lines[0]["revision"]);
+    let del = run_on(&server, &["map", "del", "cfg", "color"]);
+    del.assert_ok();
+    assert!(del.json()[0]["revision"].is_string());
+    let again = run_on(&server, &["map", "del", "cfg", "color"]);
+    again.assert_ok();
+    assert!(again.json()[0]["revision"].is_null());
+}

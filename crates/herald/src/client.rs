@@ -260,7 +260,7 @@ impl Herald {
     }
 
     /// A fresh idempotency key, unique to this handle.
-    fn next_key(&self) -> String {
+    pub(crate) fn next_key(&self) -> String {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}.{n:x}", self.inner.key_prefix)
     }

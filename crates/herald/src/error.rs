@@ -181,6 +181,39 @@ pub enum Error {
     /// The handle or subscription was closed.
     #[error("the Herald handle or subscription was closed")]
     Closed,
+    /// A compare-and-set on a replicated map lost: the key's revision was not the expected
+    /// one (or the key existed, or did not).
+    #[error("map {map:?}: key {key:?} is {}, not as expected; read it again and retry with its current revision", match current { Some(r) => format!("at revision {r}"), None => "absent".to_string() })]
+    Conflict {
+        /// The map.
+        map: String,
+        /// The key.
+        key: String,
+        /// The key's current revision, `None` when it does not exist.
+        current: Option<crate::position::Position>,
+    },
+    /// A replicated map key broke the rules.
+    #[error("invalid map key {key:?}: {reason}; map keys are 1-512 bytes of UTF-8 without control characters")]
+    InvalidMapKey {
+        /// The rejected key (its first 64 characters).
+        key: String,
+        /// What exactly is wrong with it.
+        reason: String,
+    },
+    /// A replicated map's limit refused a put; nothing was stored.
+    #[error(
+        "map {map:?}: {what} limit exceeded ({size} > {max}); raise the map's limits or store less"
+    )]
+    MapLimit {
+        /// The map.
+        map: String,
+        /// `keys` (number of keys) or `value` (value size in bytes).
+        what: &'static str,
+        /// The number of keys, or value size, the put would have made.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 /// Checks an option against its lower bound: options out of range are refused, never
@@ -211,6 +244,8 @@ pub enum ErrorKind {
     Refused,
     /// Anything else.
     Other,
+    /// A compare-and-set lost ([`Error::Conflict`]).
+    Conflict,
 }
 
 impl Error {
@@ -230,7 +265,10 @@ impl Error {
             | Error::InvalidMetadata { .. }
             | Error::InvalidSetting { .. }
             | Error::MessageTooLarge { .. }
-            | Error::NotDurable => ErrorKind::BadInput,
+            | Error::NotDurable
+            | Error::InvalidMapKey { .. }
+            | Error::MapLimit { .. } => ErrorKind::BadInput,
+            Error::Conflict { .. } => ErrorKind::Conflict,
             Error::Unreachable { .. } | Error::Timeout { .. } | Error::NotReplicated { .. } => {
                 ErrorKind::Unreachable
             }

@@ -37,6 +37,7 @@
 //! - [`subscription`]: the ordered, gap-aware [`Subscription`] stream.
 //! - [`cursor`]: durable cursors.
 //! - [`membership`]: member groups, heartbeats, `Joined`/`Left`/`Expired` events.
+//! - [`map`]: replicated maps ([`Map`]): snapshot, watch and compare-and-set on a topic.
 //! - [`ack`]: waiting until members acknowledge a message (through their cursors), and lag.
 //! - [`work`]: work groups (task scheduling): each message to one live member, with leases,
 //!   retries and dead letters.
@@ -76,6 +77,7 @@ pub mod cursor;
 mod envelope;
 pub mod error;
 pub mod inspect;
+pub mod map;
 pub mod membership;
 pub mod message;
 pub mod position;
@@ -92,6 +94,9 @@ pub use client::{Herald, HeraldBuilder};
 pub use cursor::{CursorCommit, CursorInfo};
 pub use error::{Error, ErrorKind, Result, ServerError};
 pub use inspect::TopicInfo;
+pub use map::{
+    Expect, Map, MapEvent, MapLimits, MapSnapshot, MapWatch, Revision, SnapshotReason, Versioned,
+};
 pub use membership::{JoinBuilder, Member, MemberEvent, MemberWatch, Membership};
 pub use message::{Delivery, Headers, Message, Receipt};
 pub use position::{Epoch, ParsePositionError, Position};

@@ -10,6 +10,7 @@ pub(crate) mod groups;
 pub(crate) mod inspect;
 pub(crate) mod join;
 pub(crate) mod lag;
+pub(crate) mod map;
 pub(crate) mod members;
 pub(crate) mod publish;
 pub(crate) mod schedule;

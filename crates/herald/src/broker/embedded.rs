@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 
+mod map;
 mod members;
 mod work;
 
@@ -59,6 +60,8 @@ struct TopicLog {
     writer_changed: bool,
     /// Work groups of this topic (see `broker::work`).
     groups: BTreeMap<String, work::GroupState>,
+    /// The replicated map whose topic this is (see `crate::map`).
+    map: map::MapState,
 }
 
 /// How many epochs a topic's history keeps.
@@ -147,6 +150,17 @@ impl EmbeddedBroker {
         messages: &[(String, &Message)],
     ) -> Result<(Epoch, Vec<Placed>)> {
         let mut topics = self.topics();
+        self.publish_in(&mut topics, topic, node, messages)
+    }
+
+    /// `publish` with the topics already locked (a map change publishes under the same lock).
+    fn publish_in(
+        &self,
+        topics: &mut HashMap<String, TopicLog>,
+        topic: &str,
+        node: &str,
+        messages: &[(String, &Message)],
+    ) -> Result<(Epoch, Vec<Placed>)> {
         let log = topics.entry(topic.to_string()).or_default();
         let settings = *log.settings.get_or_insert(self.inner.defaults);
         if let Some((_, m)) = messages

@@ -12,6 +12,7 @@
 
 pub(crate) mod embedded;
 pub(crate) mod history;
+pub(crate) mod map;
 pub(crate) mod members;
 pub(crate) mod redis;
 pub(crate) mod work;
@@ -36,6 +37,10 @@ pub const MEMBERS_SCRIPT: &str = redis::members::MEMBERS_SCRIPT;
 pub const LOST_SCRIPT: &str = redis::LOST_SCRIPT;
 /// The work group procedure (Lua); see `docs/PROTOCOL.md`, "Work groups (v1)".
 pub const WORK_SCRIPT: &str = redis::work::WORK_SCRIPT;
+/// The replicated map change procedure (Lua, with the publish procedure inlined); see
+/// `docs/PROTOCOL.md`, "Replicated maps (v1)".
+pub static MAP_SCRIPT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(redis::map::map_script);
 
 /// One slot of history: an entry, or something at that offset that could not be decoded.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ mod cursors;
 mod failover;
 mod feed;
 mod keys;
+pub(crate) mod map;
 pub(crate) mod members;
 mod publish;
 mod read;

@@ -1,0 +1,249 @@
+//! Replicated maps on Redis: `lua/map.lua` (map protocol 1, `docs/PROTOCOL.md`, "Replicated
+//! maps (v1)") with `lua/publish.lua` inlined, over the topic's keys and
+//! `<ns>:{__map/<name>}:map` (the state) and `...:map-limits`.
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use redis::{Script, Value};
+
+use super::read::{as_bytes, as_u64};
+use super::RedisBroker;
+use crate::error::{Error, Result};
+use crate::map::{Change, Expect, MapLimits, MapSnapshot, Outcome, Versioned};
+use crate::position::Position;
+
+/// `lua/map.lua` as written, before the publish procedure is inlined.
+const MAP_LUA: &str = include_str!("../lua/map.lua");
+
+/// The map script as installed: `lua/map.lua` with `lua/publish.lua` inlined as the local
+/// function `publish(KEYS, ARGV)`.
+pub(crate) fn map_script() -> String {
+    let publish = format!(
+        "local function publish(KEYS, ARGV)\n{}\nend\n",
+        super::PUBLISH_SCRIPT
+    );
+    MAP_LUA.replacen("--@PUBLISH@\n", &publish, 1)
+}
+
+static MAP: LazyLock<Script> = LazyLock::new(|| Script::new(&map_script()));
+
+fn corrupt(topic: &str, detail: String) -> Error {
+    Error::Corrupt {
+        topic: topic.to_string(),
+        detail,
+    }
+}
+
+/// Parses a state field's value `<epoch>:<offset>:<value>`.
+fn parse_entry(raw: &[u8]) -> Option<Versioned> {
+    let mut parts = raw.splitn(3, |b| *b == b':');
+    let epoch = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let value = parts.next()?;
+    Some(Versioned {
+        value: Bytes::copy_from_slice(value),
+        revision: Position::new(epoch, offset),
+    })
+}
+
+fn parse_rev(raw: &[u8]) -> Option<Position> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+impl RedisBroker {
+    fn map_keys(&self, topic: &str) -> [String; 2] {
+        [
+            self.inner.keys.key(topic, "map"),
+            self.inner.keys.key(topic, "map-limits"),
+        ]
+    }
+
+    pub(crate) async fn map_change(
+        &self,
+        topic: &str,
+        node: &str,
+        change: &Change<'_>,
+    ) -> Result<Outcome> {
+        let keys = &self.inner.keys;
+        let [state, limits] = self.map_keys(topic);
+        let key_names = [
+            keys.meta(topic),
+            keys.log(topic),
+            keys.settings(topic),
+            keys.dedup(topic),
+            keys.dedup_old(topic),
+            keys.epochs(topic),
+            state,
+            limits,
+        ];
+        let channel = keys.live(topic);
+        let d = self.inner.opts.defaults;
+        let expect = match change.expect {
+            None => String::new(),
+            Some(Expect::Absent) => "absent".to_string(),
+            Some(Expect::Revision(r)) => r.to_string(),
+        };
+        let op = if change.value.is_some() { "PUT" } else { "DEL" };
+        let value = change.value.unwrap_or_default();
+        let reply: Value = self
+            .retry("map change", topic, |mut conn| {
+                let mut inv = MAP.prepare_invoke();
+                for k in &key_names {
+                    inv.key(k);
+                }
+                inv.arg("1").arg(&channel).arg(node);
+                inv.arg(d.max_len)
+                    .arg(d.max_age_ms)
+                    .arg(d.dedup_window_ms)
+                    .arg(d.max_size);
+                inv.arg(self.inner.notify);
+                inv.arg(op)
+                    .arg(change.key)
+                    .arg(value)
+                    .arg(&expect)
+                    .arg(&change.idem);
+                Box::pin(async move { inv.invoke_async(&mut conn).await })
+            })
+            .await?;
+        parse_change_reply(topic, &reply)
+    }
+
+    pub(crate) async fn map_get(&self, topic: &str, key: &str) -> Result<Option<Versioned>> {
+        let [state, _] = self.map_keys(topic);
+        let raw: Option<Vec<u8>> = self
+            .retry("map get", topic, |mut conn| {
+                let (state, key) = (state.clone(), key.to_string());
+                Box::pin(async move {
+                    redis::cmd("HGET")
+                        .arg(state)
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => parse_entry(&raw)
+                .map(Some)
+                .ok_or_else(|| corrupt(topic, format!("map key {key:?} has no revision"))),
+        }
+    }
+
+    pub(crate) async fn map_snapshot(&self, topic: &str) -> Result<MapSnapshot> {
+        let [state, _] = self.map_keys(topic);
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = self
+            .retry("map snapshot", topic, |mut conn| {
+                let state = state.clone();
+                Box::pin(async move {
+                    redis::cmd("HGETALL")
+                        .arg(state)
+                        .query_async(&mut conn)
+                        .await
+                })
+            })
+            .await?;
+        let mut snapshot = MapSnapshot::default();
+        for (field, value) in raw {
+            if field.is_empty() {
+                snapshot.revision =
+                    Some(parse_rev(&value).ok_or_else(|| {
+                        corrupt(topic, "the map's revision is unreadable".into())
+                    })?);
+                continue;
+            }
+            let key = String::from_utf8(field)
+                .map_err(|_| corrupt(topic, "a map key is not UTF-8".into()))?;
+            let entry = parse_entry(&value)
+                .ok_or_else(|| corrupt(topic, format!("map key {key:?} has no revision")))?;
+            snapshot.entries.insert(key, entry);
+        }
+        Ok(snapshot)
+    }
+
+    pub(crate) async fn map_set_limits(&self, topic: &str, limits: MapLimits) -> Result<()> {
+        let [_, key] = self.map_keys(topic);
+        self.retry("map limits", topic, |mut conn| {
+            let key = key.clone();
+            Box::pin(async move {
+                let mut pipe = redis::pipe();
+                pipe.atomic().cmd("DEL").arg(&key).ignore();
+                if let Some(n) = limits.max_keys {
+                    pipe.cmd("HSET").arg(&key).arg("max_keys").arg(n).ignore();
+                }
+                if let Some(n) = limits.max_value {
+                    pipe.cmd("HSET").arg(&key).arg("max_value").arg(n).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await
+            })
+        })
+        .await
+    }
+}
+
+/// Parses `{"ok", epoch, offset, dup}`, `{"conflict", rev}`, `{"absent"}` or
+/// `{"limit", what, size, max}`.
+fn parse_change_reply(topic: &str, reply: &Value) -> Result<Outcome> {
+    let bad = || corrupt(topic, format!("unexpected map reply {reply:?}"));
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    let word = items.first().and_then(as_bytes).ok_or_else(bad)?;
+    let num = |i: usize| items.get(i).and_then(as_u64).ok_or_else(bad);
+    match word {
+        b"ok" => Ok(Outcome::Applied(Position::new(num(1)?, num(2)?))),
+        b"conflict" => {
+            let rev = items.get(1).and_then(as_bytes).ok_or_else(bad)?;
+            Ok(Outcome::Conflict(if rev.is_empty() {
+                None
+            } else {
+                Some(parse_rev(rev).ok_or_else(bad)?)
+            }))
+        }
+        b"absent" => Ok(Outcome::Absent),
+        b"limit" => {
+            let what = match items.get(1).and_then(as_bytes) {
+                Some(b"keys") => "keys",
+                Some(b"value") => "value",
+                _ => return Err(bad()),
+            };
+            Ok(Outcome::Limit(what, num(2)?, num(3)?))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_replies_parse() {
+        let e = parse_entry(b"7:12:a:b").unwrap_or_else(|| panic!("parse"));
+        assert_eq!(
+            (e.revision, &e.value[..]),
+            (Position::new(7, 12), &b"a:b"[..])
+        );
+        assert!(parse_entry(b"7:x:a").is_none());
+        let ok = Value::Array(vec![
+            Value::BulkString(b"ok".to_vec()),
+            Value::BulkString(b"7".to_vec()),
+            Value::Int(3),
+            Value::Int(0),
+        ]);
+        assert_eq!(
+            parse_change_reply("t", &ok).ok(),
+            Some(Outcome::Applied(Position::new(7, 3)))
+        );
+        let conflict = Value::Array(vec![
+            Value::BulkString(b"conflict".to_vec()),
+            Value::BulkString(b"".to_vec()),
+        ]);
+        assert_eq!(
+            parse_change_reply("t", &conflict).ok(),
+            Some(Outcome::Conflict(None))
+        );
+        assert!(map_script().contains("local function publish(KEYS, ARGV)"));
+    }
+}
