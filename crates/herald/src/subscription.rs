@@ -238,6 +238,7 @@ impl SubscribeBuilder {
                 anchor: None,
                 readahead: None,
                 busy: false,
+                unchanged_by_report: None,
                 retry_at: None,
                 backoff: FAILURE_BACKOFF,
             });
@@ -382,6 +383,10 @@ struct TopicState {
     readahead: Option<Readahead>,
     /// True while a read (or loss report) of this topic is in flight.
     busy: bool,
+    /// A loss report of this position changed nothing (another reader may have made the
+    /// epoch change meanwhile): if the next read still shows the log went back under the same
+    /// epoch, it was rewritten rather than truncated.
+    unchanged_by_report: Option<Position>,
     /// After a failed read: not before this instant again.
     retry_at: Option<Instant>,
     /// Paces this topic's retries.
@@ -443,10 +448,8 @@ enum Done {
         next: u64,
         result: Result<ReadResult>,
     },
-    /// A report that the log went back below `seen` under `current`, made after the read `r`.
+    /// A report that the log went back below `seen` under its epoch.
     Reported {
-        r: ReadResult,
-        current: Epoch,
         seen: Position,
         result: Result<bool>,
     },
@@ -633,20 +636,14 @@ impl Engine {
                 }
                 Err(e) => self.report(e),
             },
-            Done::Reported {
-                r,
-                current,
-                seen,
-                result,
-            } => match result {
+            Done::Reported { seen, result } => match result {
                 // A new epoch continues the log: the next read validates the position.
                 Ok(true) => self.succeeded(i),
+                // Nothing changed: maybe another reader recorded the loss first; read again,
+                // and start over only if the log still went back under the same epoch.
                 Ok(false) => {
                     self.succeeded(i);
-                    // Rewritten in place (by something other than Herald): start over.
-                    tracing::warn!(topic = %self.topics[i].name, epoch = current, last = r.last, delivered = seen.offset,
-                        "the log was rewritten under this subscription; restarting from its oldest retained offset");
-                    self.reset_to_oldest(i, &r, current, seen);
+                    self.topics[i].unchanged_by_report = Some(seen);
                 }
                 Err(e) => self.failed(i, e),
             },
@@ -829,18 +826,13 @@ impl Engine {
             }
         }
         if self.topics[i].epoch == Some(current) && self.went_back(i, &r) {
-            let t = &self.topics[i];
-            let seen = Position::new(current, t.next - 1);
-            if r.last + 1 < t.next {
+            let seen = Position::new(current, self.topics[i].next - 1);
+            let reported = self.topics[i].unchanged_by_report.take() == Some(seen);
+            if r.last + 1 < self.topics[i].next && !reported {
                 // The log went back under its epoch: report it, which continues the log under
                 // a new epoch from `last + 1` (then the next read validates the position
                 // against it); if the report changes nothing, the log was rewritten.
-                self.start_report(i, seen, move |result| Done::Reported {
-                    r,
-                    current,
-                    seen,
-                    result,
-                });
+                self.start_report(i, seen, move |result| Done::Reported { seen, result });
                 return None;
             }
             // Rewritten in place (by something other than Herald): start over.
