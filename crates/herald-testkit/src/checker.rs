@@ -14,7 +14,12 @@
 //!   restart from a durable cursor, at or below the committed offset;
 //! - **out of order**: a message (or gap) at an offset not above the last one received;
 //! - **conflicts**: an offset whose key differs from what a publisher or another subscriber
-//!   saw there (counted once per offset, globally, and per subscriber that saw the odd key).
+//!   saw there (counted once per offset, globally, and per subscriber that saw the odd key):
+//!   no (topic, epoch, offset) may name two messages across all receipts and deliveries;
+//! - **unreported losses** ([`check_losses`], given the acknowledged publishes the log no
+//!   longer holds): a lost message the subscriber owed and did not receive that no `Reset` or
+//!   `Gap` with reason `Lost` covers (a retention gap does not explain a loss), or a lost
+//!   message it received and then read past (into a later epoch) without a `Reset` naming it.
 
 // Test-only (feature `test`): the record types' fields name themselves.
 #![allow(missing_docs)]
@@ -55,10 +60,19 @@ pub enum Record {
         from: u64,
         to: u64,
     },
+    /// A `Gap` with reason `Lost`: offsets acknowledged or delivered, then lost by Redis.
+    LostGap {
+        epoch: Epoch,
+        from: u64,
+        to: u64,
+    },
+    /// `lost_from ..= last_delivered` of `previous_epoch` were lost; delivery continues in
+    /// `epoch` from `lost_from` (from 1 when the whole log was lost).
     Reset {
         previous_epoch: Epoch,
         epoch: Epoch,
         last_delivered: u64,
+        lost_from: u64,
     },
 }
 
@@ -100,6 +114,9 @@ pub struct SubscriberReport {
     pub unjustified_gaps: u64,
     pub resets: u64,
     pub restarts: u64,
+    /// Lost messages owed but neither received nor covered by a `Reset` or a `Lost` gap, or
+    /// received and read past without a `Reset`.
+    pub unreported_losses: u64,
     /// The first few problems, described.
     pub examples: Vec<String>,
 }
@@ -131,7 +148,14 @@ impl Report {
             + self
                 .subscribers
                 .iter()
-                .map(|s| s.lost + s.duplicated + s.out_of_order + s.conflicts + s.unjustified_gaps)
+                .map(|s| {
+                    s.lost
+                        + s.duplicated
+                        + s.out_of_order
+                        + s.conflicts
+                        + s.unjustified_gaps
+                        + s.unreported_losses
+                })
                 .sum::<u64>()
     }
 
@@ -140,7 +164,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<14} {:>9} {:>6} {:>6} {:>6} {:>6} {:>5} {:>8} {:>6} {:>6} {:>8}",
+            "{:<14} {:>9} {:>6} {:>6} {:>6} {:>6} {:>5} {:>8} {:>6} {:>6} {:>8} {:>6}",
             "subscriber",
             "delivered",
             "lost",
@@ -151,12 +175,13 @@ impl Report {
             "gap-offs",
             "unjust",
             "resets",
-            "restarts"
+            "restarts",
+            "unrep"
         );
         for s in &self.subscribers {
             let _ = writeln!(
                 out,
-                "{:<14} {:>9} {:>6} {:>6} {:>6} {:>6} {:>5} {:>8} {:>6} {:>6} {:>8}",
+                "{:<14} {:>9} {:>6} {:>6} {:>6} {:>6} {:>5} {:>8} {:>6} {:>6} {:>8} {:>6}",
                 s.name,
                 s.delivered,
                 s.lost,
@@ -167,7 +192,8 @@ impl Report {
                 s.gap_offsets,
                 s.unjustified_gaps,
                 s.resets,
-                s.restarts
+                s.restarts,
+                s.unreported_losses
             );
         }
         let _ = writeln!(
@@ -206,6 +232,18 @@ pub fn check_with_retention(
     acked: &[Published],
     histories: &[History],
     retained: &[Retained],
+) -> Report {
+    check_losses(acked, histories, retained, &[])
+}
+
+/// [`check_with_retention`], and also checks that every message of `lost` (acknowledged
+/// publishes the topic's log no longer holds at the end, e.g. after a failover) was reported
+/// to every subscriber that owed it: by a `Reset` or a `Gap` with reason `Lost`.
+pub fn check_losses(
+    acked: &[Published],
+    histories: &[History],
+    retained: &[Retained],
+    lost: &[Published],
 ) -> Report {
     let mut report = Report::default();
 
@@ -286,7 +324,9 @@ pub fn check_with_retention(
                 .filter(|r| &r.topic == topic)
                 .map(|r| (r.epoch, r.first))
                 .collect::<Vec<_>>();
+            let lost: Vec<&Published> = lost.iter().filter(|p| &p.topic == topic).collect();
             check_topic(topic, records, &truth, &acked_by_topic, &first, &mut s);
+            check_reported(topic, records, &lost, &mut s);
         }
         report.subscribers.push(s);
     }
@@ -317,6 +357,8 @@ fn check_topic(
     let mut received: BTreeSet<u64> = BTreeSet::new();
     let mut floor: Option<(Epoch, u64)> = None;
     let mut starts = 0u64;
+    // After a `Lost` gap (which ends its epoch): where the next epoch's offsets begin.
+    let mut crossing: Option<u64> = None;
 
     for r in records {
         match r {
@@ -344,6 +386,12 @@ fn check_topic(
                 key,
             } => {
                 s.delivered += 1;
+                if let Some(from) = crossing.take().filter(|_| epoch != Some(*e)) {
+                    // The log continues in the next epoch where the lost offsets began.
+                    epoch = Some(*e);
+                    last = from.saturating_sub(1);
+                    received.clear();
+                }
                 if epoch != Some(*e) {
                     // Entering another epoch without a Reset is allowed only for the first
                     // epoch an incarnation sees (it started before the topic existed).
@@ -406,15 +454,32 @@ fn check_topic(
                 last = last.max(*to);
                 gaps.push((*e, *from, *to));
             }
+            Record::LostGap { epoch: e, from, to } => {
+                s.gaps += 1;
+                s.gap_offsets += to + 1 - from;
+                if epoch.is_some() && epoch != Some(*e) {
+                    s.out_of_order += 1;
+                    s.note(format!("{topic}: gap in epoch {e} while reading {epoch:?}"));
+                }
+                if *from <= last && epoch == Some(*e) {
+                    s.out_of_order += 1;
+                    s.note(format!("{topic}: gap {from}..={to} after offset {last}"));
+                }
+                epoch = Some(*e);
+                last = last.max(*to);
+                gaps.push((*e, *from, *to));
+                crossing = Some(*from);
+            }
             Record::Reset {
                 previous_epoch,
                 epoch: e,
                 last_delivered,
+                lost_from,
             } => {
                 s.resets += 1;
-                resets.push((*previous_epoch, *last_delivered));
+                resets.push((*previous_epoch, (*lost_from).min(last_delivered + 1)));
                 epoch = Some(*e);
-                last = 0;
+                last = lost_from.saturating_sub(1);
                 received.clear();
                 floor = None;
             }
@@ -440,11 +505,74 @@ fn check_topic(
             .any(|&(e, from, to)| e == p.epoch && (from..=to).contains(&p.offset));
         let reset = resets
             .iter()
-            .any(|&(e, last)| e == p.epoch && p.offset > last);
+            .any(|&(e, lost_from)| e == p.epoch && p.offset >= lost_from);
         if !(received || gapped || reset) {
             s.lost += 1;
             s.note(format!(
                 "{topic}: acknowledged {}:{} (key {:?}) never delivered nor covered",
+                p.epoch, p.offset, p.key
+            ));
+        }
+    }
+}
+
+/// The loss reports of one subscriber's topic: see [`check_losses`].
+fn check_reported(topic: &str, records: &[Record], lost: &[&Published], s: &mut SubscriberReport) {
+    let owed_from = records.iter().find_map(|r| match r {
+        Record::Start { epoch, from, .. } => Some((*epoch, *from)),
+        _ => None,
+    });
+    let Some((owed_epoch, owed_offset)) = owed_from else {
+        return;
+    };
+    for p in lost {
+        let owed = match owed_epoch {
+            None => true,
+            Some(e) => p.epoch > e || (p.epoch == e && p.offset >= owed_offset),
+        };
+        // Where it was received, and whether a record of a later epoch follows.
+        let got = records.iter().position(|r| {
+            matches!(r, Record::Message { epoch, offset, key }
+                if *epoch == p.epoch && *offset == p.offset && *key == p.key)
+        });
+        let covers = |r: &Record| match r {
+            Record::Reset {
+                previous_epoch,
+                lost_from,
+                last_delivered,
+                ..
+            } => {
+                *previous_epoch == p.epoch && (p.offset >= *lost_from || p.offset > *last_delivered)
+            }
+            Record::LostGap { epoch, from, to } => {
+                *epoch == p.epoch && (*from..=*to).contains(&p.offset)
+            }
+            _ => false,
+        };
+        let later_epoch = |r: &Record| match r {
+            Record::Message { epoch, .. } | Record::Gap { epoch, .. } => *epoch != p.epoch,
+            _ => false,
+        };
+        let unreported = match got {
+            // Received: reading on into another epoch needs a Reset naming it.
+            Some(at) => {
+                let rest = &records[at + 1..];
+                let reset_at = rest
+                    .iter()
+                    .position(|r| matches!(r, Record::Reset { .. }) && covers(r));
+                let moved_on = rest.iter().position(later_epoch);
+                match (moved_on, reset_at) {
+                    (Some(_), None) => true,
+                    (Some(m), Some(r)) => m < r,
+                    _ => false,
+                }
+            }
+            None => owed && !records.iter().any(covers),
+        };
+        if unreported {
+            s.unreported_losses += 1;
+            s.note(format!(
+                "{topic}: lost {}:{} (key {:?}) not reported by a Reset or a Lost gap",
                 p.epoch, p.offset, p.key
             ));
         }
@@ -521,6 +649,7 @@ mod tests {
             previous_epoch: E,
             epoch: E + 1,
             last_delivered: 7,
+            lost_from: 8,
         });
         // A Latest subscriber that started after offset 5 owes only 6..=10.
         let mut latest = vec![Record::Start {
@@ -661,5 +790,125 @@ mod tests {
         assert_eq!(r.subscribers[0].unjustified_gaps, 1, "{}", r.table());
         let r = check_with_retention(&acked(10), &h, &retained(7));
         assert_eq!(r.violations(), 0, "{}", r.table());
+    }
+
+    /// A failover lost 8..=10 of epoch E (acknowledged); the log continues in E + 1 from 8.
+    fn after_loss() -> (Vec<Published>, Vec<Published>) {
+        let mut acked = acked(10);
+        let lost: Vec<Published> = acked[7..].to_vec();
+        acked.extend((8..=9).map(|o| Published {
+            topic: "t".into(),
+            epoch: E + 1,
+            offset: o,
+            key: format!("new{o}"),
+        }));
+        (acked, lost)
+    }
+
+    fn new_msg(o: u64) -> Record {
+        Record::Message {
+            epoch: E + 1,
+            offset: o,
+            key: format!("new{o}"),
+        }
+    }
+
+    #[test]
+    fn checker_accepts_reported_losses() {
+        let (acked, lost) = after_loss();
+        // Delivered 1..=10, then a Reset naming 8..=10, then the new epoch from 8.
+        let mut saw = clean();
+        saw.push(Record::Reset {
+            previous_epoch: E,
+            epoch: E + 1,
+            last_delivered: 10,
+            lost_from: 8,
+        });
+        saw.extend((8..=9).map(new_msg));
+        // Offline during the loss, resumed from its cursor at 5: a Lost gap over 8..=10.
+        let mut resumed: Vec<Record> = std::iter::once(from_start())
+            .chain((1..=5).map(msg))
+            .collect();
+        resumed.push(Record::Start {
+            epoch: None,
+            from: 1,
+            floor: Some((E, 5)),
+        });
+        resumed.extend((6..=7).map(msg));
+        resumed.push(Record::LostGap {
+            epoch: E,
+            from: 8,
+            to: 10,
+        });
+        resumed.extend((8..=9).map(new_msg));
+        let h = [history("saw", saw), history("resumed", resumed)];
+        let r = check_losses(&acked, &h, &[], &lost);
+        assert_eq!(r.violations(), 0, "{}", r.table());
+    }
+
+    #[test]
+    fn checker_flags_unreported_losses_and_reused_positions() {
+        let (acked, lost) = after_loss();
+        // Resumed after the loss and crossed into the new epoch with no report at all.
+        let mut silent: Vec<Record> = std::iter::once(from_start())
+            .chain((1..=7).map(msg))
+            .collect();
+        silent.extend((8..=9).map(new_msg));
+        let r = check_losses(&acked, &[history("silent", silent.clone())], &[], &lost);
+        assert_eq!(r.subscribers[0].unreported_losses, 3, "{}", r.table());
+        // Without the list of lost messages, the plain check also sees them missing.
+        assert!(check(&acked, &[history("silent", silent)]).violations() > 0);
+
+        // A retention gap is no report of a loss.
+        let mut retention: Vec<Record> = std::iter::once(from_start())
+            .chain((1..=7).map(msg))
+            .collect();
+        retention.push(Record::Gap {
+            epoch: E,
+            from: 8,
+            to: 10,
+        });
+        retention.extend((8..=9).map(new_msg));
+        let r = check_losses(&acked, &[history("retention", retention)], &[], &lost);
+        assert_eq!(r.subscribers[0].unreported_losses, 3, "{}", r.table());
+
+        // Delivered the lost messages, then read on in the new epoch without a Reset.
+        let mut no_reset = clean();
+        no_reset.extend((8..=9).map(new_msg));
+        let r = check_losses(&acked, &[history("no_reset", no_reset)], &[], &lost);
+        assert_eq!(r.subscribers[0].unreported_losses, 3, "{}", r.table());
+
+        // A Reset that names too little (lost_from 10: 8 and 9 unreported).
+        let mut short = clean();
+        short.push(Record::Reset {
+            previous_epoch: E,
+            epoch: E + 1,
+            last_delivered: 10,
+            lost_from: 10,
+        });
+        short.extend((10..=11).map(new_msg));
+        let r = check_losses(&acked, &[history("short", short)], &[], &lost);
+        assert_eq!(r.subscribers[0].unreported_losses, 2, "{}", r.table());
+
+        // An (epoch, offset) reused: two publishers got receipts for E:8 with two messages.
+        let mut reused = acked.clone();
+        reused.push(Published {
+            topic: "t".into(),
+            epoch: E,
+            offset: 8,
+            key: "other8".into(),
+        });
+        let r = check(&reused, &[]);
+        assert_eq!(r.conflicts, 1, "{}", r.table());
+        // And one subscriber delivered E:9 as yet another message.
+        let mut odd = clean();
+        odd[9] = Record::Message {
+            epoch: E,
+            offset: 9,
+            key: "odd9".into(),
+        };
+        let r = check(&reused, &[history("good", clean()), history("odd", odd)]);
+        assert_eq!(r.conflicts, 2, "{}", r.table());
+        assert_eq!(r.subscribers[1].conflicts, 1);
     }
 }

@@ -78,6 +78,11 @@ impl RedisCluster {
         &self.nodes
     }
 
+    /// Node `i`, to kill, stop or restart it.
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut RedisServer> {
+        self.nodes.get_mut(i)
+    }
+
     /// `127.0.0.1:PORT` of every node.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes

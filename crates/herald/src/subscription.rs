@@ -14,15 +14,23 @@
 //! Memory is bounded by the consumer-facing channel (`buffer` events): when it is full, live
 //! notifications for that topic are dropped and the topic is marked *behind*; it catches up
 //! from history, one channel-full at a time, as the consumer frees room.
+//!
+//! Topics are isolated from each other's trouble: history reads and head checks run
+//! concurrently with the task's loop (at most one per topic, a bounded number at once), their
+//! results coming back to the loop, so a topic whose shard is down or migrating delays only
+//! itself; a topic whose reads fail is retried on its own backoff.
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::broker::history::History;
 use crate::broker::{Broker, LiveEvent, LiveFeed, ReadResult, Slot};
@@ -229,6 +237,10 @@ impl SubscribeBuilder {
                 vouched,
                 anchor: None,
                 readahead: None,
+                busy: false,
+                unchanged_by_report: None,
+                retry_at: None,
+                backoff: FAILURE_BACKOFF,
             });
         }
         let (tx, rx) = mpsc::channel(self.buffer);
@@ -241,6 +253,9 @@ impl SubscribeBuilder {
             chunk: 1024,
             last_error: None,
             first_to_catch_up: 0,
+            ops: FuturesUnordered::new(),
+            reads: 0,
+            suspect_reads: 0,
         };
         let task = tokio::spawn(engine.run(Some(feed)));
         Ok(Subscription {
@@ -366,6 +381,16 @@ struct TopicState {
     anchor: Option<u64>,
     /// History read but not yet handed to the consumer (at most one chunk).
     readahead: Option<Readahead>,
+    /// True while a read (or loss report) of this topic is in flight.
+    busy: bool,
+    /// A loss report of this position changed nothing (another reader may have made the
+    /// epoch change meanwhile): if the next read still shows the log went back under the same
+    /// epoch, it was rewritten rather than truncated.
+    unchanged_by_report: Option<Position>,
+    /// After a failed read: not before this instant again.
+    retry_at: Option<Instant>,
+    /// Paces this topic's retries.
+    backoff: Backoff,
 }
 
 /// A chunk of history being delivered.
@@ -398,9 +423,38 @@ struct Engine {
     chunk: usize,
     /// The last problem reported to the consumer, to report each one once.
     last_error: Option<String>,
-    /// Where the search for a topic to catch up starts, so that a topic that keeps failing
-    /// does not starve the others.
+    /// Where the search for a topic to catch up starts, so that topics take turns.
     first_to_catch_up: usize,
+    /// Reads and loss reports in flight, each with the topic it is for.
+    ops: FuturesUnordered<BoxFuture<'static, (usize, Done)>>,
+    /// Catch-up reads in flight, and how many of them are for topics whose last read failed.
+    reads: usize,
+    suspect_reads: usize,
+}
+
+/// Most catch-up reads in flight at once (each up to `chunk` entries). At most half of them
+/// go to topics whose last read failed, so that a shard that is down cannot hold them all.
+const CATCH_UP_READS: usize = 32;
+
+/// A finished operation of the engine, for one topic.
+enum Done {
+    /// A catch-up read (`suspect`: the topic's previous read had failed).
+    Read {
+        suspect: bool,
+        result: Result<ReadResult>,
+    },
+    /// A head check, started when the topic's next offset was `next`.
+    Head {
+        next: u64,
+        result: Result<ReadResult>,
+    },
+    /// A report that the log went back below `seen` under its epoch.
+    Reported {
+        seen: Position,
+        result: Result<bool>,
+    },
+    /// A loss report whose outcome changes nothing here.
+    Noted,
 }
 
 /// How the engine paces its retries after a failure (opening the live feed, reading history):
@@ -442,41 +496,10 @@ impl Engine {
                 }
                 continue;
             };
-            // Catch up one chunk of history when a topic is behind and the consumer has room.
-            let n = self.topics.len();
-            let behind = (0..n)
-                .map(|k| (self.first_to_catch_up + k) % n)
-                .find(|&i| self.topics[i].behind);
-            if let Some(i) = behind {
-                if self.tx.capacity() >= self.room() {
-                    if let Err(e) = self.catch_up(i).await {
-                        self.report(e);
-                        self.first_to_catch_up = (i + 1) % n;
-                        if !self.pause(backoff.next_pause()).await {
-                            return;
-                        }
-                    } else {
-                        backoff.reset();
-                    }
-                    // Drain what the live feed already holds, so it never piles up while catching up.
-                    let mut lost = false;
-                    for _ in 0..1024 {
-                        match live.next().now_or_never() {
-                            Some(Some(ev)) => self.on_live(ev),
-                            Some(None) => {
-                                lost = true;
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    if lost {
-                        feed = None;
-                    }
-                    continue;
-                }
-            }
-            let any_behind = self.topics.iter().any(|t| t.behind);
+            // Topics behind: hand over what was read ahead, start history reads.
+            let wants_room = self.catch_up();
+            let retry_at = self.next_retry();
+            let room = self.room();
             let tx = self.tx.clone();
             let mut lost = false;
             tokio::select! {
@@ -485,18 +508,164 @@ impl Engine {
                     Some(ev) => self.on_live(ev),
                     None => lost = true,
                 },
-                _ = tick.tick() => {
-                    if let Err(e) = self.check_heads().await {
-                        self.report(e);
-                    }
-                }
-                permits = tx.reserve_many(self.room()), if any_behind => drop(permits),
+                Some((i, done)) = self.ops.next(), if !self.ops.is_empty() => self.on_done(i, done),
+                _ = tick.tick() => self.check_heads(),
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+                permits = tx.reserve_many(room), if wants_room => drop(permits),
             }
             if lost {
                 tracing::warn!(topics = ?names, "live feed lost; reconnecting");
                 feed = None;
             }
         }
+    }
+
+    /// Moves the topics that are behind forward while the consumer has room: hands over what
+    /// was read ahead and starts history reads (bounded, see [`CATCH_UP_READS`]), each topic
+    /// in turn. True when a topic waits only for room in the consumer's channel.
+    fn catch_up(&mut self) -> bool {
+        let n = self.topics.len();
+        let now = Instant::now();
+        let start = self.first_to_catch_up;
+        self.first_to_catch_up = (start + 1) % n;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let t = &self.topics[i];
+            if !t.behind || t.busy {
+                continue;
+            }
+            let suspect = t.retry_at.is_some();
+            if t.readahead.is_none() {
+                if t.retry_at.is_some_and(|at| at > now) || self.reads >= CATCH_UP_READS {
+                    continue;
+                }
+                if suspect && self.suspect_reads >= CATCH_UP_READS / 2 {
+                    continue;
+                }
+            }
+            if self.tx.capacity() < self.room() {
+                return true;
+            }
+            match self.topics[i].readahead.take() {
+                Some(r) => self.deliver_readahead(i, r),
+                None => self.start_read(i, suspect),
+            }
+        }
+        // What was read ahead and not handed over waits for room in the consumer's channel:
+        // wake up when there is some, not at the next tick.
+        self.topics
+            .iter()
+            .any(|t| t.behind && !t.busy && t.readahead.is_some())
+    }
+
+    /// When the earliest topic waiting out a failure may be read again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.topics
+            .iter()
+            .filter(|t| t.behind && !t.busy && t.readahead.is_none())
+            .filter_map(|t| t.retry_at)
+            .min()
+    }
+
+    /// Starts reading the next chunk of topic `i`'s history. With an anchor, it reads one
+    /// entry more (`next - 1`) to check that history still holds the entry this subscription
+    /// delivered there.
+    fn start_read(&mut self, i: usize, suspect: bool) {
+        let t = &mut self.topics[i];
+        let anchored = t.anchor.is_some() && t.next > 1;
+        let from = if anchored { t.next - 1 } else { t.next };
+        let limit = self.chunk + usize::from(anchored);
+        let (broker, name) = (self.broker.clone(), t.name.clone());
+        t.busy = true;
+        self.reads += 1;
+        self.suspect_reads += usize::from(suspect);
+        self.ops.push(
+            async move {
+                let result = broker.read(&name, from, limit).await;
+                (i, Done::Read { suspect, result })
+            }
+            .boxed(),
+        );
+    }
+
+    /// Runs `report` as topic `i`'s operation; `done` makes its outcome an event for the loop.
+    fn start_report(
+        &mut self,
+        i: usize,
+        seen: Position,
+        done: impl FnOnce(Result<bool>) -> Done + Send + 'static,
+    ) {
+        let (broker, name) = (self.broker.clone(), self.topics[i].name.clone());
+        self.topics[i].busy = true;
+        self.ops.push(
+            async move {
+                let result = broker.report_lost(&name, seen).await;
+                (i, done(result))
+            }
+            .boxed(),
+        );
+    }
+
+    /// Takes in the outcome of one of topic `i`'s operations.
+    fn on_done(&mut self, i: usize, done: Done) {
+        self.topics[i].busy = false;
+        match done {
+            Done::Read { suspect, result } => {
+                self.reads -= 1;
+                self.suspect_reads -= usize::from(suspect);
+                match result {
+                    Ok(r) => {
+                        self.succeeded(i);
+                        if let Some(r) = self.read_ahead(i, r) {
+                            self.deliver_readahead(i, r);
+                        }
+                    }
+                    Err(e) => self.failed(i, e),
+                }
+            }
+            Done::Head { next, result } => match result {
+                Ok(head) => {
+                    let t = &mut self.topics[i];
+                    // Deliveries since the check started prove the topic live; and a topic
+                    // already behind is being read anyway.
+                    if t.behind || t.next != next {
+                        return;
+                    }
+                    if let Some(epoch) = head.epoch {
+                        let went_back = t.vouched && head.last + 1 < t.next;
+                        if t.epoch != Some(epoch) || head.last >= t.next || went_back {
+                            t.behind = true;
+                        }
+                    }
+                }
+                Err(e) => self.report(e),
+            },
+            Done::Reported { seen, result } => match result {
+                // A new epoch continues the log: the next read validates the position.
+                Ok(true) => self.succeeded(i),
+                // Nothing changed: maybe another reader recorded the loss first; read again,
+                // and start over only if the log still went back under the same epoch.
+                Ok(false) => {
+                    self.succeeded(i);
+                    self.topics[i].unchanged_by_report = Some(seen);
+                }
+                Err(e) => self.failed(i, e),
+            },
+            Done::Noted => {}
+        }
+    }
+
+    fn succeeded(&mut self, i: usize) {
+        let t = &mut self.topics[i];
+        t.retry_at = None;
+        t.backoff.reset();
+    }
+
+    /// Reports a failed operation of topic `i`, which is retried after its backoff.
+    fn failed(&mut self, i: usize, e: Error) {
+        self.report(e);
+        let t = &mut self.topics[i];
+        t.retry_at = Some(Instant::now() + t.backoff.next_pause());
     }
 
     /// How much free room in the consumer's channel is worth a round of catch-up: half of it,
@@ -506,10 +675,13 @@ impl Engine {
     }
 
     /// Sleeps, unless the consumer goes away first; false when it did.
-    async fn pause(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = self.tx.closed() => false,
-            _ = tokio::time::sleep(d) => true,
+    fn pause(&self, d: Duration) -> impl Future<Output = bool> + Send + 'static {
+        let tx = self.tx.clone();
+        async move {
+            tokio::select! {
+                _ = tx.closed() => false,
+                _ = tokio::time::sleep(d) => true,
+            }
         }
     }
 
@@ -538,6 +710,11 @@ impl Engine {
     fn on_live(&mut self, ev: LiveEvent) {
         match ev {
             LiveEvent::Lost => self.topics.iter_mut().for_each(|t| t.behind = true),
+            LiveEvent::Stale(topic) => {
+                if let Some(t) = self.topics.iter_mut().find(|t| t.name == topic) {
+                    t.behind = true;
+                }
+            }
             LiveEvent::Notification(n) => self.on_notification(n),
         }
     }
@@ -590,39 +767,17 @@ impl Engine {
         }
     }
 
-    /// Reads one chunk of history for topic `i` and delivers it, with `Gap`/`Reset` events for
-    /// what cannot be delivered. State advances only for events actually handed over, so a
-    /// full channel simply means "continue later".
-    async fn catch_up(&mut self, i: usize) -> Result<()> {
-        let readahead = match self.topics[i].readahead.take() {
-            Some(r) => r,
-            None => match self.read_ahead(i).await? {
-                Some(r) => r,
-                None => return Ok(()),
-            },
-        };
-        self.deliver_readahead(i, readahead);
-        Ok(())
-    }
-
-    /// Reads the next chunk of history for topic `i`, after validating the topic's position
-    /// against the epoch history: a position past the end of its epoch (writes this
-    /// subscription delivered were lost) becomes a `Reset`, and `None` is returned.
-    async fn read_ahead(&mut self, i: usize) -> Result<Option<Readahead>> {
+    /// Validates a chunk of topic `i`'s history, just read, against the topic's position and
+    /// the epoch history: a position past the end of its epoch (writes this subscription
+    /// delivered were lost) becomes a `Reset`, and `None` is returned (the topic stays behind
+    /// and is read again from its new position).
+    fn read_ahead(&mut self, i: usize, r: ReadResult) -> Option<Readahead> {
         let (name, next) = (self.topics[i].name.clone(), self.topics[i].next);
-        // With an anchor, read one entry more (`next - 1`) to check that history still holds
-        // the entry this subscription delivered there.
-        let anchored = self.topics[i].anchor.is_some() && next > 1;
-        let from = if anchored { next - 1 } else { next };
-        let r = self
-            .broker
-            .read(&name, from, self.chunk + usize::from(anchored))
-            .await?;
         let Some(current) = r.epoch else {
             // No log at all: nothing to deliver until a publish creates one (a new epoch,
             // which then shows up as a Reset if we were reading an older one).
             self.topics[i].behind = false;
-            return Ok(None);
+            return None;
         };
         if self.topics[i].epoch.is_none() {
             self.topics[i].epoch = Some(r.history.epoch_at(next, current));
@@ -639,18 +794,13 @@ impl Engine {
                 // longer reaches back to it).
                 let seen = Position::new(epoch, t.next.saturating_sub(1));
                 self.reset_to_oldest(i, &r, current, seen);
-                return Ok(None);
+                return None;
             };
             if t.next > succ.first {
                 // Delivered (or committed) past the end of its epoch: those writes were lost.
                 let seen = Position::new(epoch, t.next - 1);
                 tracing::warn!(topic = %name, epoch, lost_from = succ.first, delivered = seen.offset,
                     "the log lost writes this subscription had read (a failover or a crash without fsync); continuing after the last surviving offset");
-                // Recorded first (idempotent), so that whoever sees this Reset can count on
-                // readers who had not gone that far learning of the loss, too.
-                if let Err(e) = self.broker.report_lost(&name, seen).await {
-                    tracing::warn!(topic = %name, error = %e, "cannot record the loss");
-                }
                 let reset = Event::Reset {
                     topic: name.clone(),
                     last_delivered: seen,
@@ -664,37 +814,45 @@ impl Engine {
                     t.vouched = false;
                     t.anchor = None;
                     t.readahead = None;
+                    // So that readers who had not gone that far learn of the loss, too.
+                    let topic = name.clone();
+                    self.start_report(i, seen, move |result| {
+                        if let Err(e) = result {
+                            tracing::warn!(%topic, error = %e, "cannot record the loss");
+                        }
+                        Done::Noted
+                    });
                 }
-                return Ok(None); // read again from the new position
+                return None; // read again from the new position
             }
             if t.next < succ.first || !self.cross(i, &r.history, t.next) {
                 break; // offsets of its epoch remain to be delivered, or no room
             }
         }
         if self.topics[i].epoch == Some(current) && self.went_back(i, &r) {
-            let t = &self.topics[i];
-            let seen = Position::new(current, t.next - 1);
-            if r.last + 1 < t.next {
+            let seen = Position::new(current, self.topics[i].next - 1);
+            let reported = self.topics[i].unchanged_by_report.take() == Some(seen);
+            if r.last + 1 < self.topics[i].next && !reported {
                 // The log went back under its epoch: report it, which continues the log under
-                // a new epoch from `last + 1`; the next read validates the position against it.
-                if self.broker.report_lost(&name, seen).await? {
-                    return Ok(None);
-                }
+                // a new epoch from `last + 1` (then the next read validates the position
+                // against it); if the report changes nothing, the log was rewritten.
+                self.start_report(i, seen, move |result| Done::Reported { seen, result });
+                return None;
             }
             // Rewritten in place (by something other than Herald): start over.
             tracing::warn!(topic = %name, epoch = current, last = r.last, delivered = seen.offset,
                 "the log was rewritten under this subscription; restarting from its oldest retained offset");
             self.reset_to_oldest(i, &r, current, seen);
-            return Ok(None);
+            return None;
         }
-        Ok(Some(Readahead {
+        Some(Readahead {
             epoch: current,
             first: r.first,
             last: r.last,
             complete: r.complete,
             slots: r.slots.into(),
             history: r.history,
-        }))
+        })
     }
 
     /// Emits a `Reset` that starts topic `i` over from the oldest retained offset.
@@ -893,30 +1051,21 @@ impl Engine {
 
     /// The periodic check: a topic whose head moved past what was delivered, or whose epoch
     /// changed, goes to history (covers notifications lost without the connection dropping).
-    async fn check_heads(&mut self) -> Result<()> {
-        let mut result = Ok(());
-        for i in 0..self.topics.len() {
-            if self.topics[i].behind {
+    /// The heads are read concurrently; a topic whose check is still running is skipped.
+    fn check_heads(&mut self) {
+        for (i, t) in self.topics.iter_mut().enumerate() {
+            if t.behind || t.busy {
                 continue;
             }
-            // A failing topic does not stop the check of the others.
-            let head = match self.broker.read(&self.topics[i].name, 1, 0).await {
-                Ok(head) => head,
-                Err(e) => {
-                    if result.is_ok() {
-                        result = Err(e);
-                    }
-                    continue;
+            t.busy = true;
+            let (broker, name, next) = (self.broker.clone(), t.name.clone(), t.next);
+            self.ops.push(
+                async move {
+                    let result = broker.read(&name, 1, 0).await;
+                    (i, Done::Head { next, result })
                 }
-            };
-            let t = &mut self.topics[i];
-            if let Some(epoch) = head.epoch {
-                let went_back = t.vouched && head.last + 1 < t.next;
-                if t.epoch != Some(epoch) || head.last >= t.next || went_back {
-                    t.behind = true;
-                }
-            }
+                .boxed(),
+            );
         }
-        result
     }
 }

@@ -495,8 +495,15 @@ async fn subscriber(
                     epoch,
                     from,
                     to,
-                    ..
-                } => (topic, Record::Gap { epoch, from, to }, Some((epoch, to))),
+                    reason,
+                } => {
+                    let r = if reason == herald::GapReason::Lost {
+                        Record::LostGap { epoch, from, to }
+                    } else {
+                        Record::Gap { epoch, from, to }
+                    };
+                    (topic, r, Some((epoch, to)))
+                }
                 Event::Reset {
                     topic,
                     last_delivered:
@@ -505,13 +512,14 @@ async fn subscriber(
                             offset: last_delivered,
                         },
                     epoch,
-                    ..
+                    lost_from,
                 } => (
                     topic,
                     Record::Reset {
                         previous_epoch,
                         epoch,
                         last_delivered,
+                        lost_from,
                     },
                     None,
                 ),
@@ -549,7 +557,7 @@ fn redis_cmd(port: u16, args: &[&str]) -> Option<i64> {
 fn reached(h: &History, topic: &str) -> Option<(u64, u64)> {
     h.topics.get(topic)?.iter().rev().find_map(|r| match r {
         Record::Message { epoch, offset, .. } => Some((*epoch, *offset)),
-        Record::Gap { epoch, to, .. } => Some((*epoch, *to)),
+        Record::Gap { epoch, to, .. } | Record::LostGap { epoch, to, .. } => Some((*epoch, *to)),
         _ => None,
     })
 }

@@ -82,6 +82,9 @@ pub(crate) enum LiveEvent {
     Notification(Notification),
     /// Some notifications may have been dropped: every topic must be checked against history.
     Lost,
+    /// Notifications of this topic may have been dropped (its shard stopped serving it, then
+    /// the feed subscribed again): this topic must be checked against history.
+    Stale(String),
 }
 
 /// The outcome of one message of a publish.
