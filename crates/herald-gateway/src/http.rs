@@ -380,7 +380,11 @@ async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Res
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    let mut r = state.0.metrics.render().into_response();
+    let mut text = state.0.metrics.render(&state.0.hub.subscribers());
+    if let Some(registry) = crate::prom::global() {
+        text.push_str(&registry.render());
+    }
+    let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

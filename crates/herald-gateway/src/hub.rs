@@ -80,6 +80,17 @@ impl Hub {
         topics
     }
 
+    /// Topics with a feed now, with how many clients follow each.
+    pub(crate) fn subscribers(&self) -> Vec<(String, usize)> {
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, usize)> = feeds
+            .iter()
+            .filter_map(|(t, f)| f.upgrade().map(|f| (t.clone(), f.tx.receiver_count())))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The feed of `topic` (a valid name), started if none runs.
     pub(crate) fn feed(&self, topic: &str) -> Arc<Feed> {
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());

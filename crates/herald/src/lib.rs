@@ -79,6 +79,7 @@ pub mod position;
 mod publish;
 mod retry;
 pub mod subscription;
+mod telemetry;
 pub mod topic;
 
 pub use ack::{AckReport, AckWait, Acks, CursorLag, PublishAndWait};

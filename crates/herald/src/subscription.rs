@@ -428,6 +428,7 @@ impl Engine {
                 match self.broker.live(&names).await {
                     Ok(f) => {
                         tracing::info!(topics = ?names, "live feed re-established; catching up from history");
+                        crate::telemetry::reconnected();
                         feed = Some(f);
                         self.topics.iter_mut().for_each(|t| t.behind = true);
                         backoff.reset();
@@ -514,8 +515,12 @@ impl Engine {
     }
 
     fn send(&self, event: Event) -> Sent {
+        let handed = crate::telemetry::Handed::of(&event);
         match self.tx.try_send(Ok(event)) {
-            Ok(()) => Sent::Yes,
+            Ok(()) => {
+                handed.count();
+                Sent::Yes
+            }
             Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
         }
@@ -614,6 +619,7 @@ impl Engine {
         // the entry this subscription delivered there.
         let anchored = self.topics[i].anchor.is_some() && next > 1;
         let from = if anchored { next - 1 } else { next };
+        crate::telemetry::history_read();
         let r = self
             .broker
             .read(&name, from, self.chunk + usize::from(anchored))
@@ -909,6 +915,9 @@ impl Engine {
                 }
             };
             let t = &mut self.topics[i];
+            if head.epoch.is_some() && head.epoch == t.epoch {
+                crate::telemetry::lag((head.last + 1).saturating_sub(t.next));
+            }
             if let Some(epoch) = head.epoch {
                 let went_back = t.vouched && head.last + 1 < t.next;
                 if t.epoch != Some(epoch) || head.last >= t.next || went_back {
