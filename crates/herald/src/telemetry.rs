@@ -52,6 +52,7 @@ pub(crate) fn published<T>(
 
 /// What kind of event is handed to a subscriber, counted once the hand-over succeeded.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub(crate) enum Handed {
     Message,
     Gap(&'static str),
