@@ -359,11 +359,10 @@ async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// The topic `/readyz` inspects to tell whether Redis answers.
-const READY_TOPIC: &str = "herald-gateway.readyz";
-
+/// Ready when Redis answers and holds Herald's scripts ([`Herald::ready`], which loads a
+/// missing one), within 3 s.
 async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(3), state.0.herald.inspect(READY_TOPIC)).await {
+    match tokio::time::timeout(Duration::from_secs(3), state.0.herald.ready()).await {
         Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Ok(Err(e)) => {
             let mut r = ApiError::from(e);

@@ -394,6 +394,13 @@ impl Herald {
         self.inner.broker.configure(topic, &change).await
     }
 
+    /// Checks that the broker can serve now: Redis answers and holds Herald's scripts (a
+    /// missing script is loaded). An error says what is wrong: unreachable, or refused (for
+    /// example a user not allowed to run `SCRIPT`). The embedded broker is always ready.
+    pub async fn ready(&self) -> Result<()> {
+        self.inner.broker.ready().await
+    }
+
     /// Reads a durable cursor.
     pub async fn cursor(&self, topic: &str, name: &str) -> Result<Option<CursorCommit>> {
         validate_topic(topic)?;

@@ -33,6 +33,7 @@ mod keys;
 pub(crate) mod members;
 mod publish;
 mod read;
+mod ready;
 mod settings;
 #[cfg(feature = "tls")]
 mod tls;
