@@ -120,8 +120,8 @@ impl Hub {
     }
 }
 
-/// The feed's task: one subscription, restarted after the last position it saw when it
-/// fails.
+/// The feed's task: one subscription for the feed's life (it retries on its own after
+/// problems); started again after the last position it saw only if it ends.
 async fn run(
     herald: Herald,
     topic: String,
@@ -153,10 +153,10 @@ async fn run(
                             // No receiver is fine: clients come and go.
                             let _ = tx.send(Arc::new(event));
                         }
-                        Err(e) => {
-                            tracing::warn!(topic, error = %e, "gateway feed failed; restarting");
-                            break;
-                        }
+                        // The subscription goes on after reporting a problem (it retries on
+                        // its own): keeping it keeps its view continuous, which the followers
+                        // rely on to tell a log that continues under a new epoch.
+                        Err(e) => tracing::warn!(topic, error = %e, "gateway feed problem"),
                     }
                 }
             }
