@@ -44,6 +44,7 @@ pub(crate) struct Inner {
     pub(crate) client_buffer: usize,
     pub(crate) max_body: usize,
     pub(crate) stopped: watch::Receiver<bool>,
+    pub(crate) rates: crate::status::Rates,
     known: Mutex<BTreeSet<String>>,
 }
 
@@ -60,6 +61,7 @@ impl State {
             client_buffer: config.client_buffer,
             max_body: config.max_body,
             stopped,
+            rates: Default::default(),
             known: Mutex::new(BTreeSet::new()),
         }))
     }
