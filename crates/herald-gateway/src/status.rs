@@ -34,7 +34,10 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Each topic's last offsets as the gateway saw them, for its publish rate: the offset
 /// grows by one per message, whoever published it.
 #[derive(Default)]
-pub(crate) struct Rates(Mutex<HashMap<String, VecDeque<(Instant, Option<u64>, u64)>>>);
+pub(crate) struct Rates(Mutex<HashMap<String, VecDeque<Sample>>>);
+
+/// When, in which epoch, at which last offset.
+type Sample = (Instant, Option<u64>, u64);
 
 impl Rates {
     /// Records `(epoch, last_offset)` of `topic` now; returns messages per second over the
