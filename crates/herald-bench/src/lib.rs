@@ -28,6 +28,7 @@
 mod baseline;
 mod cases;
 mod chart;
+mod gateway_case;
 mod herald_case;
 mod report;
 
@@ -265,7 +266,23 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
     }
     // Rounds of a case run back to back, each round every selected system in turn.
     let mut runs: Vec<PlannedRun> = Vec::new();
-    for case in cases::plan(messages, catch_up, args.rate, &args.cases, args.quick) {
+    // The gateway cases (`gateway_case`) run on their own, before the others.
+    let (gateway_patterns, other_patterns): (Vec<String>, Vec<String>) = args
+        .cases
+        .iter()
+        .cloned()
+        .partition(|p| p.contains("gateway"));
+    let gateway_cases = if args.cases.is_empty() || !gateway_patterns.is_empty() {
+        gateway_case::plan(&gateway_patterns, args.quick)
+    } else {
+        Vec::new()
+    };
+    let planned = if !args.cases.is_empty() && other_patterns.is_empty() {
+        Vec::new()
+    } else {
+        cases::plan(messages, catch_up, args.rate, &other_patterns, args.quick)
+    };
+    for case in planned {
         let systems: Vec<System> = case
             .systems()
             .iter()
@@ -282,7 +299,7 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
             }
         }
     }
-    if runs.is_empty() {
+    if runs.is_empty() && gateway_cases.is_empty() {
         return Err(BenchError::Usage(format!(
             "no case matches --cases {} with --systems {}; case names are \
              fan{{1,4,16,64,256}}-{{128B,4KiB}}-{{max,{}/s}}, fan4-{{16B,1KiB,64KiB}}-max, \
@@ -342,6 +359,20 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
         private: server.is_some(),
     };
     let version = redis_version(&ctx).await?;
+    if !gateway_cases.is_empty() {
+        gateway_case::run(
+            &gateway_cases,
+            &ctx.url,
+            &ctx.prefix,
+            ctx.drain_timeout.max(Duration::from_secs(5)),
+            args.json,
+        )
+        .await?;
+        if runs.is_empty() {
+            cleanup(&ctx).await?;
+            return Ok(());
+        }
+    }
     let cluster = if redis.is_none() && runs.iter().any(|r| is_cluster(&r.case)) {
         // Starting may take seconds: Ctrl-C drops the nodes started so far (killing them).
         let cluster = start_cluster(&args.redis_server).await?;

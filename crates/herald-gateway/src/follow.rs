@@ -295,6 +295,16 @@ impl Follower {
         }
     }
 
+    /// Whether a live event of a newer epoch at `offset` continues this client's view: the
+    /// client is live (it got every event of the shared subscription since it went live) and
+    /// the event is its next offset. The shared subscription is one library subscription,
+    /// which sends a `reset` (or a `gap`) when a new epoch does not continue the old one, so
+    /// an event at the next offset of a newer epoch, without a `reset` before it, is the log
+    /// continuing after Redis restarted with its data (AOF) or a replica took over with it.
+    fn continues(&self, source: &Source, offset: u64) -> bool {
+        matches!(source, Source::Live) && matches!(self.mode, Mode::Live) && offset == self.next
+    }
+
     /// Takes `event` if it is the next one for this client.
     fn apply(&mut self, event: &Event, source: Source) {
         match event {
@@ -309,8 +319,12 @@ impl Follower {
                     }
                     Some(e) if e > epoch => return, // stale
                     Some(e) if e < epoch => {
-                        self.mode = Mode::Check;
-                        return;
+                        if !self.continues(&source, d.position.offset) {
+                            self.mode = Mode::Check;
+                            return;
+                        }
+                        // The log continues under a new epoch (Redis restarted with its data).
+                        self.epoch = Some(epoch);
                     }
                     Some(_) => {}
                 }
@@ -335,6 +349,13 @@ impl Follower {
                 reason,
                 ..
             } => {
+                if self.epoch.is_some_and(|e| e < *epoch)
+                    && *from <= self.next
+                    && *to >= self.next
+                    && self.continues(&source, self.next)
+                {
+                    self.epoch = Some(*epoch);
+                }
                 if self.epoch.is_some_and(|e| e != *epoch) || *to < self.next {
                     if self.epoch.is_some_and(|e| e < *epoch) {
                         self.mode = Mode::Check;

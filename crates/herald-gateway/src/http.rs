@@ -44,6 +44,7 @@ pub(crate) struct Inner {
     pub(crate) client_buffer: usize,
     pub(crate) max_body: usize,
     pub(crate) stopped: watch::Receiver<bool>,
+    pub(crate) rates: crate::status::Rates,
     known: Mutex<BTreeSet<String>>,
 }
 
@@ -60,6 +61,7 @@ impl State {
             client_buffer: config.client_buffer,
             max_body: config.max_body,
             stopped,
+            rates: Default::default(),
             known: Mutex::new(BTreeSet::new()),
         }))
     }
@@ -359,11 +361,10 @@ async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// The topic `/readyz` inspects to tell whether Redis answers.
-const READY_TOPIC: &str = "herald-gateway.readyz";
-
+/// Ready when Redis answers and holds Herald's scripts ([`Herald::ready`], which loads a
+/// missing one), within 3 s.
 async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(3), state.0.herald.inspect(READY_TOPIC)).await {
+    match tokio::time::timeout(Duration::from_secs(3), state.0.herald.ready()).await {
         Ok(Ok(_)) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Ok(Err(e)) => {
             let mut r = ApiError::from(e);
@@ -380,7 +381,11 @@ async fn readyz(axum::extract::State(state): axum::extract::State<State>) -> Res
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
-    let mut r = state.0.metrics.render().into_response();
+    let mut text = state.0.metrics.render(&state.0.hub.subscribers());
+    if let Some(registry) = crate::prom::global() {
+        text.push_str(&registry.render());
+    }
+    let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4"),

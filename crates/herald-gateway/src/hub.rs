@@ -80,6 +80,17 @@ impl Hub {
         topics
     }
 
+    /// Topics with a feed now, with how many clients follow each.
+    pub(crate) fn subscribers(&self) -> Vec<(String, usize)> {
+        let feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, usize)> = feeds
+            .iter()
+            .filter_map(|(t, f)| f.upgrade().map(|f| (t.clone(), f.tx.receiver_count())))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The feed of `topic` (a valid name), started if none runs.
     pub(crate) fn feed(&self, topic: &str) -> Arc<Feed> {
         let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,8 +120,8 @@ impl Hub {
     }
 }
 
-/// The feed's task: one subscription, restarted after the last position it saw when it
-/// fails.
+/// The feed's task: one subscription for the feed's life (it retries on its own after
+/// problems); started again after the last position it saw only if it ends.
 async fn run(
     herald: Herald,
     topic: String,
@@ -142,10 +153,10 @@ async fn run(
                             // No receiver is fine: clients come and go.
                             let _ = tx.send(Arc::new(event));
                         }
-                        Err(e) => {
-                            tracing::warn!(topic, error = %e, "gateway feed failed; restarting");
-                            break;
-                        }
+                        // The subscription goes on after reporting a problem (it retries on
+                        // its own): keeping it keeps its view continuous, which the followers
+                        // rely on to tell a log that continues under a new epoch.
+                        Err(e) => tracing::warn!(topic, error = %e, "gateway feed problem"),
                     }
                 }
             }

@@ -21,8 +21,8 @@
 //! - `hub`: one shared Herald subscription per topic, fanned out to every client of the
 //!   process through a broadcast channel; `follow`: one client's ordered view of one topic
 //!   (live from the hub, caught up from history when it falls behind).
-//! - `http`, `sse`, `ws`: the endpoints; `wire`: the JSON shapes; `metrics`: the counters
-//!   behind `/metrics`; `status`: the embedded status page.
+//! - `http`, `sse`, `ws`: the endpoints; `wire`: the JSON shapes; `metrics`: the gateway's counters
+//!   behind `/metrics`; `prom`: the recorder of the library's metrics; `status`: the embedded status page.
 
 mod api_error;
 pub mod auth;
@@ -30,6 +30,7 @@ mod follow;
 mod http;
 mod hub;
 mod metrics;
+mod prom;
 mod sse;
 mod status;
 mod wire;
@@ -212,6 +213,8 @@ pub async fn serve(config: Config) -> Result<Gateway, GatewayError> {
             });
         }
     }
+    // The library's metrics go to the gateway's recorder (unless the application has one).
+    let _ = prom::global();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| GatewayError::Io {

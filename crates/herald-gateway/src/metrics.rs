@@ -10,6 +10,9 @@
 //! | `herald_gateway_delivered_total` | counter | events sent to clients (messages, gaps, resets) |
 //! | `herald_gateway_feeds` | gauge | topics with a shared subscription now |
 //! | `herald_gateway_feed_events_total` | counter | events received by the shared subscriptions |
+//! | `herald_gateway_topic_subscribers` | gauge | clients following a topic now, by `topic` (topics with a feed) |
+//!
+//! The library's own metrics (`herald_*`) follow, from the recorder in `prom`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -91,8 +94,8 @@ impl Drop for Open {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
-    pub(crate) fn render(&self) -> String {
+    /// The Prometheus text exposition, with each topic's clients.
+    pub(crate) fn render(&self, subscribers: &[(String, usize)]) -> String {
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -154,6 +157,27 @@ impl Metrics {
             "Topics with a shared subscription now.",
             &[("", self.feeds_open.get().to_string())],
         );
+        let per_topic: Vec<(String, String)> = subscribers
+            .iter()
+            .map(|(t, n)| (format!("{{topic=\"{}\"}}", escape(t)), n.to_string()))
+            .collect();
+        let per_topic: Vec<(&str, String)> = per_topic
+            .iter()
+            .map(|(l, v)| (l.as_str(), v.clone()))
+            .collect();
+        family(
+            "herald_gateway_topic_subscribers",
+            "gauge",
+            "Clients following a topic now (topics with a shared subscription).",
+            &per_topic,
+        );
         out
     }
+}
+
+/// A label value, escaped for the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

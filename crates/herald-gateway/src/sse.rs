@@ -146,6 +146,7 @@ struct Run {
     single: bool,
     done: bool,
     state: State,
+    grants: Grants,
     _open: Open,
 }
 
@@ -212,6 +213,7 @@ async fn stream(
         positions,
         single,
         done: false,
+        grants: grants.clone(),
         _open: Open::new(state.0.metrics.clone(), false),
         state: state.clone(),
     };
@@ -222,6 +224,7 @@ async fn stream(
                 return None;
             }
             tokio::select! {
+                biased;
                 end = &mut run.end => {
                     run.done = true;
                     match end {
@@ -234,6 +237,15 @@ async fn stream(
                 }
                 item = run.merged.next() => {
                     let (i, event, position) = item?;
+                    // Every event, replayed history included, is checked against the token
+                    // as it is sent: an expired token or a topic it does not grant ends the
+                    // stream before the event.
+                    let expired = run.grants.remaining().is_some_and(|d| d.is_zero());
+                    if expired || !run.grants.allows(Action::Subscribe, &run.positions[i].0) {
+                        run.done = true;
+                        let e = ApiError::unauthorized("the token expired: reconnect with a fresh token");
+                        return Some((Ok(SseEvent::default().event("error").data(e.json().to_string())), run));
+                    }
                     run.positions[i].1 = position;
                     let id = if run.single {
                         position.to_string()

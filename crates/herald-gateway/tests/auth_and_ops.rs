@@ -441,4 +441,16 @@ async fn operations_endpoints_report_health_readiness_metrics_and_info() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Ready means Herald's scripts are loaded: after SCRIPT FLUSH, /readyz loads them again.
+    if let Backend::Redis(server) = &backend {
+        let sha: String = server.cmd(&["SCRIPT", "LOAD", herald::broker::PUBLISH_SCRIPT]);
+        let _: () = server.cmd(&["SCRIPT", "FLUSH"]);
+        let exists: Vec<i64> = server.cmd(&["SCRIPT", "EXISTS", &sha]);
+        assert_eq!(exists, vec![0]);
+        let r = get(gw.addr, "/readyz").await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let exists: Vec<i64> = server.cmd(&["SCRIPT", "EXISTS", &sha]);
+        assert_eq!(exists, vec![1], "the publish script is loaded again");
+    }
 }

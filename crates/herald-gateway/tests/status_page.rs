@@ -81,6 +81,26 @@ async fn status_page_in_headless_chromium_shows_the_new_offset() {
         "no external assets"
     );
 
+    // A live member and a durable cursor 1 behind the head-to-be (offset 4).
+    let _member = gw
+        .herald
+        .join("workers")
+        .id("node-a")
+        .heartbeat_interval(Duration::from_millis(500))
+        .await
+        .unwrap();
+    let epoch = gw
+        .herald
+        .inspect("status.demo")
+        .await
+        .unwrap()
+        .epoch
+        .unwrap();
+    gw.herald
+        .commit("status.demo", "reader", herald::Position::new(epoch, 3))
+        .await
+        .unwrap();
+
     // The live status stream the page follows carries the same offset.
     let mut status = sse(gw.addr, "/v1/status/events", &[]).await;
     let snapshot = status.next().await.unwrap();
@@ -94,6 +114,17 @@ async fn status_page_in_headless_chromium_shows_the_new_offset() {
         next["topics"][0]["last_offset"], 4,
         "the next snapshot shows the new offset"
     );
+    assert!(
+        next["topics"][0]["rate"].as_f64().is_some_and(|r| r > 0.0),
+        "a publish rate: {next}"
+    );
+    assert_eq!(
+        next["topics"][0]["cursor_lag"][0]["cursor"], "reader",
+        "{next}"
+    );
+    assert_eq!(next["topics"][0]["cursor_lag"][0]["lag"], 1, "{next}");
+    assert_eq!(next["groups"][0]["group"], "workers", "{next}");
+    assert_eq!(next["groups"][0]["members"][0]["id"], "node-a", "{next}");
     drop(status);
 
     let url = format!("http://{}/?once=1", gw.addr);
@@ -111,6 +142,18 @@ async fn status_page_in_headless_chromium_shows_the_new_offset() {
     assert!(
         row.contains("<td class=\"last-offset\">4</td>"),
         "the last offset 4 is not shown:\n{dom}"
+    );
+    let group = dom
+        .split("id=\"group-workers\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no row for the group in\n{dom}"));
+    assert!(
+        group.contains("<td class=\"members\">node-a</td>"),
+        "the live member is not shown:\n{dom}"
+    );
+    assert!(
+        row.contains("reader @") && row.contains(" lag 1</td>"),
+        "the cursor and its lag are not shown:\n{dom}"
     );
     let shot: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),

@@ -272,8 +272,15 @@ impl Herald {
     /// tasks, or joined futures) are sent to the broker together, as one call, each with its
     /// own receipt; sequential publishes keep their order.
     pub async fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<Receipt> {
+        let started = std::time::Instant::now();
+        let outcome = self.publish_one(topic, message.into()).await;
+        let duplicates = usize::from(outcome.as_ref().is_ok_and(|r| r.duplicate));
+        crate::telemetry::published(started, 1, &outcome, duplicates);
+        outcome
+    }
+
+    async fn publish_one(&self, topic: &str, message: Message) -> Result<Receipt> {
         validate_topic(topic)?;
-        let message = message.into();
         let key = self.resolve_key(&message)?;
         let own_key = message.key.is_some();
         let (
@@ -314,11 +321,23 @@ impl Herald {
         topic: &str,
         messages: impl IntoIterator<Item = M>,
     ) -> Result<Vec<Receipt>> {
-        validate_topic(topic)?;
         let messages: Vec<Message> = messages.into_iter().map(Into::into).collect();
         if messages.is_empty() {
+            validate_topic(topic)?;
             return Ok(Vec::new());
         }
+        let started = std::time::Instant::now();
+        let n = messages.len();
+        let outcome = self.publish_many(topic, messages).await;
+        let duplicates = outcome
+            .as_ref()
+            .map_or(0, |r| r.iter().filter(|r| r.duplicate).count());
+        crate::telemetry::published(started, n, &outcome, duplicates);
+        outcome
+    }
+
+    async fn publish_many(&self, topic: &str, messages: Vec<Message>) -> Result<Vec<Receipt>> {
+        validate_topic(topic)?;
         if messages.len() > MAX_BATCH {
             return Err(Error::BatchTooLarge {
                 len: messages.len(),
@@ -373,6 +392,13 @@ impl Herald {
     pub async fn configure(&self, topic: &str, change: SettingsChange) -> Result<TopicSettings> {
         validate_topic(topic)?;
         self.inner.broker.configure(topic, &change).await
+    }
+
+    /// Checks that the broker can serve now: Redis answers and holds Herald's scripts (a
+    /// missing script is loaded). An error says what is wrong: unreachable, or refused (for
+    /// example a user not allowed to run `SCRIPT`). The embedded broker is always ready.
+    pub async fn ready(&self) -> Result<()> {
+        self.inner.broker.ready().await
     }
 
     /// Reads a durable cursor.

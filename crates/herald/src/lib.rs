@@ -85,6 +85,7 @@ mod publish;
 mod retry;
 pub mod schedule;
 pub mod subscription;
+mod telemetry;
 pub mod topic;
 pub mod work;
 

@@ -482,6 +482,7 @@ impl Engine {
                 match self.broker.live(&names).await {
                     Ok(f) => {
                         tracing::info!(topics = ?names, "live feed re-established; catching up from history");
+                        crate::telemetry::reconnected();
                         feed = Some(f);
                         self.topics.iter_mut().for_each(|t| t.behind = true);
                         backoff.reset();
@@ -578,6 +579,7 @@ impl Engine {
         let (broker, name) = (self.broker.clone(), t.name.clone());
         t.busy = true;
         self.reads += 1;
+        crate::telemetry::history_read();
         self.suspect_reads += usize::from(suspect);
         self.ops.push(
             async move {
@@ -630,6 +632,9 @@ impl Engine {
                     // already behind is being read anyway.
                     if t.behind || t.next != next {
                         return;
+                    }
+                    if head.epoch.is_some() && head.epoch == t.epoch {
+                        crate::telemetry::lag((head.last + 1).saturating_sub(t.next));
                     }
                     if let Some(epoch) = head.epoch {
                         let went_back = t.vouched && head.last + 1 < t.next;
@@ -686,8 +691,12 @@ impl Engine {
     }
 
     fn send(&self, event: Event) -> Sent {
+        let handed = crate::telemetry::Handed::of(&event);
         match self.tx.try_send(Ok(event)) {
-            Ok(()) => Sent::Yes,
+            Ok(()) => {
+                handed.count();
+                Sent::Yes
+            }
             Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
         }

@@ -207,6 +207,14 @@ impl Broker {
         }
     }
 
+    /// Whether the broker can serve: Redis answers and holds Herald's scripts.
+    pub(crate) async fn ready(&self) -> Result<()> {
+        match self {
+            Broker::Redis(b) => b.ready().await,
+            Broker::Embedded(_) => Ok(()),
+        }
+    }
+
     pub(crate) async fn inspect(&self, topic: &str) -> Result<TopicInfo> {
         match self {
             Broker::Redis(b) => b.inspect(topic).await,

@@ -34,6 +34,7 @@ pub(crate) mod map;
 pub(crate) mod members;
 mod publish;
 mod read;
+mod ready;
 mod settings;
 #[cfg(feature = "tls")]
 mod tls;
