@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite on a fresh machine: installs what is missing (redis-server,
-# and Python's `redis` package for the interoperability test), then runs every test.
+# openssl, chromium, and Python's `redis` package for the interoperability test), then runs
+# every test.
 # Tests start their own redis-server processes on free loopback ports; nothing else is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
