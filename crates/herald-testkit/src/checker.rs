@@ -392,9 +392,16 @@ fn check_topic(
                     last = from.saturating_sub(1);
                     received.clear();
                 }
+                // A later epoch that continues the log right after the last offset read (a
+                // change of writing server that lost nothing this reader had) needs no event.
+                let continues = epoch.is_some_and(|cur| *e > cur) && *offset == last + 1;
+                if continues {
+                    epoch = Some(*e);
+                }
                 if epoch != Some(*e) {
                     // Entering another epoch without a Reset is allowed only for the first
-                    // epoch an incarnation sees (it started before the topic existed).
+                    // epoch an incarnation sees (it started before the topic existed), or
+                    // when it continues the log (above).
                     if epoch.is_some() {
                         s.out_of_order += 1;
                         s.note(format!(
@@ -442,7 +449,9 @@ fn check_topic(
                         "{topic}: gap {e}:{from}..={to} over offsets still retained"
                     ));
                 }
-                if epoch.is_some() && epoch != Some(*e) {
+                // A gap at the start of a later epoch that continues the log is fine too.
+                let continues = epoch.is_some_and(|cur| *e > cur) && *from == last + 1;
+                if epoch.is_some() && epoch != Some(*e) && !continues {
                     s.out_of_order += 1;
                     s.note(format!("{topic}: gap in epoch {e} while reading {epoch:?}"));
                 }
@@ -811,6 +820,32 @@ mod tests {
             offset: o,
             key: format!("new{o}"),
         }
+    }
+
+    #[test]
+    fn checker_accepts_a_continued_log_and_flags_a_skip_into_a_new_epoch() {
+        // Offsets 1..=10 of E, then the log continues in E + 1 from 11: no event needed.
+        let next = |o: u64| Record::Message {
+            epoch: E + 1,
+            offset: o,
+            key: format!("k{o}"),
+        };
+        let mut acked12 = acked(10);
+        acked12.extend((11..=12).map(|o| Published {
+            topic: "t".into(),
+            epoch: E + 1,
+            offset: o,
+            key: format!("k{o}"),
+        }));
+        let mut continued = clean();
+        continued.extend((11..=12).map(next));
+        let r = check(&acked12, &[history("continued", continued)]);
+        assert_eq!(r.violations(), 0, "{}", r.table());
+        // Jumping into E + 1 past the next offset without any event is a skip.
+        let mut skipped = clean();
+        skipped.push(next(12));
+        let r = check(&acked12, &[history("skipped", skipped)]);
+        assert!(r.violations() > 0, "{}", r.table());
     }
 
     #[test]
