@@ -336,9 +336,11 @@ async fn watcher_behind_retention_gets_a_fresh_snapshot(b: Backend) {
             ..
         }
     ));
-    // More changes than the watch and its subscription buffer, with 10 retained.
+    // More changes than the watch's subscription buffer (1024 events) and one chunk read
+    // ahead from history (1024 more) can hold, with 10 retained: the rest is trimmed before
+    // the watcher reads it.
     let writer = b.node("w").await.map("behind").unwrap();
-    for i in 0..1500 {
+    for i in 0..4000 {
         writer
             .put(&format!("k{}", i % 40), i.to_string())
             .await
