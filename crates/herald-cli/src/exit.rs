@@ -11,7 +11,7 @@
 //! | 2 | bad usage or bad input (unknown option, invalid topic name, malformed header, ...) |
 //! | 3 | Redis could not be reached, or did not answer in time; `herald publish --min-replicas N`: fewer than N replicas confirmed within `--replica-timeout` |
 //! | 4 | Redis refused the request (authentication, permissions, out of memory, read-only) or holds data Herald did not write |
-//! | 5 | `herald publish --wait-all`: not every member acknowledged within `--timeout` |
+//! | 5 | `herald publish --wait-all`, `herald map put/del --wait-all`: not every member acknowledged (applied) within `--timeout` |
 //! | 6 | `herald map put/del --expect/--absent`: the compare-and-set lost (the message says the key's current revision) |
 
 use std::fmt;
@@ -29,7 +29,8 @@ pub(crate) const BAD_INPUT: u8 = 2;
 pub(crate) const UNREACHABLE: u8 = 3;
 /// Redis refused the request, or its keys hold data Herald cannot use.
 pub(crate) const REFUSED: u8 = 4;
-/// `herald publish --wait-all`: some member did not acknowledge in time.
+/// `herald publish --wait-all` / `herald map put --wait-all`: some member did not acknowledge
+/// (apply) in time.
 pub(crate) const NOT_ACKNOWLEDGED: u8 = 5;
 /// `herald map put/del --expect/--absent`: the compare-and-set lost.
 pub(crate) const CONFLICT: u8 = 6;
@@ -45,7 +46,8 @@ Exit status:
      (the message is on the primary; the same command with the same --key waits again)
   4  Redis refused the request (authentication, permissions, out of memory, read-only replica)
      or Herald's keys hold data Herald did not write
-  5  `herald publish --wait-all`: not every member of the group acknowledged within --timeout
+  5  `herald publish --wait-all`: not every member of the group acknowledged within --timeout;
+     `herald map put/del --wait-all`: not every member's watcher applied the change in time
   6  `herald map put/del --expect REV|--absent`: the compare-and-set lost; the message says the
      key's current revision
 

@@ -224,3 +224,75 @@ fn several_processes_join_ack_expire_and_leave() {
     let bad = run(herald(&redis).args(["publish", "t", "x", "--timeout", "1"]));
     assert_eq!(bad.status.code(), Some(2), "--timeout needs --wait-all");
 }
+
+/// A `herald map watch --join web` process whose output lines arrive on a channel.
+fn map_watcher(redis: &Redis, id: &str) -> Member {
+    let mut child = herald(redis)
+        .args(["map", "watch", "cfg", "--join", "web", "--id", id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut m = Member { child, lines };
+    let first = m.line();
+    assert!(first.contains("\"type\":\"snapshot\""), "{first}");
+    m
+}
+
+#[test]
+fn map_put_wait_all_waits_for_every_watching_member() {
+    let redis = Redis::start();
+    let mut a = map_watcher(&redis, "web-1");
+    let b = map_watcher(&redis, "web-2");
+    until_ids(&redis, &["web-1", "web-2"]);
+
+    let out = run(herald(&redis).args([
+        "map",
+        "put",
+        "cfg",
+        "level",
+        "debug",
+        "--wait-all",
+        "web",
+        "--timeout",
+        "10",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["key"], "level");
+    assert_eq!(lines[1]["event"], "acks");
+    assert_eq!(lines[1]["complete"], true);
+    assert_eq!(lines[1]["acked"], serde_json::json!(["web-1", "web-2"]));
+    assert!(a.line().contains("\"debug\""));
+
+    // web-2 is paused: the wait times out with status 5 and names it.
+    b.signal("-STOP");
+    let out = run(herald(&redis).args([
+        "map",
+        "put",
+        "cfg",
+        "level",
+        "info",
+        "--wait-all",
+        "web",
+        "--timeout",
+        "1.5",
+    ]));
+    b.signal("-CONT");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let report = &json_lines(&out)[1];
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["pending"], serde_json::json!(["web-2"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("web-2"));
+    let bad = run(herald(&redis).args(["map", "put", "cfg", "k", "v", "--timeout", "1"]));
+    assert_eq!(bad.status.code(), Some(2), "--timeout needs --wait-all");
+}

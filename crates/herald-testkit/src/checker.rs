@@ -26,6 +26,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
+mod map;
+pub use map::{check_map, MapReport, MapRevision, MapWatcherFinal, MapWrite};
+
 /// A topic's epoch (see `herald::Epoch`).
 pub type Epoch = u64;
 

@@ -96,7 +96,8 @@ pub use cursor::{CursorCommit, CursorInfo};
 pub use error::{Error, ErrorKind, Result, ServerError};
 pub use inspect::TopicInfo;
 pub use map::{
-    Expect, Map, MapEvent, MapLimits, MapSnapshot, MapWatch, Revision, SnapshotReason, Versioned,
+    DeleteAndWait, Expect, Map, MapEvent, MapLimits, MapSnapshot, MapWatch, PutAndWait, Revision,
+    SnapshotReason, Versioned,
 };
 pub use membership::{JoinBuilder, Member, MemberEvent, MemberWatch, Membership};
 pub use message::{Delivery, Headers, Message, Receipt};

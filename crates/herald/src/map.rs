@@ -42,6 +42,9 @@ use crate::position::Position;
 use crate::subscription::{Event, Start};
 use crate::topic::validate_topic;
 
+mod wait;
+pub use wait::{DeleteAndWait, PutAndWait};
+
 /// The revision of a change or of a map: the position of the change's message.
 pub type Revision = Position;
 
@@ -389,7 +392,11 @@ impl Map {
         let (tx, rx) = mpsc::channel(256);
         let map = self.clone();
         let task = tokio::spawn(async move { map.run_watch(snapshot, tx).await });
-        Ok(MapWatch { rx, task })
+        Ok(MapWatch {
+            rx,
+            task,
+            applied: None,
+        })
     }
 
     async fn run_watch(self, first: MapSnapshot, tx: mpsc::Sender<Result<MapEvent>>) {
@@ -516,6 +523,8 @@ impl Map {
 pub struct MapWatch {
     rx: mpsc::Receiver<Result<MapEvent>>,
     task: JoinHandle<()>,
+    /// Set by [`Map::watch_as`]: reports what the consumer applied.
+    applied: Option<wait::AppliedReporter>,
 }
 
 impl std::fmt::Debug for MapWatch {
@@ -527,6 +536,9 @@ impl std::fmt::Debug for MapWatch {
 impl Drop for MapWatch {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(a) = &self.applied {
+            a.stop();
+        }
     }
 }
 
@@ -534,7 +546,15 @@ impl Stream for MapWatch {
     type Item = Result<MapEvent>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        // Asking for the next event means the previous one was applied.
+        if let Some(a) = &mut self.applied {
+            a.consumer_returned();
+        }
+        let polled = self.rx.poll_recv(cx);
+        if let (Some(a), Poll::Ready(Some(Ok(event)))) = (&mut self.applied, &polled) {
+            a.delivered(event);
+        }
+        polled
     }
 }
 

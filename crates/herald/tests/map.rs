@@ -26,6 +26,8 @@ on_both_backends!(
     lost_state_is_a_reset_then_the_new_state,
     bad_input_is_refused_and_stores_nothing,
     map_changes_are_ordinary_topic_messages,
+    put_and_wait_returns_once_every_member_applied,
+    a_member_that_stops_applying_is_reported_not_applied,
 );
 
 type State = BTreeMap<String, Bytes>;
@@ -538,4 +540,166 @@ async fn map_changes_are_ordinary_topic_messages(b: Backend) {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A member of `group` on its own node, watching map `name` as that member and applying every
+/// event into a shared state (`paused` holds its watch without consuming it).
+struct Applier {
+    id: String,
+    state: std::sync::Arc<std::sync::Mutex<State>>,
+    _member: herald::Membership,
+    task: Option<tokio::task::JoinHandle<()>>,
+    paused: Option<MapWatch>,
+}
+
+impl Applier {
+    async fn start(b: &Backend, node: &str, name: &str, group: &str, consume: bool) -> Self {
+        let herald = b.node(node).await;
+        let member = herald.join(group).await.unwrap();
+        let watch = herald
+            .map(name)
+            .unwrap()
+            .watch_as(member.id())
+            .await
+            .unwrap();
+        let mut a = Applier {
+            id: member.id().to_string(),
+            state: Default::default(),
+            _member: member,
+            task: None,
+            paused: Some(watch),
+        };
+        if consume {
+            a.resume();
+        }
+        a
+    }
+
+    /// Consumes the watch from now on.
+    fn resume(&mut self) {
+        let Some(mut watch) = self.paused.take() else {
+            return;
+        };
+        let state = self.state.clone();
+        self.task = Some(tokio::spawn(async move {
+            while let Some(Ok(e)) = watch.next().await {
+                apply(&mut state.lock().unwrap(), &e);
+            }
+        }));
+    }
+
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.state.lock().unwrap().get(key).cloned()
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+async fn put_and_wait_returns_once_every_member_applied(b: Backend) {
+    let mut nodes = Vec::new();
+    for n in ["node-1", "node-2", "node-3"] {
+        nodes.push(Applier::start(&b, n, "shared", "cfg", true).await);
+    }
+    let mut ids: Vec<String> = nodes.iter().map(|a| a.id.clone()).collect();
+    ids.sort();
+    let operator = b.node("operator").await.map("shared").unwrap();
+    for round in 0..5u32 {
+        let value = format!("v{round}");
+        let report = operator
+            .put_and_wait("level", &value, "cfg")
+            .timeout(support::EVENT_WAIT)
+            .await
+            .unwrap();
+        assert!(report.complete, "round {round}: {report:?}");
+        assert_eq!(report.acked, ids, "round {round}");
+        assert!(report.pending.is_empty() && report.expired.is_empty());
+        assert_eq!(report.topic, "__map/shared");
+        for a in &nodes {
+            assert_eq!(
+                a.get("level").as_deref(),
+                Some(value.as_bytes()),
+                "{} reported round {round} applied without holding it",
+                a.id
+            );
+        }
+    }
+    // A compare-and-set variant and a delete variant wait the same way.
+    let current = operator.get("level").await.unwrap().unwrap().revision;
+    let report = operator
+        .put_and_wait("level", "cas", "cfg")
+        .expect(Expect::Revision(current))
+        .timeout(support::EVENT_WAIT)
+        .await
+        .unwrap();
+    assert!(report.complete, "{report:?}");
+    assert!(nodes
+        .iter()
+        .all(|a| a.get("level").as_deref() == Some(&b"cas"[..])));
+    let stale = operator
+        .put_and_wait("level", "lost", "cfg")
+        .expect(Expect::Revision(current))
+        .await;
+    assert!(matches!(stale, Err(Error::Conflict { .. })), "{stale:?}");
+    let report = operator
+        .delete_and_wait("level", "cfg")
+        .timeout(support::EVENT_WAIT)
+        .await
+        .unwrap()
+        .expect("the key existed");
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.acked, ids);
+    assert!(nodes.iter().all(|a| a.get("level").is_none()));
+    assert!(
+        operator
+            .delete_and_wait("level", "cfg")
+            .await
+            .unwrap()
+            .is_none(),
+        "deleting a missing key waits for nothing"
+    );
+}
+
+async fn a_member_that_stops_applying_is_reported_not_applied(b: Backend) {
+    let live1 = Applier::start(&b, "node-1", "stuck", "cfg", true).await;
+    let live2 = Applier::start(&b, "node-2", "stuck", "cfg", true).await;
+    let mut stuck = Applier::start(&b, "node-3", "stuck", "cfg", false).await;
+    let operator = b.node("operator").await;
+    let map = operator.map("stuck").unwrap();
+    let report = map
+        .put_and_wait("k", "v", "cfg")
+        .timeout(Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(!report.complete, "{report:?}");
+    assert!(report.pending.contains(&stuck.id), "{report:?}");
+    assert!(!report.acked.contains(&stuck.id), "{report:?}");
+    assert_eq!(stuck.get("k"), None);
+    // The two others do apply it; the stuck one still does not (its events are buffered, not
+    // applied).
+    let two = map
+        .wait_applied(report.position, "cfg")
+        .acks(herald::Acks::Count(2))
+        .timeout(support::EVENT_WAIT)
+        .await
+        .unwrap();
+    assert!(two.complete, "{two:?}");
+    let mut both = vec![live1.id.clone(), live2.id.clone()];
+    both.sort();
+    assert_eq!(two.acked, both);
+    assert!(two.pending.contains(&stuck.id));
+    // Once it consumes its watch again, it applies the change and reports it.
+    stuck.resume();
+    let all = map
+        .wait_applied(report.position, "cfg")
+        .timeout(support::EVENT_WAIT)
+        .await
+        .unwrap();
+    assert!(all.complete, "{all:?}");
+    assert_eq!(stuck.get("k").as_deref(), Some(&b"v"[..]));
 }

@@ -673,6 +673,7 @@ async fn soak() {
             ))
         })
         .collect();
+    let maps = map_soak_start(&url, &direct, rng.next_u64(), stop.clone()).await;
 
     // The fault schedule.
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -774,6 +775,7 @@ async fn soak() {
             .expect("publisher did not stop within 60 s")
             .unwrap();
     }
+    let map_report = map_soak_finish(maps, &admin).await;
     for c in &controls {
         c.send_modify(|c| {
             c.paused = false;
@@ -890,6 +892,7 @@ async fn soak() {
     }
     let _ = write!(table, "{}", report.table());
     let _ = writeln!(table, "violations: {}", report.violations());
+    let _ = write!(table, "{}", map_report.table());
     println!("{table}");
 
     assert!(
@@ -905,9 +908,181 @@ async fn soak() {
         0,
         "the history checker found violations; replay with {banner}"
     );
+    assert_eq!(
+        map_report.violations(),
+        0,
+        "the map checker found violations; replay with {banner}"
+    );
+    assert!(
+        map_report.acknowledged > 0,
+        "no map write was acknowledged ({banner})"
+    );
     let resets: u64 = report.subscribers.iter().map(|s| s.resets).sum();
     assert_eq!(
         resets, 0,
         "with appendfsync always no log may be lost; replay with {banner}"
     );
+}
+
+// ---- A replicated map under the same faults: 2 writers, 2 watchers. ----
+
+const SOAK_MAP: &str = "soak-map";
+
+type MapState = Arc<Mutex<BTreeMap<String, bytes::Bytes>>>;
+
+/// The map part of the soak, running.
+struct MapSoak {
+    writes: Arc<Mutex<Vec<support::checker::MapWrite>>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    watchers: Vec<(String, MapState, tokio::task::JoinHandle<()>)>,
+}
+
+/// Starts the map's watchers (through the proxy) and writers (one direct, one through the
+/// proxy); the writers stop with `stop`.
+async fn map_soak_start(proxied: &str, direct: &str, seed: u64, stop: Arc<AtomicBool>) -> MapSoak {
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let mut watchers = Vec::new();
+    for i in 0..2 {
+        let name = format!("map-watcher-{i}");
+        let state = MapState::default();
+        let task = tokio::spawn(map_watcher(
+            proxied.to_string(),
+            name.clone(),
+            state.clone(),
+        ));
+        watchers.push((name, state, task));
+    }
+    let writers = (0..2)
+        .map(|i| {
+            let url = if i == 0 { direct } else { proxied }.to_string();
+            tokio::spawn(map_writer(i, url, seed ^ i, stop.clone(), writes.clone()))
+        })
+        .collect();
+    MapSoak {
+        writes,
+        writers,
+        watchers,
+    }
+}
+
+/// Puts and deletes random keys until `stop`, recording every attempt.
+async fn map_writer(
+    id: u64,
+    url: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    writes: Arc<Mutex<Vec<support::checker::MapWrite>>>,
+) {
+    use support::checker::MapWrite;
+    let mut rng = Rng::new(seed);
+    let mut map = None;
+    for n in 0..1_000_000u64 {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(rng.millis(2, 15)).await;
+        if map.is_none() {
+            map = soak_node(&url, &format!("map-writer-{id}"))
+                .await
+                .ok()
+                .and_then(|h| h.map(SOAK_MAP).ok());
+        }
+        let Some(m) = &map else { continue };
+        let key = format!("k{}", rng.range(0, 19));
+        let rev = |r: Position| (r.epoch, r.offset);
+        let write = if rng.chance(15) {
+            match m.delete(&key).await {
+                Ok(None) => continue, // nothing to delete: nothing happened
+                Ok(Some(r)) => MapWrite {
+                    key,
+                    value: None,
+                    revision: Some(rev(r)),
+                },
+                Err(_) => MapWrite {
+                    key,
+                    value: None,
+                    revision: None,
+                },
+            }
+        } else {
+            let value = format!("w{id}-{n}");
+            let revision = m.put(&key, &value).await.ok().map(rev);
+            MapWrite {
+                key,
+                value: Some(value.into_bytes()),
+                revision,
+            }
+        };
+        writes.lock().unwrap().push(write);
+    }
+}
+
+/// Watches the map, applying every event; reopens the watch when it ends with an error.
+async fn map_watcher(url: String, name: String, state: MapState) {
+    for _ in 0..100_000u32 {
+        let watch = match soak_node(&url, &name).await {
+            Ok(h) => match h.map(SOAK_MAP) {
+                Ok(m) => m.watch().await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let Ok(mut watch) = watch else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while let Some(Ok(e)) = watch.next().await {
+            herald::map::apply(&mut state.lock().unwrap(), &e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops the writers (`stop` must be set), waits (bounded) until the watchers hold the final
+/// snapshot, and checks the run.
+async fn map_soak_finish(m: MapSoak, admin: &Herald) -> support::checker::MapReport {
+    for w in m.writers {
+        tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("map writer did not stop within 60 s")
+            .unwrap();
+    }
+    let snap = admin.map(SOAK_MAP).unwrap().snapshot().await.unwrap();
+    let values: BTreeMap<String, bytes::Bytes> = snap
+        .entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m
+        .watchers
+        .iter()
+        .any(|(_, s, _)| *s.lock().unwrap() != values)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let finals: Vec<support::checker::MapWatcherFinal> = m
+        .watchers
+        .iter()
+        .map(|(name, s, task)| {
+            task.abort();
+            support::checker::MapWatcherFinal {
+                name: name.clone(),
+                entries: s
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_vec()))
+                    .collect(),
+            }
+        })
+        .collect();
+    let snapshot = snap
+        .entries
+        .into_iter()
+        .map(|(k, v)| (k, (v.value.to_vec(), (v.revision.epoch, v.revision.offset))))
+        .collect();
+    let writes = m.writes.lock().unwrap().clone();
+    support::checker::check_map(&snapshot, &writes, &finals)
 }

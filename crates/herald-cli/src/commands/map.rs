@@ -11,6 +11,11 @@
 //!
 //! A lost compare-and-set (`--expect`, `--absent`) exits with status 6 and says the key's
 //! current revision.
+//!
+//! `watch --join GROUP` joins GROUP and reports each printed event as applied by that member;
+//! `put`/`del --wait-all GROUP [--timeout SECS]` then waits until every live member of GROUP
+//! applied the change, prints the report (`{"event":"acks",..,"acked":[..],"pending":[..]}`)
+//! and exits with status 5 unless all did.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,8 +26,8 @@ use herald::{Expect, MapEvent, Revision, SnapshotReason, Versioned};
 use serde::Serialize;
 
 use super::{connect, parse_duration, GlobalArgs};
-use crate::exit::{Failure, CONFLICT};
-use crate::output::JsonLines;
+use crate::exit::{Failure, CONFLICT, NOT_ACKNOWLEDGED};
+use crate::output::{AcksLine, JsonLines};
 
 /// Arguments of `herald map`.
 #[derive(Debug, Args)]
@@ -54,6 +59,14 @@ enum MapCommand {
         /// Only if the key does not exist; else exit status 6
         #[arg(long)]
         absent: bool,
+        /// Then wait until every live member of GROUP watching the map (`herald map watch
+        /// --join GROUP`) applied the change, print the report as one JSON line, and exit
+        /// with status 5 unless all did within --timeout
+        #[arg(long, value_name = "GROUP")]
+        wait_all: Option<String>,
+        /// How long --wait-all waits
+        #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_duration, requires = "wait_all")]
+        timeout: Duration,
     },
     /// Delete KEY and print the change's revision (null when it did not exist)
     Del {
@@ -64,6 +77,13 @@ enum MapCommand {
         /// Only if the key's current revision is REV (EPOCH:OFFSET); else exit status 6
         #[arg(long, value_name = "REV")]
         expect: Option<Revision>,
+        /// Then wait until every live member of GROUP watching the map applied the delete
+        /// (exit status 5 unless all did within --timeout)
+        #[arg(long, value_name = "GROUP")]
+        wait_all: Option<String>,
+        /// How long --wait-all waits
+        #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_duration, requires = "wait_all")]
+        timeout: Duration,
     },
     /// Print the map's snapshot, then every change, one JSON line each
     Watch {
@@ -75,6 +95,13 @@ enum MapCommand {
         /// Exit after SECS seconds without any event
         #[arg(long, value_name = "SECS", value_parser = parse_duration)]
         timeout: Option<Duration>,
+        /// Join GROUP as a member and report every printed event as applied by it, so that
+        /// `herald map put --wait-all GROUP` waits for this watcher
+        #[arg(long, value_name = "GROUP")]
+        join: Option<String>,
+        /// The member id with --join (default: this node's id)
+        #[arg(long = "id", value_name = "ID", requires = "join")]
+        member_id: Option<String>,
     },
 }
 
@@ -176,6 +203,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: MapArgs) -> Result<(), Failur
             value,
             expect,
             absent,
+            wait_all,
+            timeout,
         } => {
             let m = herald.map(&map)?;
             let expect = match (expect, absent) {
@@ -194,8 +223,18 @@ pub(crate) async fn run(global: &GlobalArgs, args: MapArgs) -> Result<(), Failur
                 revision: Some(rev.to_string()),
             })
             .map_err(w)?;
+            if let Some(group) = wait_all {
+                out.flush().map_err(w)?;
+                wait_applied(&m, rev, &group, timeout, &mut out).await?;
+            }
         }
-        MapCommand::Del { map, key, expect } => {
+        MapCommand::Del {
+            map,
+            key,
+            expect,
+            wait_all,
+            timeout,
+        } => {
             let m = herald.map(&map)?;
             let rev = match expect {
                 Some(r) => Some(m.delete_if(&key, r).await.map_err(conflict)?),
@@ -208,13 +247,33 @@ pub(crate) async fn run(global: &GlobalArgs, args: MapArgs) -> Result<(), Failur
                 revision: rev.map(|r| r.to_string()),
             })
             .map_err(w)?;
+            if let (Some(group), Some(rev)) = (wait_all, rev) {
+                out.flush().map_err(w)?;
+                wait_applied(&m, rev, &group, timeout, &mut out).await?;
+            }
         }
         MapCommand::Watch {
             map,
             count,
             timeout,
+            join,
+            member_id,
         } => {
-            let mut watch = herald.map(&map)?.watch().await?;
+            // Held for the watch's life: the member heartbeats until the command ends.
+            let mut member = None;
+            let mut watch = match join {
+                Some(group) => {
+                    let mut builder = herald.join(group);
+                    if let Some(id) = member_id {
+                        builder = builder.id(id);
+                    }
+                    let m = builder.await?;
+                    let watch = herald.map(&map)?.watch_as(m.id()).await?;
+                    member = Some(m);
+                    watch
+                }
+                None => herald.map(&map)?.watch().await?,
+            };
             let mut printed = 0u64;
             loop {
                 if count.is_some_and(|n| printed >= n) {
@@ -264,9 +323,48 @@ pub(crate) async fn run(global: &GlobalArgs, args: MapArgs) -> Result<(), Failur
                 };
                 out.write(&line).map_err(w)?;
                 out.flush().map_err(w)?;
+                // Printed is applied, for `--join`.
+                watch.applied().await?;
                 printed += 1;
+            }
+            if let Some(m) = member {
+                m.leave().await?;
             }
         }
     }
     out.flush().map_err(w)
+}
+
+/// `--wait-all GROUP`: waits until the members of `group` applied `rev`, prints the report
+/// (`{"event":"acks",..}`, as `herald publish --wait-all` does) and fails with status 5 unless
+/// all did within `timeout`.
+async fn wait_applied(
+    m: &herald::Map,
+    rev: Revision,
+    group: &str,
+    timeout: Duration,
+    out: &mut JsonLines<std::io::Stdout>,
+) -> Result<(), Failure> {
+    let report = m.wait_applied(rev, group).timeout(timeout).await?;
+    out.emit(&AcksLine {
+        event: "acks",
+        report: &report,
+    })
+    .map_err(|e| Failure::stdout(&e))?;
+    if report.complete {
+        return Ok(());
+    }
+    Err(Failure::new(
+        NOT_ACKNOWLEDGED,
+        format!(
+            "{} of {} members of group {group:?} did not apply revision {rev} of map {:?} within {:?}: {}; \
+             check them with `herald lag {}` and `herald members {group}`",
+            report.pending.len(),
+            report.pending.len() + report.acked.len() + report.expired.len(),
+            m.name(),
+            timeout,
+            report.pending.join(", "),
+            m.topic(),
+        ),
+    ))
 }
