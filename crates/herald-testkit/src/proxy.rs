@@ -49,6 +49,8 @@ struct Control {
     /// Bumped by `cut`: connections opened under an older generation close.
     generation: u64,
     refuse: bool,
+    /// Set by `retarget`: the port new connections go to instead of the first target.
+    target: Option<u16>,
     up: Flow,
     down: Flow,
 }
@@ -129,6 +131,18 @@ impl FaultProxy {
         });
     }
 
+    /// Sends new connections to 127.0.0.1:`port` from now on and closes every open one (a
+    /// failover behind one address).
+    pub fn retarget(&self, port: u16) -> u64 {
+        let open = self.counters.open.load(Ordering::SeqCst);
+        self.counters.cut.fetch_add(open, Ordering::SeqCst);
+        self.control.send_modify(|c| {
+            c.target = Some(port);
+            c.generation += 1;
+        });
+        open
+    }
+
     /// Plain forwarding again: no refusal, no delay, no stall (open connections stay open).
     pub fn pass(&self) {
         self.control.send_modify(|c| {
@@ -189,7 +203,8 @@ async fn accept_loop(
         let counters = counters.clone();
         tokio::spawn(async move {
             counters.open.fetch_add(1, Ordering::SeqCst);
-            connection(client, target_port, now.generation, control).await;
+            let target = now.target.unwrap_or(target_port);
+            connection(client, target, now.generation, control).await;
             counters.open.fetch_sub(1, Ordering::SeqCst);
         });
     }

@@ -39,6 +39,8 @@ struct Inner {
     counter: AtomicU64,
     /// Merges concurrent single publishes (see the `publish` module).
     coalescer: Arc<Coalescer>,
+    /// The highest acknowledged position per topic (publisher-side loss detection).
+    acked: crate::acked::Acked,
     buffer: usize,
     poll_interval: Duration,
 }
@@ -226,6 +228,7 @@ impl HeraldBuilder {
                 node: node.into(),
                 counter: AtomicU64::new(0),
                 coalescer: Arc::default(),
+                acked: crate::acked::Acked::default(),
                 buffer: self.buffer,
                 poll_interval: self.poll_interval,
             }),
@@ -283,6 +286,7 @@ impl Herald {
         validate_topic(topic)?;
         let key = self.resolve_key(&message)?;
         let own_key = message.key.is_some();
+        let before = self.inner.acked.before(topic);
         let (
             epoch,
             Placed {
@@ -295,6 +299,11 @@ impl Herald {
             .coalescer
             .publish(&self.inner.broker, &self.inner.node, topic, key, message)
             .await?;
+        let appended = (!duplicate).then_some((offset, offset));
+        self.inner
+            .acked
+            .published(&self.inner.broker, topic, before, epoch, appended)
+            .await;
         Ok(Receipt {
             topic: topic.to_string(),
             position: Position::new(older.unwrap_or(epoch), offset),
@@ -348,11 +357,20 @@ impl Herald {
             .iter()
             .map(|m| Ok((self.resolve_key(m)?, m)))
             .collect::<Result<Vec<_>>>()?;
+        let before = self.inner.acked.before(topic);
         let (epoch, placed) = self
             .inner
             .broker
             .publish(topic, &self.inner.node, &keyed)
             .await?;
+        let mut fresh = placed.iter().filter(|p| !p.duplicate).map(|p| p.offset);
+        let appended = fresh
+            .next()
+            .map(|f| fresh.fold((f, f), |(lo, hi), o| (lo.min(o), hi.max(o))));
+        self.inner
+            .acked
+            .published(&self.inner.broker, topic, before, epoch, appended)
+            .await;
         // A generated key is unique to this call: if the broker reports it as a duplicate, that
         // is this call's own retry (the first attempt landed but its reply was lost), so the
         // message was published exactly once, by this call.

@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 
 pub mod ack;
+mod acked;
 pub mod broker;
 pub mod client;
 mod clock;

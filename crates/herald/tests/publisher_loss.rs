@@ -1,0 +1,182 @@
+//! Publisher-side loss detection (issue 14): a publisher that alone saw writes the broker then
+//! lost makes the loss known, so a durable subscriber that was offline meanwhile is told.
+//!
+//! Redis: the two-server reproduction (primary P with replica R; R frozen and cut off; P
+//! acknowledges lost6..lost8; P killed; R promoted) with one publishing handle that follows
+//! the switch through one address (a proxy pointed at P, then at R), and no subscriber reading
+//! during the loss. Embedded: the same with `EmbeddedBroker::fail_over`.
+
+#![allow(clippy::unwrap_used)]
+
+use herald_testkit as support;
+
+use std::time::Duration;
+
+use herald::{EmbeddedBroker, Event, GapReason, Herald, Position, Start, Subscription};
+use support::proxy::FaultProxy;
+use support::{maybe_event, next_event, wait_until, RedisServer};
+
+fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
+    let info: String = server.cmd(&["INFO", section]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+async fn expect_messages(sub: &mut Subscription, want: &[(&str, u64, u64)]) {
+    for &(payload, epoch, offset) in want {
+        match next_event(sub).await {
+            Event::Message(d) => assert_eq!(
+                (String::from_utf8_lossy(&d.payload).as_ref(), d.position),
+                (payload, Position::new(epoch, offset))
+            ),
+            other => panic!("expected {payload}, got {other:?}"),
+        }
+    }
+}
+
+/// A reader from `sub`'s start, at m5 of `e1`: the Lost gap 6..=8 of `e1`, then new6.
+async fn expect_reported_loss(sub: &mut Subscription, e1: u64, e2: u64) {
+    match next_event(sub).await {
+        Event::Gap {
+            epoch,
+            from,
+            to,
+            reason,
+            ..
+        } => assert_eq!((epoch, from, to, reason), (e1, 6, 8, GapReason::Lost)),
+        other => panic!("expected a Lost gap naming 6..=8, got {other:?}"),
+    }
+    expect_messages(sub, &[("new6", e2, 6)]).await;
+    if let Some(e) = maybe_event(sub, Duration::from_millis(500)).await {
+        panic!("unexpected event {e:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_publisher_alone_saw_the_lost_writes_and_reports_them() {
+    let mut p = RedisServer::start();
+    let r = RedisServer::start();
+    let _: () = r.cmd(&["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
+    wait_until("the replica is in sync", Duration::from_secs(10), || {
+        info_field(&r, "replication", "master_link_status") == "up"
+    });
+    let proxy = FaultProxy::start(p.port).await;
+    let node = |id: &'static str| {
+        Herald::builder()
+            .node_id(id)
+            .redis(proxy.url())
+            .poll_interval(Duration::from_millis(100))
+            .operation_timeout(Duration::from_secs(10))
+            .connect()
+    };
+    let publisher = node("pub").await.unwrap();
+
+    // A durable subscriber reads m1..m5, commits m5, goes offline.
+    {
+        let reader = node("reader").await.unwrap();
+        let mut sub = reader
+            .subscribe(["t"])
+            .durable("d")
+            .from(Start::Latest)
+            .await
+            .unwrap();
+        for i in 1..=5 {
+            publisher.publish("t", format!("m{i}")).await.unwrap();
+        }
+        let mut at = None;
+        for _ in 1..=5 {
+            if let Event::Message(d) = next_event(&mut sub).await {
+                at = Some(d.position);
+            }
+        }
+        sub.commit_position("t", at.unwrap()).await.unwrap();
+    }
+    wait_until(
+        "m5 and the cursor reach the replica",
+        Duration::from_secs(10),
+        || {
+            let last: Option<String> = r.cmd(&["HGET", "herald:{t}:meta", "last"]);
+            let cursors: u64 = r.cmd(&["DBSIZE"]);
+            last.as_deref() == Some("5") && cursors > 0
+        },
+    );
+    let r_pid = info_field(&r, "server", "process_id");
+    signal(&r_pid, "-STOP");
+    let _: u64 = p.cmd(&["CLIENT", "KILL", "TYPE", "replica"]);
+    let mut lost = Vec::new();
+    for i in 6..=8 {
+        lost.push(publisher.publish("t", format!("lost{i}")).await.unwrap());
+    }
+    let e1 = lost[0].position.epoch;
+    assert_eq!(lost[2].position, Position::new(e1, 8));
+    p.kill9();
+    signal(&r_pid, "-CONT");
+    let _: () = r.cmd(&["REPLICAOF", "NO", "ONE"]);
+    proxy.retarget(r.port);
+
+    // The same handle publishes again: the log continues on R under a new epoch from 6, and
+    // the handle, acknowledged up to 8 of e1, reports 6..=8 of e1 as lost.
+    let new6 = publisher.publish("t", "new6").await.unwrap();
+    let e2 = new6.position.epoch;
+    assert!(e2 > e1);
+    assert_eq!(new6.position, Position::new(e2, 6));
+    let mut history: Vec<(String, String)> = r.cmd(&["HGETALL", "herald:{t}:epochs"]);
+    history.sort();
+    assert_eq!(
+        history,
+        vec![
+            (e1.to_string(), "1:8".to_string()),
+            (e2.to_string(), "6".to_string())
+        ],
+        "the loss is recorded once"
+    );
+
+    // The durable subscriber, resumed at m5, is told.
+    let reader = node("reader-again").await.unwrap();
+    let mut sub = reader.subscribe(["t"]).durable("d").await.unwrap();
+    expect_reported_loss(&mut sub, e1, e2).await;
+    // A second publish changes nothing more.
+    publisher.publish("t", "new7").await.unwrap();
+    let after: u64 = r.cmd(&["HLEN", "herald:{t}:epochs"]);
+    assert_eq!(after, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_publisher_alone_saw_the_lost_writes_and_reports_them() {
+    let broker = EmbeddedBroker::new();
+    let n = Herald::builder()
+        .embedded(broker.clone())
+        .poll_interval(Duration::from_millis(100))
+        .connect()
+        .await
+        .unwrap();
+    let mut receipts = Vec::new();
+    for i in 1..=8 {
+        receipts.push(n.publish("t", format!("m{i}")).await.unwrap());
+    }
+    let e1 = receipts[0].position.epoch;
+    // Nobody reads; the broker keeps 1..=5 and changes writer.
+    broker.fail_over("t", 5);
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let new6 = n.publish("t", "new6").await.unwrap();
+    let e2 = new6.position.epoch;
+    assert!(e2 > e1);
+    assert_eq!(new6.position.offset, 6);
+    let mut sub = n.subscribe(["t"]).from(Start::Earliest).await.unwrap();
+    for i in 1..=5u64 {
+        expect_messages(&mut sub, &[(&format!("m{i}"), e1, i)]).await;
+    }
+    expect_reported_loss(&mut sub, e1, e2).await;
+}
