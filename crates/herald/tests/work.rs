@@ -64,7 +64,7 @@ fn text(j: &Job) -> String {
 }
 
 async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
-    const N: u64 = 2000;
+    const N: u64 = 10_000;
     let node = b.node("pub").await;
     let mut subs = Vec::new();
     for _ in 0..2 {
@@ -77,11 +77,15 @@ async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
     }
     // (group, offset) -> acks
     let acks: Arc<Mutex<HashMap<(usize, u64), u32>>> = Arc::default();
+    // Offsets acked (at least once) per group, so that a member's "is my group done?" does
+    // not scan every ack.
+    let done: Arc<Mutex<[u64; 3]>> = Arc::default();
     let mut tasks = Vec::new();
     for g in 0..3 {
         for m in 0..4 {
             let h = b.node(&format!("g{g}m{m}")).await;
             let acks = acks.clone();
+            let done = done.clone();
             let mut w = h
                 .work("jobs")
                 .group(format!("group-{g}"))
@@ -91,8 +95,7 @@ async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
                 .unwrap();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let done = acks.lock().unwrap().keys().filter(|k| k.0 == g).count() as u64;
-                    if done >= N {
+                    if done.lock().unwrap()[g] >= N {
                         break;
                     }
                     let Some(job) = maybe_job(&mut w, Duration::from_millis(500)).await else {
@@ -100,7 +103,12 @@ async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
                     };
                     let offset = job.position().offset;
                     assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
-                    *acks.lock().unwrap().entry((g, offset)).or_default() += 1;
+                    let mut acks = acks.lock().unwrap();
+                    let count = acks.entry((g, offset)).or_default();
+                    *count += 1;
+                    if *count == 1 {
+                        done.lock().unwrap()[g] += 1;
+                    }
                 }
                 w.close().await.unwrap();
             }));
