@@ -2,10 +2,12 @@
 //! idempotency keys and retries, subscribers of every kind
 //! (durable, `Latest`, slow), and a seeded schedule of faults (proxy cuts, stalls, delays and
 //! refusals, `CLIENT KILL`, Redis kill -9 and restart with `appendfsync always`, subscriber
-//! restarts from a durable cursor, a pause longer than retention). Every subscriber records
-//! what it received; the history checker (`herald_testkit::checker`) then verifies the
+//! restarts from a durable cursor, a pause longer than retention), and a work group on one
+//! topic whose members are killed and restarted. Every subscriber records what it received
+//! and every work-group member each outcome it reported; the history checker (`herald_testkit::checker`) then verifies the
 //! guarantees of docs/DESIGN.md: nothing acknowledged is lost without a `Gap`/`Reset`, nothing
-//! duplicated, everything in order, and one message per offset across nodes.
+//! duplicated, everything in order, and one message per offset across nodes; and each
+//! acknowledged publish of the work group's topic acked exactly once by the group.
 //!
 //! Length: `HERALD_SOAK_SECS` (default 60). Seed: `HERALD_SOAK_SEED` (default: from the clock);
 //! the seed is always printed, so a failure can be replayed:
