@@ -825,7 +825,8 @@ async fn soak() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (work, work_restarts, work_errors) = finish_work_group(work, &acked, &retained).await;
+    let (work, work_restarts, work_errors, work_wait) =
+        finish_work_group(work, &acked, &retained).await;
     for c in &controls {
         c.send_modify(|c| c.stop = true);
     }
@@ -897,7 +898,8 @@ async fn soak() {
     let _ = write!(table, "{}", work.table());
     let _ = writeln!(
         table,
-        "work members restarted {work_restarts}, stream/start errors {work_errors}"
+        "work members restarted {work_restarts}, stream/start errors {work_errors}; the group finished {:.1} s after the subscribers caught up",
+        work_wait.as_secs_f64()
     );
     let _ = writeln!(table, "violations: {}", report.violations());
     println!("{table}");
@@ -1000,7 +1002,7 @@ async fn work_member(
     acks: Arc<Mutex<Vec<WorkAck>>>,
     errors: Arc<AtomicU64>,
 ) {
-    use herald::{Outcome, WorkEvent};
+    use herald::WorkEvent;
     let mut rng = Rng::new(seed);
     let member = format!("worker-{i}");
     let mut attempts = 0u32;
@@ -1026,6 +1028,7 @@ async fn work_member(
                 continue;
             }
         };
+        let mut jobs = tokio::task::JoinSet::new();
         while !stop.load(Ordering::SeqCst) {
             let job = match tokio::time::timeout(Duration::from_millis(300), worker.next()).await {
                 Err(_) => continue,
@@ -1037,42 +1040,61 @@ async fn work_member(
                 Ok(Some(Ok(WorkEvent::Job(job)))) => job,
                 Ok(Some(Ok(_))) => continue,
             };
-            let record = WorkAck {
-                topic: TOPIC_A.to_string(),
-                epoch: job.position().epoch,
-                offset: job.position().offset,
-                key: identity(job.delivery()),
-                group: WORK_GROUP.to_string(),
-                member: member.clone(),
-                attempt: job.attempt(),
-                // Until the call returns: killed mid-call, its effect is unknown.
-                outcome: WorkOutcome::Failed("killed during the call".into()),
-            };
-            let at = {
-                let mut acks = acks.lock().unwrap();
-                acks.push(record);
-                acks.len() - 1
-            };
-            let roll = rng.range(0, 99);
-            let outcome = if roll < 4 {
-                job.nak(Duration::from_millis(50)).await
-            } else {
-                if roll < 5 {
-                    tokio::time::sleep(WORK_LEASE + Duration::from_millis(500)).await;
-                }
-                job.ack().await
-            };
-            acks.lock().unwrap()[at].outcome = match outcome {
-                Ok(Outcome::Acked) => WorkOutcome::Acked,
-                Ok(Outcome::Stale) => WorkOutcome::Stale,
-                Ok(Outcome::Retry { .. }) => WorkOutcome::Retry,
-                Ok(Outcome::DeadLettered { .. }) => WorkOutcome::DeadLettered,
-                Ok(other) => WorkOutcome::Failed(format!("unexpected {other:?}")),
-                Err(e) => WorkOutcome::Failed(e.to_string()),
-            };
+            // Each job in its own task (the worker's concurrency bounds them), so that a slow
+            // one does not hold back the others; killing the member (dropping this future)
+            // drops them all mid-call.
+            while jobs.try_join_next().is_some() {}
+            jobs.spawn(handle_job(
+                job,
+                member.clone(),
+                rng.range(0, 99),
+                acks.clone(),
+            ));
         }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
         let _ = tokio::time::timeout(Duration::from_secs(5), worker.close()).await;
     }
+}
+
+/// Reports one job's outcome (`roll` out of 100: under 4 naks it, 4 works past the lease
+/// first), recorded before the call as failed (unknown effect, should the member be killed
+/// meanwhile) and then as what the call returned.
+async fn handle_job(job: herald::Job, member: String, roll: u64, acks: Arc<Mutex<Vec<WorkAck>>>) {
+    use herald::Outcome;
+    let record = WorkAck {
+        topic: TOPIC_A.to_string(),
+        epoch: job.position().epoch,
+        offset: job.position().offset,
+        key: identity(job.delivery()),
+        group: WORK_GROUP.to_string(),
+        member,
+        attempt: job.attempt(),
+        outcome: WorkOutcome::Failed("killed during the call".into()),
+    };
+    let at = {
+        let mut acks = acks.lock().unwrap();
+        acks.push(record);
+        acks.len() - 1
+    };
+    let outcome = if roll < 4 {
+        job.nak(Duration::from_millis(50)).await
+    } else {
+        if roll < 5 {
+            tokio::time::sleep(WORK_LEASE + Duration::from_millis(500)).await;
+        }
+        job.ack().await
+    };
+    acks.lock().unwrap()[at].outcome = match outcome {
+        Ok(Outcome::Acked) => WorkOutcome::Acked,
+        Ok(Outcome::Stale) => WorkOutcome::Stale,
+        Ok(Outcome::Retry { .. }) => WorkOutcome::Retry,
+        Ok(Outcome::DeadLettered { .. }) => WorkOutcome::DeadLettered,
+        Ok(other) => WorkOutcome::Failed(format!("unexpected {other:?}")),
+        Err(e) => WorkOutcome::Failed(e.to_string()),
+    };
 }
 
 /// Stops the kills, waits (bounded) until the group has acked every acknowledged publish of
@@ -1081,7 +1103,8 @@ async fn finish_work_group(
     wg: WorkGroup,
     acked: &Mutex<Vec<Published>>,
     retained: &[Retained],
-) -> (WorkReport, u64, u64) {
+) -> (WorkReport, u64, u64, Duration) {
+    let waited = Instant::now();
     wg.kills.store(false, Ordering::SeqCst);
     let first = retained
         .iter()
@@ -1096,10 +1119,11 @@ async fn finish_work_group(
     while check().missing > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let waited = waited.elapsed();
     wg.stop.store(true, Ordering::SeqCst);
     let (restarts, errors) = tokio::time::timeout(Duration::from_secs(60), wg.supervisor)
         .await
         .expect("the work group stops")
         .unwrap();
-    (check(), restarts, errors)
+    (check(), restarts, errors, waited)
 }
