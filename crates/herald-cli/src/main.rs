@@ -13,7 +13,7 @@
 //! herald lag TOPIC
 //! herald work TOPIC --group NAME [--from earliest|latest|OFFSET] [--lease SECS] [--max-deliveries N] [--backoff SECS,...] [--concurrency N] [--key-order] [--id ID] [--count N] [--timeout SECS] [-- COMMAND [ARG]...]
 //! herald groups TOPIC
-//! herald schedule NAME TOPIC --every SECS [DATA] [--count N]
+//! herald schedule NAME TOPIC --every SECS|--cron EXPR [DATA] [--count N]
 //! herald demo [--nodes N] [--messages M]
 //! herald serve [--listen ADDR] [--auth jwt-hs256:FILE|jwt-rs256:FILE|jwt-es256:FILE] [--audience AUD]
 //! herald bench [--quick] [--json] [--messages N] [--catchup N] [--cases P,...] [--systems S,...] [--rounds N]

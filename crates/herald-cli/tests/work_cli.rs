@@ -310,3 +310,45 @@ fn two_schedulers_of_one_schedule_publish_each_tick_once() {
         "one message per tick, in tick order"
     );
 }
+
+#[test]
+fn schedule_with_a_bad_cron_expression_is_a_usage_error() {
+    let redis = Redis::start();
+    let out = run(herald(&redis).args(["schedule", "nightly", "jobs", "--cron", "0 3 * * MOM"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cron"), "{err}");
+    assert!(err.contains("day-of-week field"), "{err}");
+    assert!(err.contains("\"MOM\""), "{err}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    // Neither a period nor an expression, or both: usage errors too.
+    let out = run(herald(&redis).args(["schedule", "nightly", "jobs"]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(herald(&redis).args([
+        "schedule",
+        "nightly",
+        "jobs",
+        "--every",
+        "1",
+        "--cron",
+        "* * * * *",
+    ]));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A good one runs: `--count 1` publishes the tick in progress, or waits for the next
+    // minute's.
+    let out = run(herald(&redis).args([
+        "schedule",
+        "minutely",
+        "jobs",
+        "--cron",
+        "* * * * *",
+        "--count",
+        "1",
+        "x",
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["schedule"], "minutely");
+    assert_eq!(lines[0]["duplicate"], false);
+}

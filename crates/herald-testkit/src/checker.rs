@@ -20,6 +20,9 @@
 //!   longer holds): a lost message the subscriber owed and did not receive that no `Reset` or
 //!   `Gap` with reason `Lost` covers (a retention gap does not explain a loss), or a lost
 //!   message it received and then read past (into a later epoch) without a `Reset` naming it.
+//!
+//! For work groups, [`check_work`] checks the outcomes members reported: every acknowledged
+//! publish the group owed is acked exactly once, none twice, and `Stale` outcomes never count.
 
 // Test-only (feature `test`): the record types' fields name themselves.
 #![allow(missing_docs)]
@@ -28,6 +31,8 @@ use std::fmt::Write as _;
 
 mod map;
 pub use map::{check_map, MapReport, MapRevision, MapWatcherFinal, MapWrite};
+mod work;
+pub use work::{check_work, WorkAck, WorkOutcome, WorkReport};
 
 /// A topic's epoch (see `herald::Epoch`).
 pub type Epoch = u64;

@@ -214,6 +214,9 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// A schedule's cron expression could not be parsed; the error names the field at fault.
+    #[error(transparent)]
+    InvalidCron(#[from] crate::schedule::CronError),
 }
 
 /// Checks an option against its lower bound: options out of range are refused, never
@@ -267,7 +270,8 @@ impl Error {
             | Error::MessageTooLarge { .. }
             | Error::NotDurable
             | Error::InvalidMapKey { .. }
-            | Error::MapLimit { .. } => ErrorKind::BadInput,
+            | Error::MapLimit { .. }
+            | Error::InvalidCron(_) => ErrorKind::BadInput,
             Error::Conflict { .. } => ErrorKind::Conflict,
             Error::Unreachable { .. } | Error::Timeout { .. } | Error::NotReplicated { .. } => {
                 ErrorKind::Unreachable

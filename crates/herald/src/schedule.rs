@@ -1,5 +1,6 @@
-//! Recurring schedules: "publish this every N seconds, once per tick, however many nodes run
-//! the schedule" — with a work group on the topic, each tick runs on exactly one node.
+//! Recurring schedules: "publish this every N seconds (or on this cron expression), once per
+//! tick, however many nodes run the schedule" — with a work group on the topic, each tick runs
+//! on exactly one node.
 //!
 //! ```
 //! use herald::Herald;
@@ -33,6 +34,16 @@
 //! - **Missed ticks** (no scheduler was running during the tick) are not run late: they are
 //!   skipped, and show as gaps in `herald-schedule-tick`. A scheduler that starts publishes
 //!   the current tick at once (a no-op when another scheduler already did).
+//! - **Cron schedules** ([`ScheduleBuilder::cron`], syntax in [`cron`]): times are UTC; tick
+//!   `k` is the minute `k` since the Unix epoch, and exists only when the expression fires
+//!   then. It is published during that minute with the key `schedule:<name>:<k>` and the same
+//!   headers (`herald-schedule-due` = `k × 60000`), so the rules above hold unchanged: one
+//!   message per tick however many schedulers run (clocks agreeing within the dedup window);
+//!   a fire minute during which no scheduler ran is skipped, not run late; a scheduler that
+//!   starts during a fire minute publishes that tick at once. (A cron `* * * * *` and an
+//!   `every` of 60 s name the same ticks.)
+//! - The clock is this machine's by default; [`ScheduleBuilder::clock`] takes another one
+//!   (a [`ManualClock`] in tests and simulations).
 //! - A publish that fails transiently is retried until its tick is over, then given up (and
 //!   logged); a permanent failure (bad input, refused) ends the schedule with the error.
 
@@ -43,6 +54,12 @@ use crate::client::Herald;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Message;
 use crate::topic::validate_topic;
+
+pub mod clock;
+pub mod cron;
+
+pub use clock::{Clock, ManualClock};
+pub use cron::{Cron, CronError, CronField};
 
 /// The shortest accepted period.
 pub const MIN_EVERY: Duration = Duration::from_millis(10);
@@ -65,6 +82,8 @@ impl Herald {
             name: name.into(),
             topic: topic.into(),
             every: None,
+            cron: None,
+            clock: Clock::system(),
             message: Message::new(""),
             ticks: None,
         }
@@ -89,14 +108,61 @@ pub struct ScheduleBuilder {
     name: String,
     topic: String,
     every: Option<Duration>,
+    cron: Option<std::result::Result<Cron, CronError>>,
+    clock: Clock,
     message: Message,
     ticks: Option<RangeInclusive<u64>>,
 }
 
+/// How a schedule cuts time into ticks.
+enum Period {
+    /// Tick `k` is `[k × ms, (k + 1) × ms)`.
+    Every(u64),
+    /// Tick `k` is the minute `k` (since the Unix epoch) when the expression fires then.
+    Cron(Cron),
+}
+
+impl Period {
+    /// The first tick from `first` on whose window has not ended at `now`.
+    fn current_or_next(&self, now: u64, first: u64) -> Option<u64> {
+        match self {
+            Period::Every(ms) => Some((now / ms).max(first)),
+            Period::Cron(c) => c.next_from((now / cron::MINUTE_MS).max(first)),
+        }
+    }
+
+    /// The tick's window: (due, end), ms since the Unix epoch.
+    fn window(&self, tick: u64) -> (u64, u64) {
+        let ms = match self {
+            Period::Every(ms) => *ms,
+            Period::Cron(_) => cron::MINUTE_MS,
+        };
+        let due = tick.saturating_mul(ms);
+        (due, due.saturating_add(ms))
+    }
+}
+
 impl ScheduleBuilder {
-    /// The period (required, at least 10 ms).
+    /// The period (at least 10 ms); a schedule has either a period or a
+    /// [cron expression](Self::cron).
     pub fn every(mut self, every: Duration) -> Self {
         self.every = Some(every);
+        self
+    }
+
+    /// Fires on a cron expression (five fields, in UTC; see [`Cron`]) instead of a period:
+    /// tick `k` is minute `k` since the Unix epoch, published when the expression fires
+    /// then. An invalid expression makes [`run`](Self::run) fail with
+    /// [`Error::InvalidCron`], naming the field at fault.
+    pub fn cron(mut self, expression: impl AsRef<str>) -> Self {
+        self.cron = Some(Cron::parse(expression.as_ref()));
+        self
+    }
+
+    /// The clock the schedule reads and sleeps by (default [`Clock::system`]); a
+    /// [`ManualClock`] lets a test or simulation move time itself.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -106,8 +172,8 @@ impl ScheduleBuilder {
         self
     }
 
-    /// Runs only the ticks in `ticks` (see [`tick_of`]), then ends; by default it runs
-    /// until dropped.
+    /// Runs only the ticks in `ticks` (see [`tick_of`], or minutes since the Unix epoch for
+    /// a cron schedule), then ends; by default it runs until dropped.
     pub fn ticks(mut self, ticks: RangeInclusive<u64>) -> Self {
         self.ticks = Some(ticks);
         self
@@ -116,6 +182,32 @@ impl ScheduleBuilder {
     /// Runs the schedule (until its last tick, or forever).
     pub async fn run(self) -> Result<()> {
         self.run_with(|_| {}).await
+    }
+
+    fn period(&self) -> Result<Period> {
+        match (&self.every, &self.cron) {
+            (Some(_), Some(_)) => Err(Error::InvalidSetting {
+                name: "schedule period",
+                reason: "a schedule has either a period or a cron expression, not both".into(),
+            }),
+            (None, None) => Err(Error::InvalidSetting {
+                name: "schedule period",
+                reason: "a schedule needs a period or a cron expression".into(),
+            }),
+            (None, Some(Ok(cron))) => Ok(Period::Cron(cron.clone())),
+            (None, Some(Err(e))) => Err(Error::InvalidCron(e.clone())),
+            (Some(every), None) => {
+                if *every < MIN_EVERY {
+                    return Err(Error::InvalidSetting {
+                        name: "schedule period",
+                        reason: format!("must be at least {MIN_EVERY:?}, got {every:?}"),
+                    });
+                }
+                Ok(Period::Every(
+                    u64::try_from(every.as_millis()).unwrap_or(u64::MAX / 4),
+                ))
+            }
+        }
     }
 
     /// Runs the schedule, calling `published` after each tick it published (or found
@@ -131,30 +223,26 @@ impl ScheduleBuilder {
                 ),
             });
         }
-        let every = self.every.ok_or_else(|| Error::InvalidSetting {
-            name: "schedule period",
-            reason: "a schedule needs a period".into(),
-        })?;
-        if every < MIN_EVERY {
-            return Err(Error::InvalidSetting {
-                name: "schedule period",
-                reason: format!("must be at least {MIN_EVERY:?}, got {every:?}"),
-            });
-        }
-        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX / 4);
+        let period = self.period()?;
+        let clock = &self.clock;
         let (first, last) = match &self.ticks {
             Some(r) => (*r.start(), Some(*r.end())),
             None => (0, None),
         };
         loop {
-            let now = now_ms();
-            let tick = tick_of(now, every).max(first);
+            let now = clock.now_ms();
+            let Some(tick) = period.current_or_next(now, first) else {
+                return Err(Error::InvalidSetting {
+                    name: "cron expression",
+                    reason: "does not fire in the next 9 years".into(),
+                });
+            };
             if last.is_some_and(|l| tick > l) {
                 return Ok(());
             }
-            let due = tick.saturating_mul(every_ms);
+            let (due, end) = period.window(tick);
             if due > now {
-                tokio::time::sleep(Duration::from_millis(due - now)).await;
+                clock.sleep_until(due).await;
                 continue;
             }
             let message = self
@@ -164,7 +252,6 @@ impl ScheduleBuilder {
                 .header("herald-schedule", self.name.clone())
                 .header("herald-schedule-tick", tick.to_string())
                 .header("herald-schedule-due", due.to_string());
-            let end = due.saturating_add(every_ms);
             match self.herald.publish(&self.topic, message).await {
                 Ok(receipt) => published(Tick { tick, receipt }),
                 Err(e) if e.kind() == ErrorKind::BadInput || e.kind() == ErrorKind::Refused => {
@@ -172,16 +259,16 @@ impl ScheduleBuilder {
                 }
                 Err(e) => {
                     tracing::warn!(schedule = %self.name, tick, error = %e, "publishing a tick failed");
-                    if now_ms() < end {
+                    if clock.now_ms() < end {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 }
             }
-            let now = now_ms();
-            if end > now {
-                tokio::time::sleep(Duration::from_millis(end - now)).await;
+            if last == Some(tick) {
+                return Ok(());
             }
+            clock.sleep_until(end).await;
         }
     }
 }

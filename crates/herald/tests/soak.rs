@@ -2,10 +2,12 @@
 //! idempotency keys and retries, subscribers of every kind
 //! (durable, `Latest`, slow), and a seeded schedule of faults (proxy cuts, stalls, delays and
 //! refusals, `CLIENT KILL`, Redis kill -9 and restart with `appendfsync always`, subscriber
-//! restarts from a durable cursor, a pause longer than retention). Every subscriber records
-//! what it received; the history checker (`herald_testkit::checker`) then verifies the
+//! restarts from a durable cursor, a pause longer than retention), and a work group on one
+//! topic whose members are killed and restarted. Every subscriber records what it received
+//! and every work-group member each outcome it reported; the history checker (`herald_testkit::checker`) then verifies the
 //! guarantees of docs/DESIGN.md: nothing acknowledged is lost without a `Gap`/`Reset`, nothing
-//! duplicated, everything in order, and one message per offset across nodes.
+//! duplicated, everything in order, and one message per offset across nodes; and each
+//! acknowledged publish of the work group's topic acked exactly once by the group.
 //!
 //! Length: `HERALD_SOAK_SECS` (default 60). Seed: `HERALD_SOAK_SEED` (default: from the clock);
 //! the seed is always printed, so a failure can be replayed:
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use herald::{Event, Herald, Message, Position, SettingsChange, Start};
 use support::checker::{check_with_retention, History, Published, Record, Retained};
+use support::checker::{check_work, WorkAck, WorkOutcome, WorkReport};
 use support::proxy::{Direction, FaultProxy};
 use support::RedisServer;
 use tokio::sync::watch;
@@ -656,6 +659,7 @@ async fn soak() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    let work = start_work_group(url.clone(), seed ^ 0x9e37_79b9_7f4a_7c15);
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let pub_stats = Arc::new(PublishStats::default());
@@ -823,6 +827,8 @@ async fn soak() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (work, work_restarts, work_errors, work_wait) =
+        finish_work_group(work, &acked, &retained).await;
     for c in &controls {
         c.send_modify(|c| c.stop = true);
     }
@@ -891,6 +897,12 @@ async fn soak() {
         }
     }
     let _ = write!(table, "{}", report.table());
+    let _ = write!(table, "{}", work.table());
+    let _ = writeln!(
+        table,
+        "work members restarted {work_restarts}, stream/start errors {work_errors}; the group finished {:.1} s after the subscribers caught up",
+        work_wait.as_secs_f64()
+    );
     let _ = writeln!(table, "violations: {}", report.violations());
     let _ = write!(table, "{}", map_report.table());
     println!("{table}");
@@ -916,6 +928,12 @@ async fn soak() {
     assert!(
         map_report.acknowledged > 0,
         "no map write was acknowledged ({banner})"
+    );
+    assert!(work.acked > 0, "the work group acked nothing ({banner})");
+    assert_eq!(
+        work.violations(),
+        0,
+        "the work-group checker found violations; replay with {banner}"
     );
     let resets: u64 = report.subscribers.iter().map(|s| s.resets).sum();
     assert_eq!(
@@ -1085,4 +1103,204 @@ async fn map_soak_finish(m: MapSoak, admin: &Herald) -> support::checker::MapRep
         .collect();
     let writes = m.writes.lock().unwrap().clone();
     support::checker::check_map(&snapshot, &writes, &finals)
+}
+
+// ---- A work group under the same faults. ----
+
+/// The soak's work group on [`TOPIC_A`].
+const WORK_GROUP: &str = "soak-workers";
+const WORK_MEMBERS: usize = 3;
+const WORK_LEASE: Duration = Duration::from_secs(2);
+
+/// A work group of [`WORK_MEMBERS`] members on [`TOPIC_A`] (through the fault proxy), one of
+/// which a supervisor kills (drops mid-work, leases held) and restarts under the same name
+/// every few seconds. Members ack most jobs, nak some, and sometimes work past their lease
+/// and ack late (`Stale`, or `Acked` when nobody took the job meanwhile). Every outcome is
+/// recorded for [`check_work`].
+struct WorkGroup {
+    stop: Arc<AtomicBool>,
+    kills: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<WorkAck>>>,
+    supervisor: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+fn start_work_group(url: String, seed: u64) -> WorkGroup {
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicBool::new(true));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let (s, k, a) = (stop.clone(), kills.clone(), acks.clone());
+    let supervisor = tokio::spawn(async move {
+        let mut rng = Rng::new(seed);
+        let errors = Arc::new(AtomicU64::new(0));
+        let spawn = |i: usize, seed: u64| {
+            tokio::spawn(work_member(
+                url.clone(),
+                i,
+                seed,
+                s.clone(),
+                a.clone(),
+                errors.clone(),
+            ))
+        };
+        let mut members: Vec<_> = (0..WORK_MEMBERS)
+            .map(|i| spawn(i, rng.next_u64()))
+            .collect();
+        let mut restarts = 0u64;
+        let mut rounds = 0u64;
+        while !s.load(Ordering::SeqCst) && rounds < 100_000 {
+            rounds += 1;
+            tokio::time::sleep(rng.millis(2000, 6000)).await;
+            if !k.load(Ordering::SeqCst) {
+                continue;
+            }
+            let i = rng.range(0, WORK_MEMBERS as u64 - 1) as usize;
+            members[i].abort();
+            members[i] = spawn(i, rng.next_u64());
+            restarts += 1;
+        }
+        for m in members {
+            let _ = tokio::time::timeout(Duration::from_secs(10), m).await;
+        }
+        (restarts, errors.load(Ordering::SeqCst))
+    });
+    WorkGroup {
+        stop,
+        kills,
+        acks,
+        supervisor,
+    }
+}
+
+async fn work_member(
+    url: String,
+    i: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<WorkAck>>>,
+    errors: Arc<AtomicU64>,
+) {
+    use herald::WorkEvent;
+    let mut rng = Rng::new(seed);
+    let member = format!("worker-{i}");
+    let mut attempts = 0u32;
+    while !stop.load(Ordering::SeqCst) && attempts < 10_000 {
+        attempts += 1;
+        let started = async {
+            soak_node(&url, &member)
+                .await?
+                .work(TOPIC_A)
+                .group(WORK_GROUP)
+                .from(Start::Earliest)
+                .lease(WORK_LEASE)
+                .concurrency(4)
+                .max_deliveries(1000)
+                .start()
+                .await
+        };
+        let mut worker = match started.await {
+            Ok(w) => w,
+            Err(_) => {
+                errors.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut jobs = tokio::task::JoinSet::new();
+        while !stop.load(Ordering::SeqCst) {
+            let job = match tokio::time::timeout(Duration::from_millis(300), worker.next()).await {
+                Err(_) => continue,
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    errors.fetch_add(1, Ordering::SeqCst);
+                    continue;
+                }
+                Ok(Some(Ok(WorkEvent::Job(job)))) => job,
+                Ok(Some(Ok(_))) => continue,
+            };
+            // Each job in its own task (the worker's concurrency bounds them), so that a slow
+            // one does not hold back the others; killing the member (dropping this future)
+            // drops them all mid-call.
+            while jobs.try_join_next().is_some() {}
+            jobs.spawn(handle_job(
+                job,
+                member.clone(),
+                rng.range(0, 99),
+                acks.clone(),
+            ));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while jobs.join_next().await.is_some() {}
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), worker.close()).await;
+    }
+}
+
+/// Reports one job's outcome (`roll` out of 100: under 4 naks it, 4 works past the lease
+/// first), recorded before the call as failed (unknown effect, should the member be killed
+/// meanwhile) and then as what the call returned.
+async fn handle_job(job: herald::Job, member: String, roll: u64, acks: Arc<Mutex<Vec<WorkAck>>>) {
+    use herald::Outcome;
+    let record = WorkAck {
+        topic: TOPIC_A.to_string(),
+        epoch: job.position().epoch,
+        offset: job.position().offset,
+        key: identity(job.delivery()),
+        group: WORK_GROUP.to_string(),
+        member,
+        attempt: job.attempt(),
+        outcome: WorkOutcome::Failed("killed during the call".into()),
+    };
+    let at = {
+        let mut acks = acks.lock().unwrap();
+        acks.push(record);
+        acks.len() - 1
+    };
+    let outcome = if roll < 4 {
+        job.nak(Duration::from_millis(50)).await
+    } else {
+        if roll < 5 {
+            tokio::time::sleep(WORK_LEASE + Duration::from_millis(500)).await;
+        }
+        job.ack().await
+    };
+    acks.lock().unwrap()[at].outcome = match outcome {
+        Ok(Outcome::Acked) => WorkOutcome::Acked,
+        Ok(Outcome::Stale) => WorkOutcome::Stale,
+        Ok(Outcome::Retry { .. }) => WorkOutcome::Retry,
+        Ok(Outcome::DeadLettered { .. }) => WorkOutcome::DeadLettered,
+        Ok(other) => WorkOutcome::Failed(format!("unexpected {other:?}")),
+        Err(e) => WorkOutcome::Failed(e.to_string()),
+    };
+}
+
+/// Stops the kills, waits (bounded) until the group has acked every acknowledged publish of
+/// [`TOPIC_A`], stops the members and checks their outcomes.
+async fn finish_work_group(
+    wg: WorkGroup,
+    acked: &Mutex<Vec<Published>>,
+    retained: &[Retained],
+) -> (WorkReport, u64, u64, Duration) {
+    let waited = Instant::now();
+    wg.kills.store(false, Ordering::SeqCst);
+    let first = retained
+        .iter()
+        .find(|r| r.topic == TOPIC_A)
+        .map_or(1, |r| r.first);
+    let check = || {
+        let published = acked.lock().unwrap().clone();
+        let acks = wg.acks.lock().unwrap().clone();
+        check_work(&published, &acks, TOPIC_A, WORK_GROUP, 1, first)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while check().missing > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waited = waited.elapsed();
+    wg.stop.store(true, Ordering::SeqCst);
+    let (restarts, errors) = tokio::time::timeout(Duration::from_secs(60), wg.supervisor)
+        .await
+        .expect("the work group stops")
+        .unwrap();
+    (check(), restarts, errors, waited)
 }

@@ -29,6 +29,7 @@ on_both_backends!(
     delayed_message_waits_without_blocking_later_ones,
     latest_start_means_after_the_worker_started,
     two_schedulers_publish_each_tick_once_and_the_group_runs_it_once,
+    two_cron_schedulers_publish_each_fire_once_and_skip_missed_ones,
     per_key_order_one_at_a_time_in_offset_order,
     messages_trimmed_before_the_group_finished_are_reported_lost,
 );
@@ -64,7 +65,7 @@ fn text(j: &Job) -> String {
 }
 
 async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
-    const N: u64 = 2000;
+    const N: u64 = 10_000;
     let node = b.node("pub").await;
     let mut subs = Vec::new();
     for _ in 0..2 {
@@ -77,11 +78,15 @@ async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
     }
     // (group, offset) -> acks
     let acks: Arc<Mutex<HashMap<(usize, u64), u32>>> = Arc::default();
+    // Offsets acked (at least once) per group, so that a member's "is my group done?" does
+    // not scan every ack.
+    let done: Arc<Mutex<[u64; 3]>> = Arc::default();
     let mut tasks = Vec::new();
     for g in 0..3 {
         for m in 0..4 {
             let h = b.node(&format!("g{g}m{m}")).await;
             let acks = acks.clone();
+            let done = done.clone();
             let mut w = h
                 .work("jobs")
                 .group(format!("group-{g}"))
@@ -91,8 +96,7 @@ async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
                 .unwrap();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let done = acks.lock().unwrap().keys().filter(|k| k.0 == g).count() as u64;
-                    if done >= N {
+                    if done.lock().unwrap()[g] >= N {
                         break;
                     }
                     let Some(job) = maybe_job(&mut w, Duration::from_millis(500)).await else {
@@ -100,7 +104,12 @@ async fn one_of_n_each_message_acked_once_per_group(b: Backend) {
                     };
                     let offset = job.position().offset;
                     assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
-                    *acks.lock().unwrap().entry((g, offset)).or_default() += 1;
+                    let mut acks = acks.lock().unwrap();
+                    let count = acks.entry((g, offset)).or_default();
+                    *count += 1;
+                    if *count == 1 {
+                        done.lock().unwrap()[g] += 1;
+                    }
                 }
                 w.close().await.unwrap();
             }));
@@ -594,6 +603,97 @@ async fn two_schedulers_publish_each_tick_once_and_the_group_runs_it_once(b: Bac
         (first..=last).map(|t| (t, 1)).collect::<BTreeMap<_, _>>()
     );
     assert_eq!(worker_node.inspect("cron").await.unwrap().last_offset, 20);
+}
+
+async fn two_cron_schedulers_publish_each_fire_once_and_skip_missed_ones(b: Backend) {
+    use herald::schedule::ManualClock;
+    // Every 6 hours, from 2023-12-30 00:00 UTC (minute 28 398 240 since the Unix epoch)
+    // across the year's end and into 2024; the clock is moved by the test, so no tick can be
+    // missed by a slow machine.
+    const START: u64 = 28_398_240;
+    let fire = |i: u64| START + i * 360;
+    let minute = 60_000;
+    let clock = ManualClock::new(fire(0) * minute - 30 * minute);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut runs = Vec::new();
+    for s in 0..2 {
+        let node = b.node(&format!("sched-{s}")).await;
+        let (clock, tx) = (clock.clock(), tx.clone());
+        runs.push(tokio::spawn(async move {
+            node.schedule("rollup", "cron")
+                .cron("0 */6 * * *")
+                .clock(clock)
+                .message("roll up")
+                .ticks(fire(0)..=fire(20))
+                .run_with(move |t| tx.send((s, t)).unwrap())
+                .await
+        }));
+    }
+    let worker_node = b.node("w").await;
+    let mut w = worker_node
+        .work("cron")
+        .group("g")
+        .concurrency(2)
+        .start()
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..=20 {
+        if i == 10 {
+            // No scheduler runs during this fire: moving the clock past it skips it.
+            continue;
+        }
+        // A few seconds into the fire minute (and, for the tick after the skipped one, past
+        // the skipped one's minute).
+        clock.set(fire(i) * minute + 5_000);
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (s, t) = tokio::time::timeout(EVENT_WAIT, rx.recv())
+                .await
+                .expect("both schedulers publish the tick")
+                .unwrap();
+            assert_eq!(t.tick, fire(i));
+            seen.push((s, t.receipt.duplicate));
+        }
+        seen.sort_unstable();
+        // Each scheduler published once; exactly one of them wrote the message.
+        assert_eq!(seen.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(seen.iter().filter(|x| !x.1).count(), 1, "{seen:?}");
+        expected.push(fire(i));
+    }
+    clock.set(fire(21) * minute);
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    let mut ran: BTreeMap<u64, u32> = BTreeMap::new();
+    for _ in 0..20 {
+        let job = next_job(&mut w).await;
+        let h = &job.delivery().headers;
+        let tick: u64 = h["herald-schedule-tick"].parse().unwrap();
+        assert_eq!(h["herald-schedule-due"], (tick * minute).to_string());
+        *ran.entry(tick).or_default() += 1;
+        assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    }
+    assert!(maybe_job(&mut w, Duration::from_millis(300))
+        .await
+        .is_none());
+    assert_eq!(
+        ran,
+        expected.iter().map(|&t| (t, 1)).collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(worker_node.inspect("cron").await.unwrap().last_offset, 20);
+    // A bad expression is refused, naming its field.
+    let e = worker_node
+        .schedule("bad", "cron")
+        .cron("0 25 * * *")
+        .run()
+        .await
+        .unwrap_err();
+    match &e {
+        herald::Error::InvalidCron(c) => assert_eq!(c.field, herald::schedule::CronField::Hour),
+        other => panic!("expected InvalidCron, got {other:?}"),
+    }
+    assert!(e.to_string().contains("hour field"), "{e}");
 }
 
 /// Per order key: how many of its messages are in flight, and the offsets finished in order.

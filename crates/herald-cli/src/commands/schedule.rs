@@ -1,4 +1,4 @@
-//! `herald schedule NAME TOPIC --every SECS [DATA] [--count N]`: runs the recurring schedule
+//! `herald schedule NAME TOPIC --every SECS|--cron EXPR [DATA] [--count N]`: runs the recurring schedule
 //! NAME (`herald::schedule`) until interrupted, publishing DATA on TOPIC once per tick however
 //! many `herald schedule NAME` run at once; prints one JSON line per tick
 //! `{"schedule","tick","topic","epoch","offset","duplicate"}` (`duplicate`: another scheduler
@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use herald::schedule::Cron;
 use serde::Serialize;
 
 use super::{check_topic, connect, parse_duration, shutdown_signal, GlobalArgs};
@@ -17,11 +18,14 @@ use crate::output::JsonLines;
 #[derive(Debug, Args)]
 #[command(
     long_about = "Run the recurring schedule NAME until interrupted: publish DATA on TOPIC at \
-every tick of --every seconds (tick k starts k × SECS after the Unix epoch). Any number of \
+every tick of --every seconds (tick k starts k × SECS after the Unix epoch), or at each fire \
+of the cron expression --cron (five fields: minute hour day-of-month month day-of-week, in UTC; \
+tick k is minute k since the Unix epoch; day of month and day of week as in Vixie cron: either \
+matches when both are restricted). Any number of \
 `herald schedule NAME` may run at once, on any nodes: each tick is published once (its \
 idempotency key is schedule:NAME:TICK), with the headers herald-schedule, herald-schedule-tick \
 and herald-schedule-due; with a work group on TOPIC (`herald work`), each tick runs on one \
-member. Ticks during which no scheduler ran are not run late: they show as gaps in \
+member. Ticks (a cron tick lasts its minute) during which no scheduler ran are not run late: they show as gaps in \
 herald-schedule-tick. One JSON line per tick: \
 {\"schedule\":..,\"tick\":..,\"topic\":..,\"epoch\":..,\"offset\":..,\"duplicate\":..}."
 )]
@@ -34,11 +38,18 @@ pub(crate) struct ScheduleArgs {
     #[arg(default_value = "")]
     data: String,
     /// The period, in seconds (at least 0.01)
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    every: Duration,
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, required_unless_present = "cron", conflicts_with = "cron")]
+    every: Option<Duration>,
+    /// A cron expression instead of a period, in UTC, e.g. "*/5 * * * *" (quote it)
+    #[arg(long, value_name = "EXPR", value_parser = parse_cron)]
+    cron: Option<Cron>,
     /// Exit after N ticks
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+}
+
+fn parse_cron(s: &str) -> Result<Cron, String> {
+    Cron::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Serialize)]
@@ -57,11 +68,31 @@ pub(crate) async fn run(global: &GlobalArgs, args: ScheduleArgs) -> Result<(), F
     let herald = connect(global).await?;
     let mut schedule = herald
         .schedule(args.name.as_str(), args.topic.as_str())
-        .every(args.every)
         .message(args.data.clone());
-    if let Some(n) = args.count {
-        let now = herald::schedule::tick_of(herald::schedule::now_ms(), args.every);
-        schedule = schedule.ticks(now..=now + n - 1);
+    let now_ms = herald::schedule::now_ms();
+    match (&args.every, &args.cron) {
+        (Some(every), _) => {
+            schedule = schedule.every(*every);
+            if let Some(n) = args.count {
+                let now = herald::schedule::tick_of(now_ms, *every);
+                schedule = schedule.ticks(now..=now + n - 1);
+            }
+        }
+        (None, Some(cron)) => {
+            schedule = schedule.cron(cron.expression());
+            // The tick in progress (or the next), and the N-1 fires after it.
+            if let (Some(n), Some(first)) = (args.count, cron.tick_at_or_after(now_ms)) {
+                let mut last = first;
+                for _ in 1..n {
+                    match cron.tick_at_or_after((last + 1) * herald::schedule::cron::MINUTE_MS) {
+                        Some(t) => last = t,
+                        None => break,
+                    }
+                }
+                schedule = schedule.ticks(first..=last);
+            }
+        }
+        (None, None) => return Err(Failure::bad_input("give --every SECS or --cron EXPR")),
     }
     let mut out = JsonLines::stdout();
     let mut failed = None;
