@@ -40,7 +40,7 @@ use super::{report, BenchError, Ctx};
 const BLOCK_MS: u64 = 1000;
 
 /// A connection whose commands may take `response_timeout` (None: no limit).
-async fn connection(
+pub(crate) async fn connection(
     ctx: &Ctx,
     response_timeout: Option<Duration>,
 ) -> Result<MultiplexedConnection, BenchError> {
@@ -100,9 +100,9 @@ impl Publisher for PubsubPublisher {
 }
 
 /// Publishes with XADD on one connection.
-struct StreamPublisher {
-    conn: MultiplexedConnection,
-    key: String,
+pub(crate) struct StreamPublisher {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) key: String,
 }
 
 impl Publisher for StreamPublisher {
@@ -492,7 +492,7 @@ pub(crate) async fn streams_catch_up(
 }
 
 /// The entries of an XREAD reply for one stream (RESP2 array or RESP3 map); none on timeout.
-fn xread_entries(reply: Value) -> Result<Vec<Value>, String> {
+pub(crate) fn xread_entries(reply: Value) -> Result<Vec<Value>, String> {
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams
@@ -521,6 +521,15 @@ fn walk_entries(
     entries: Vec<Value>,
     mut on_payload: impl FnMut(&[u8]),
 ) -> Result<Option<Vec<u8>>, String> {
+    walk_entry_ids(entries, |_, d| on_payload(d))
+}
+
+/// Calls `on_entry` with the id and the `d` field of each `[id, [field, value, ...]]` entry
+/// and returns the last entry's id (`None` when there were no entries).
+pub(crate) fn walk_entry_ids(
+    entries: Vec<Value>,
+    mut on_entry: impl FnMut(&[u8], &[u8]),
+) -> Result<Option<Vec<u8>>, String> {
     let mut last = None;
     for entry in entries {
         let Value::Array(mut parts) = entry else {
@@ -535,7 +544,7 @@ fn walk_entries(
             _ => None,
         });
         match data {
-            Some(d) => on_payload(d),
+            Some(d) => on_entry(&id, d),
             None => return Err("a stream entry has no field \"d\"".into()),
         }
         last = Some(id);

@@ -51,12 +51,21 @@ const MANY_TOPICS: [usize; 2] = [1_000, 10_000];
 /// The payload of the several-publishers and many-topics cases.
 const WIDE_PAYLOAD: usize = 128;
 /// Cases that `--quick` runs besides today's (one of each new family).
-const QUICK_EXTRA: [&str; 4] = [
+const QUICK_EXTRA: [&str; 5] = [
     "fan64-128B-max",
     "pubs4-1topic-128B-max",
     "topics1000-128B",
     "fan4-64KiB-max",
+    "work4-128B-max",
 ];
+/// Workers of the work-group cases at full speed.
+const WORKERS: [usize; 3] = [1, 4, 16];
+/// Workers of the fixed-rate work-group case.
+const RATE_WORKERS: usize = 4;
+/// The fixed rate of the work-group latency case, in messages per second.
+const WORK_RATE: u64 = 1_000;
+/// The payload of the work-group cases.
+const WORK_PAYLOAD: usize = 128;
 /// The payload size of the catch-up case.
 const CATCH_UP_PAYLOAD: usize = 128;
 /// Primaries of the private cluster of the cluster case (no replicas).
@@ -138,6 +147,14 @@ pub(crate) enum Shape {
         /// Topics published to.
         topics: usize,
     },
+    /// A work group (`work_case`): `workers`, each with a connection or handle of its own,
+    /// share one topic's messages, each processed (and acked) by one of them.
+    Work {
+        /// Workers.
+        workers: usize,
+        /// Publishing rate.
+        rate: Rate,
+    },
 }
 
 /// One workload, run once per system.
@@ -165,6 +182,24 @@ impl Case {
             Shape::Cluster { .. } | Shape::Publishers { .. } | Shape::ManyTopics { .. } => {
                 &[System::RedisPubsub, System::Herald]
             }
+            // The work-group baseline is a Streams consumer group.
+            Shape::Work { .. } => &[System::RedisStreams, System::Herald],
+        }
+    }
+
+    /// Workers of a work-group case.
+    pub(crate) fn workers(&self) -> Option<usize> {
+        match self.shape {
+            Shape::Work { workers, .. } => Some(workers),
+            _ => None,
+        }
+    }
+
+    /// How many deliveries each message makes: one per subscriber, one in a work group.
+    pub(crate) fn deliveries_per_message(&self) -> u64 {
+        match self.shape {
+            Shape::Work { .. } => 1,
+            _ => self.subscribers() as u64,
         }
     }
 
@@ -182,7 +217,7 @@ impl Case {
             Shape::Publishers { topics, .. }
             | Shape::ManyTopics { topics }
             | Shape::Cluster { topics, .. } => topics,
-            Shape::FanOut { .. } | Shape::CatchUp => 1,
+            Shape::FanOut { .. } | Shape::CatchUp | Shape::Work { .. } => 1,
         }
     }
 
@@ -230,13 +265,14 @@ impl Case {
                 axis: Axis::Topics,
                 x: topics as f64,
             }],
-            Shape::CatchUp | Shape::Cluster { .. } => Vec::new(),
+            Shape::CatchUp | Shape::Cluster { .. } | Shape::Work { .. } => Vec::new(),
         }
     }
 
-    /// Subscribers of this case.
+    /// Subscribers of this case (a work-group case: its workers).
     pub(crate) fn subscribers(&self) -> usize {
         match self.shape {
+            Shape::Work { workers, .. } => workers,
             Shape::FanOut { subscribers, .. }
             | Shape::Cluster { subscribers, .. }
             | Shape::Publishers { subscribers, .. } => subscribers,
@@ -247,7 +283,7 @@ impl Case {
     /// Publishing rate of this case (catch-up fills history at full speed).
     pub(crate) fn rate(&self) -> Rate {
         match self.shape {
-            Shape::FanOut { rate, .. } => rate,
+            Shape::FanOut { rate, .. } | Shape::Work { rate, .. } => rate,
             Shape::CatchUp
             | Shape::Cluster { .. }
             | Shape::Publishers { .. }
@@ -410,6 +446,24 @@ pub(crate) fn plan(
         payload: CLUSTER_PAYLOAD,
         messages,
     });
+    let work_rate = Rate::PerSecond(WORK_RATE);
+    let work = WORKERS
+        .into_iter()
+        .map(|w| (w, Rate::Max))
+        .chain([(RATE_WORKERS, work_rate)]);
+    for (workers, rate) in work {
+        let (rate_label, messages) = match rate {
+            Rate::Max => ("max".to_string(), messages),
+            // Five seconds of publishing at most.
+            Rate::PerSecond(r) => (format!("{r}/s"), messages.min(5 * r)),
+        };
+        cases.push(Case {
+            name: format!("work{workers}-{}-{rate_label}", size_label(WORK_PAYLOAD)),
+            shape: Shape::Work { workers, rate },
+            payload: WORK_PAYLOAD,
+            messages,
+        });
+    }
     if filters.is_empty() {
         if quick {
             cases.retain(|c| c.in_quick());
@@ -430,7 +484,7 @@ impl Case {
                     || QUICK_EXTRA.contains(&self.name.as_str())
             }
             Shape::CatchUp | Shape::Cluster { .. } => true,
-            Shape::Publishers { .. } | Shape::ManyTopics { .. } => {
+            Shape::Publishers { .. } | Shape::ManyTopics { .. } | Shape::Work { .. } => {
                 QUICK_EXTRA.contains(&self.name.as_str())
             }
         }
@@ -537,6 +591,11 @@ impl Tally {
         let now = Instant::now();
         let now_ns =
             u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.record(payload, now, now_ns);
+    }
+
+    /// Records `payload`, arrived at `now` (`now_ns` after the base, the end of its latency).
+    fn record(&mut self, payload: &[u8], now: Instant, now_ns: u64) {
         let Some((sent_ns, seq)) = read_stamp(payload) else {
             self.error(format!(
                 "received a payload of {} bytes, shorter than the {STAMP_LEN}-byte stamp",
@@ -571,6 +630,14 @@ impl Tally {
             h.saturating_record((now_ns.saturating_sub(sent_ns) / 1000).max(1));
         }
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one payload whose processing started at `started` (a work-group job, counted
+    /// when its ack succeeded): its latency is from the publish call to `started`.
+    pub(crate) fn message_started(&mut self, payload: &[u8], started: Instant) {
+        let at = u64::try_from(started.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX);
+        self.record(payload, Instant::now(), at);
     }
 
     /// Records a problem; the first one is kept for the report.
@@ -805,7 +872,7 @@ pub(crate) async fn drive_fan_out<P: Publisher>(
         }
     };
     let publish_elapsed = started.elapsed();
-    let expected = published * run.case.subscribers() as u64;
+    let expected = published * run.case.deliveries_per_message();
     let drain_deadline = Instant::now() + run.drain_timeout;
     while run.counters.delivered.load(Ordering::Relaxed) < expected
         && Instant::now() < drain_deadline
@@ -944,7 +1011,7 @@ mod tests {
     #[test]
     fn plan_and_filter() {
         let all = plan(10, 20, 10_000, &[], false);
-        assert_eq!(all.len(), 31);
+        assert_eq!(all.len(), 35);
         assert_eq!(all[30].name, "cluster-16topics-128B-max");
         assert_eq!(all[0].name, "topics1000-128B");
         assert_eq!(all[2].name, "fan1-128B-max");
@@ -1097,6 +1164,32 @@ mod tests {
             (big[0].curve.as_str(), big[0].x),
             ("payload-fan4-max", 65_536.0)
         );
+    }
+
+    #[test]
+    fn work_cases_have_workers_and_one_delivery_per_message() {
+        let all = plan(50_000, 20, 10_000, &["work".into()], false);
+        assert_eq!(
+            names(&all),
+            [
+                "work1-128B-max",
+                "work4-128B-max",
+                "work16-128B-max",
+                "work4-128B-1000/s"
+            ]
+        );
+        let w16 = &all[2];
+        assert_eq!((w16.workers(), w16.subscribers()), (Some(16), 16));
+        assert_eq!(w16.deliveries_per_message(), 1);
+        assert_eq!(w16.messages, 50_000);
+        assert_eq!(w16.systems(), [System::RedisStreams, System::Herald]);
+        let slow = &all[3];
+        assert_eq!(slow.rate(), Rate::PerSecond(1_000));
+        assert_eq!(slow.messages, 5_000);
+        assert!(slow.curve_points().is_empty());
+        let fan = plan(10, 20, 10_000, &["fan4-128B-max".into()], false);
+        assert_eq!(fan[0].workers(), None);
+        assert_eq!(fan[0].deliveries_per_message(), 4);
     }
 
     #[test]

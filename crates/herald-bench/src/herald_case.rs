@@ -30,13 +30,13 @@ use super::cases::{
 use super::{report, BenchError, Ctx};
 
 /// Publishes through one handle, each call to the next of its topics in turn.
-struct HeraldPublisher {
+pub(crate) struct HeraldPublisher {
     node: Herald,
     topics: InTurn,
 }
 
 impl HeraldPublisher {
-    fn new(node: Herald, topics: Vec<String>) -> Self {
+    pub(crate) fn new(node: Herald, topics: Vec<String>) -> Self {
         HeraldPublisher {
             node,
             topics: InTurn::new(topics),
@@ -80,7 +80,7 @@ impl Publisher for HeraldPublisher {
 }
 
 /// A handle of its own for `node_id`.
-async fn connect(ctx: &Ctx, node_id: String) -> Result<Herald, BenchError> {
+pub(crate) async fn connect(ctx: &Ctx, node_id: String) -> Result<Herald, BenchError> {
     let mut defaults = herald::TopicSettings::default();
     // History must hold a whole case, so that a subscriber that falls behind can catch up
     // rather than lose messages to retention (the baselines keep everything too).

@@ -31,6 +31,7 @@ mod chart;
 mod gateway_case;
 mod herald_case;
 mod report;
+mod work_case;
 
 use std::fmt;
 use std::io::Write;
@@ -67,7 +68,8 @@ pub struct BenchArgs {
     /// Run only the cases whose name contains one of these, e.g. `fan16-128B-max,catchup`
     /// (names: fan{1,4,16,64,256}-{128B,4KiB}-{max,RATE/s}, fan4-{16B,1KiB,64KiB}-max,
     /// pubs{4,16}-{1topic,16topics}-128B-max, topics{1000,10000}-128B, catchup-128B,
-    /// cluster-16topics-128B-max); with --quick too, any case can be chosen
+    /// cluster-16topics-128B-max, work{1,4,16}-128B-max, work4-128B-1000/s: a work group
+    /// against a raw Streams consumer group); with --quick too, any case can be chosen
     #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
     pub(crate) cases: Vec<String>,
     /// Run only these systems (Herald's ratios need the baselines in the same run)
@@ -304,7 +306,8 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
             "no case matches --cases {} with --systems {}; case names are \
              fan{{1,4,16,64,256}}-{{128B,4KiB}}-{{max,{}/s}}, fan4-{{16B,1KiB,64KiB}}-max, \
              pubs{{4,16}}-{{1topic,16topics}}-128B-max, topics{{1000,10000}}-128B, \
-             catchup-128B and cluster-16topics-128B-max",
+             catchup-128B, cluster-16topics-128B-max, work{{1,4,16}}-128B-max and \
+             work4-128B-1000/s",
             args.cases.join(","),
             if args.systems.is_empty() {
                 "(all)".to_string()
@@ -535,6 +538,15 @@ async fn run_all(
             }
             (Shape::CatchUp, System::Herald) => {
                 herald_case::catch_up(ctx, case.messages, case.payload, &topic, &counters).await?
+            }
+            (Shape::Work { .. }, System::RedisStreams) => {
+                work_case::groups(ctx, &run, &key).await?
+            }
+            (Shape::Work { .. }, System::Herald) => work_case::herald(ctx, &run, &topic).await?,
+            (Shape::Work { .. }, System::RedisPubsub) => {
+                return Err(BenchError::Internal(
+                    "the work-group cases have no Pub/Sub baseline".into(),
+                ))
             }
             (Shape::CatchUp, System::RedisPubsub) => {
                 return Err(BenchError::Internal(
@@ -947,7 +959,7 @@ impl Progress {
 
     /// A bar for one run, updated from its counters until dropped.
     fn run_bar(&self, label: String, case: &Case, counters: &Arc<RunCounters>) -> RunBar {
-        let expected = case.messages * case.subscribers() as u64;
+        let expected = case.messages * case.deliveries_per_message();
         let bar = self.multi.add(ProgressBar::new(expected));
         bar.set_style(style("{prefix:32} [{bar:30}] {pos}/{len} delivered, {msg}"));
         bar.set_prefix(label);

@@ -36,8 +36,14 @@ pub(crate) struct Row {
     pub(crate) system: &'static str,
     /// The round (1-based): with `--rounds N`, each case runs every system N times.
     pub(crate) round: u32,
-    /// Subscribers.
+    /// Subscribers (work-group cases: the workers).
     pub(crate) subscribers: usize,
+    /// Work-group cases: the workers sharing the group (each message is processed by one, so
+    /// `delivered_per_s` is processed messages/s and `expected` is `published`; the
+    /// `redis-streams` baseline is a raw Streams consumer group and `p50_us`/`p99_us` are
+    /// publish-to-start latencies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) workers: Option<usize>,
     /// Publishers, each with its own handle or connection.
     pub(crate) publishers: usize,
     /// Topics (channels, streams) published to.
@@ -142,6 +148,7 @@ impl Row {
             system: system.name(),
             round,
             subscribers: case.subscribers(),
+            workers: case.workers(),
             publishers: case.publishers(),
             topics: case.topics(),
             payload_bytes: case.payload,
@@ -712,6 +719,31 @@ mod tests {
         let table = String::from_utf8(table).unwrap();
         assert!(table.contains("ready ms"), "{table}");
         assert!(table.contains("15.00x"), "{table}");
+    }
+
+    #[test]
+    fn work_rows_carry_workers_and_the_ratio_to_consumer_groups() {
+        let case = &plan(100, 10, 10_000, &["work4-128B-max".into()], false)[0];
+        let groups = Row::new(case, System::RedisStreams, 1, &measured(400), None, &[]);
+        let herald = Row::new(
+            case,
+            System::Herald,
+            1,
+            &measured(200),
+            None,
+            std::slice::from_ref(&groups),
+        );
+        let json = serde_json::to_value(&herald).unwrap();
+        assert_eq!(json["workers"], 4);
+        assert_eq!(json["case"], "work4-128B-max");
+        assert!(json["ratio_streams"].as_f64().is_some(), "{json}");
+        let mut table = Vec::new();
+        write_table(&mut table, &[groups, herald], false).unwrap();
+        let table = String::from_utf8(table).unwrap();
+        assert!(table.contains("work4-128B-max"), "{table}");
+        let fan = &plan(100, 10, 10_000, &["fan4-128B-max".into()], false)[0];
+        let row = Row::new(fan, System::RedisPubsub, 1, &measured(400), None, &[]);
+        assert!(serde_json::to_value(&row).unwrap().get("workers").is_none());
     }
 
     #[test]

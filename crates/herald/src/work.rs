@@ -94,7 +94,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::broker::work::{ClaimArgs, Claimed, Grant, Op, OpResult};
-use crate::broker::LiveFeed;
+use crate::broker::{LiveFeed, ReadResult};
 use crate::client::Herald;
 use crate::error::{Error, Result};
 use crate::message::{Delivery, Message};
@@ -123,6 +123,9 @@ const GATHER: Duration = Duration::from_millis(2);
 
 /// How many messages past the group's cursor an ordered claim looks at.
 const ORDER_WINDOW: u64 = 64;
+
+/// The most acks sent in one call.
+const MAX_ACKS: usize = 256;
 
 impl Message {
     /// Delays this message for work groups: no group hands it out before `delay` has passed
@@ -507,6 +510,14 @@ impl WorkBuilder {
             format!("must be at least 5ms, got {:?}", self.poll),
         )?;
         let ttl_ms = ms(self.ttl);
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        // Ends when the worker and all its jobs are gone (the last sender with them).
+        tokio::spawn(send_acks(
+            self.herald.clone(),
+            self.topic.clone(),
+            group.clone(),
+            acks_rx,
+        ));
         // `Latest` means after this point: the topic's head now (or, for a topic without a log
         // yet, its whole first epoch).
         let head = self.herald.broker().read(&self.topic, 1, 0).await?;
@@ -533,6 +544,7 @@ impl WorkBuilder {
             ordered: self.ordered,
             holder: Mutex::new(holder),
             registering: tokio::sync::Mutex::new(()),
+            acks: acks_tx,
         });
         let (tx, rx) = mpsc::channel(self.concurrency + 16);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -583,6 +595,62 @@ struct Shared {
     holder: Mutex<String>,
     /// Held while registering a new incarnation.
     registering: tokio::sync::Mutex<()>,
+    /// Acks waiting to be sent (see [`send_acks`]).
+    acks: mpsc::UnboundedSender<AckRequest>,
+}
+
+/// An ack waiting for [`send_acks`].
+#[derive(Debug)]
+struct AckRequest {
+    holder: String,
+    pos: Position,
+    attempt: u32,
+    reply: oneshot::Sender<Result<OpResult>>,
+}
+
+/// Sends the acks of a worker's jobs: every ack queued while the previous call was out goes
+/// in the next call (`ACKS`), so that jobs finishing together cost one call. Ends when every
+/// sender is gone.
+async fn send_acks(
+    herald: Herald,
+    topic: String,
+    group: String,
+    mut rx: mpsc::UnboundedReceiver<AckRequest>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_ACKS {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        // One call per holder and epoch (nearly always one).
+        while !batch.is_empty() {
+            let (holder, epoch) = (batch[0].holder.clone(), batch[0].pos.epoch);
+            let (same, rest): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|r| r.holder == holder && r.pos.epoch == epoch);
+            batch = rest;
+            let pairs: Vec<(u64, u32)> = same.iter().map(|r| (r.pos.offset, r.attempt)).collect();
+            let results = herald
+                .broker()
+                .work_acks(&topic, &group, &holder, epoch, &pairs)
+                .await;
+            match results {
+                Ok(results) => {
+                    for (r, res) in same.into_iter().zip(results) {
+                        let _ = r.reply.send(Ok(res));
+                    }
+                }
+                Err(e) => {
+                    for r in same {
+                        let _ = r.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -613,6 +681,24 @@ impl Shared {
         tracing::info!(topic = %self.topic, group = %self.group, holder = %holder, "work group member registered again as a new incarnation");
         *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = holder;
         Ok(())
+    }
+
+    /// Acks `attempt` of `pos`: queued for [`send_acks`], or sent alone when it is gone.
+    async fn ack(&self, holder: &str, pos: Position, attempt: u32) -> Result<OpResult> {
+        let (reply, answer) = oneshot::channel();
+        let request = AckRequest {
+            holder: holder.to_string(),
+            pos,
+            attempt,
+            reply,
+        };
+        if self.acks.send(request).is_ok() {
+            if let Ok(result) = answer.await {
+                return result;
+            }
+        }
+        // A retried ack whose first call was applied answers `ok` again.
+        self.outcome(holder, pos, attempt, &Op::Ack).await
     }
 
     async fn outcome(
@@ -774,7 +860,11 @@ impl Job {
 
     /// Done.
     pub async fn ack(self) -> Result<Outcome> {
-        Ok(match self.report(Op::Ack).await? {
+        let acked = self
+            .shared
+            .ack(&self.holder, self.delivery.position, self.attempt)
+            .await?;
+        Ok(match acked {
             OpResult::Stale => Outcome::Stale,
             _ => Outcome::Acked,
         })
@@ -958,6 +1048,7 @@ async fn feed(
     let mut known_epoch: Option<Epoch> = None;
     let mut hint: u64 = 0;
     let mut live: Option<LiveFeed> = None;
+    let mut head: Option<ReadResult> = None;
     loop {
         let first = tokio::select! {
             _ = &mut stop => return,
@@ -987,6 +1078,7 @@ async fn feed(
             &tx,
             &mut permits,
             (&mut known_epoch, &mut hint),
+            &mut head,
             start,
         )
         .await;
@@ -1023,15 +1115,24 @@ async fn feed(
 }
 
 /// One claim. `Ok(None)`: the worker is gone; otherwise how many grants it handled.
+///
+/// `cached`: the topic's head as the previous round's read of its messages saw it, when that
+/// claim handed out all it asked for (work keeps coming): this claim uses it instead of
+/// reading the head again. A claim on a cached head that hands out less than it asks for
+/// makes the next round read the head at once.
 async fn claim_round(
     shared: &Arc<Shared>,
     tx: &mpsc::Sender<Result<WorkEvent>>,
     permits: &mut Vec<OwnedSemaphorePermit>,
     (known_epoch, hint): (&mut Option<Epoch>, &mut u64),
+    cached: &mut Option<ReadResult>,
     start: Begin,
 ) -> Result<Option<usize>> {
     let broker = shared.herald.broker();
-    let head = broker.read(&shared.topic, 1, 0).await?;
+    let (head, from_cache) = match cached.take() {
+        Some(h) => (h, true),
+        None => (broker.read(&shared.topic, 1, 0).await?, false),
+    };
     let Some(epoch) = head.epoch else {
         return Ok(Some(0));
     };
@@ -1137,6 +1238,11 @@ async fn claim_round(
         return Ok(None);
     }
     let mut n = grants.len();
+    let full = n == permits.len();
+    if from_cache && !full {
+        // The cached head may be behind: look again at once, with a fresh one.
+        n = n.max(1);
+    }
     if n == 0 && moved && (asked.is_some_and(|f| next < f) || next <= head.last) {
         // Ordered: the group's cursor was not where this member looked, or moved past
         // messages blocked on their keys with more to look at: look again at once.
@@ -1147,9 +1253,12 @@ async fn claim_round(
         .filter(|g| !prefetched.contains_key(&g.offset))
         .cloned()
         .collect();
-    let Some(mut entries) = read_grants(shared, epoch, &missing).await? else {
+    let Some((mut entries, seen)) = read_grants(shared, epoch, &missing).await? else {
         return Ok(Some(0));
     };
+    if full && !shared.ordered {
+        *cached = seen;
+    }
     entries.append(&mut prefetched);
     for g in grants {
         let Some(delivery) = entries.remove(&g.offset) else {
@@ -1202,13 +1311,14 @@ fn not_before(d: &Delivery) -> Option<u64> {
     Some(d.published_at_ms.saturating_add(delay))
 }
 
-/// Reads the messages of `grants`, in runs of consecutive offsets. `None` when the topic is
-/// no longer in `epoch`.
+/// Reads the messages of `grants`, in runs of consecutive offsets, and the topic's head as
+/// the last read saw it (without its entries; `None` when nothing was read). `None` when the
+/// topic is no longer in `epoch`.
 async fn read_grants(
     shared: &Shared,
     epoch: Epoch,
     grants: &[Grant],
-) -> Result<Option<BTreeMap<u64, Delivery>>> {
+) -> Result<Option<(BTreeMap<u64, Delivery>, Option<ReadResult>)>> {
     let mut offsets: Vec<u64> = grants.iter().map(|g| g.offset).collect();
     offsets.sort_unstable();
     let mut runs: Vec<(u64, u64)> = Vec::new();
@@ -1218,29 +1328,41 @@ async fn read_grants(
             _ => runs.push((o, o)),
         }
     }
-    read_runs(shared, epoch, runs).await
+    read_runs_head(shared, epoch, runs).await
 }
 
-/// Reads the messages at offsets `from..=to` of each run. `None` when the topic is no longer
-/// in `epoch`.
+/// [`read_runs_head`] without the head.
 async fn read_runs(
     shared: &Shared,
     epoch: Epoch,
     runs: Vec<(u64, u64)>,
 ) -> Result<Option<BTreeMap<u64, Delivery>>> {
+    Ok(read_runs_head(shared, epoch, runs).await?.map(|(m, _)| m))
+}
+
+/// Reads the messages at offsets `from..=to` of each run, and the head as the last read saw
+/// it. `None` when the topic is no longer in `epoch`.
+async fn read_runs_head(
+    shared: &Shared,
+    epoch: Epoch,
+    runs: Vec<(u64, u64)>,
+) -> Result<Option<(BTreeMap<u64, Delivery>, Option<ReadResult>)>> {
     let mut out = BTreeMap::new();
+    let mut head = None;
     for (from, to) in runs {
         let mut at = from;
         // Each read returns at least one message from `at` unless history ends: bounded by
         // the run's length.
         while at <= to {
             let want = usize::try_from(to - at + 1).unwrap_or(usize::MAX);
-            let r = shared.herald.broker().read(&shared.topic, at, want).await?;
+            let mut r = shared.herald.broker().read(&shared.topic, at, want).await?;
             if r.epoch != Some(epoch) {
                 return Ok(None);
             }
             let mut progressed = false;
-            for slot in r.slots {
+            let slots = std::mem::take(&mut r.slots);
+            head = Some(r);
+            for slot in slots {
                 let o = slot.offset();
                 if o < at || o > to {
                     continue;
@@ -1256,5 +1378,5 @@ async fn read_runs(
             }
         }
     }
-    Ok(Some(out))
+    Ok(Some((out, head)))
 }

@@ -220,3 +220,81 @@ fn the_script_speaks_the_documented_protocol() {
     let state: String = server.cmd(&["HGET", "herald:{raw}:work:g", "acked"]);
     assert_eq!(state, "1");
 }
+
+/// `ACKS` (protocol 1.1, `docs/PROTOCOL.md`): several acks in one call, each answered as an
+/// `ACK` alone: a wrong attempt or holder is `stale`, a repeated pair `ok`, and only the
+/// deliveries it finished are counted.
+#[test]
+fn several_acks_in_one_call_are_each_answered_as_an_ack() {
+    let server = RedisServer::start();
+    let receipts = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let h = node(&server.url(), "pub").await;
+        h.publish_batch("raw2", ["a", "b", "c"]).await.unwrap()
+    });
+    let epoch = receipts[0].position.epoch.to_string();
+    let keys: Vec<String> = ["", ":jobs", ":due", ":holders"]
+        .iter()
+        .map(|s| format!("herald:{{raw2}}:work:g{s}"))
+        .chain([
+            "herald:{raw2}:groups".to_string(),
+            "herald:{raw2}:work:g:done".to_string(),
+            "herald:{raw2}:work:g:keys".to_string(),
+        ])
+        .collect();
+    let mut conn = server.conn();
+    let script = redis::Script::new(herald::broker::WORK_SCRIPT);
+    let call = |conn: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke(conn).unwrap()
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let texts = |v: redis::Value| match v {
+        redis::Value::Array(items) => items.iter().map(text).collect::<Vec<_>>(),
+        other => panic!("not an array: {other:?}"),
+    };
+    let holder = text(&call(
+        &mut conn,
+        &["REGISTER", "m", "5000", "__dead/raw2/g", "g"],
+    ));
+    let claim = texts(call(
+        &mut conn,
+        &[
+            "CLAIM", &holder, "10", "30000", "3", "5000", &epoch, "1", "3", "1", "0", "0",
+        ],
+    ));
+    assert_eq!(
+        &claim[4..],
+        ["4", "1", "1", "job", "", "2", "1", "job", "", "3", "1", "job", ""],
+        "{claim:?}"
+    );
+    let acks = texts(call(
+        &mut conn,
+        &[
+            "ACKS", &holder, &epoch, "1", "1", "2", "2", "3", "1", "1", "1",
+        ],
+    ));
+    assert_eq!(acks, ["ok", "stale", "ok", "ok"]);
+    let acks = texts(call(&mut conn, &["ACKS", "other#1", &epoch, "2", "1"]));
+    assert_eq!(acks, ["stale"]);
+    let other_epoch = format!("{epoch}9");
+    let old_epoch = texts(call(&mut conn, &["ACKS", &holder, &other_epoch, "2", "1"]));
+    assert_eq!(old_epoch, ["stale"]);
+    let acked: String = server.cmd(&["HGET", "herald:{raw2}:work:g", "acked"]);
+    assert_eq!(acked, "2");
+    let left: Vec<String> = server.cmd(&["HKEYS", "herald:{raw2}:work:g:jobs"]);
+    assert_eq!(left, ["2"]);
+    assert_eq!(
+        texts(call(&mut conn, &["ACKS", &holder, &epoch, "2", "1"])),
+        ["ok"]
+    );
+}

@@ -222,6 +222,27 @@ impl Broker {
         }
     }
 
+    /// Acks several deliveries of `holder` in `epoch` (offset, attempt) in one step; each is
+    /// answered as [`Op::Ack`] alone would be.
+    pub(crate) async fn work_acks(
+        &self,
+        topic: &str,
+        group: &str,
+        holder: &str,
+        epoch: Epoch,
+        acks: &[(u64, u32)],
+    ) -> Result<Vec<OpResult>> {
+        match self {
+            Broker::Redis(b) => b.work_acks(topic, group, holder, epoch, acks).await,
+            Broker::Embedded(b) => Ok(acks
+                .iter()
+                .map(|(offset, attempt)| {
+                    b.work_outcome(topic, group, holder, epoch, *offset, *attempt, &Op::Ack)
+                })
+                .collect()),
+        }
+    }
+
     /// A group's state; `None` when it does not exist.
     pub(crate) async fn work_state(&self, topic: &str, group: &str) -> Result<Option<GroupRecord>> {
         match self {

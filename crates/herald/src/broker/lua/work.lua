@@ -1,5 +1,5 @@
--- Herald work group procedure (work protocol version 1). See docs/PROTOCOL.md,
--- "Work groups (v1)".
+-- Herald work group procedure (work protocol version 1, with ACKS since 1.1). See
+-- docs/PROTOCOL.md, "Work groups (v1)".
 --
 -- KEYS[1]  <ns>:{<topic>}:work:<group>          hash: v, epoch, next, acked, dead, lost, resets, dlq
 -- KEYS[2]  <ns>:{<topic>}:work:<group>:jobs     hash: offset -> JSON job record
@@ -10,8 +10,8 @@
 --          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
 --          first reply was lost is answered 'ok' again rather than 'stale'
 -- KEYS[7]  <ns>:{<topic>}:work:<group>:keys     hash: order key -> the offset holding it
--- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | NAK | DEFER | PROGRESS | TERM |
---          DEADDONE | LOST | STATE
+-- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | ACKS | NAK | DEFER | PROGRESS |
+--          TERM | DEADDONE | LOST | STATE
 --
 -- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error,"k":key}
 -- with state "run" (leased to h until d), "wait" (a retry, due at d), "dead" (to be
@@ -255,6 +255,41 @@ elseif op == 'CLAIM' then
   end
   redis.call('HSET', state, 'next', fmt(nxt))
   out[5] = fmt(nxt)
+  return out
+elseif op == 'ACKS' then
+  -- ACKS holder epoch offset attempt [offset attempt ...] -> {'ok' | 'stale', ...}: one ACK
+  -- per pair, in order, each answered as ACK would answer it alone (protocol 1.1).
+  local holder, epoch = ARGV[2], ARGV[3]
+  local current = redis.call('HGET', state, 'epoch') == epoch
+  local prev = redis.call('HGET', state, 'prev') == epoch
+  local boundary = tonumber(redis.call('HGET', state, 'boundary') or '0')
+  local out = {}
+  local acked = 0
+  for i = 4, #ARGV - 1, 2 do
+    local offset, a = ARGV[i], ARGV[i + 1]
+    local res = 'stale'
+    if current or (prev and tonumber(offset) < boundary) then
+      local tag = offset .. ':' .. holder .. ':' .. a
+      if redis.call('ZSCORE', done, tag) then
+        res = 'ok'
+      else
+        local r = get(offset)
+        if r and r.h == holder and r.a == tonumber(a) and r.s == 'run' then
+          if acked == 0 then
+            redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (now - DONE_KEEP_MS))
+          end
+          drop(offset, r)
+          redis.call('ZADD', done, now, tag)
+          acked = acked + 1
+          res = 'ok'
+        end
+      end
+    end
+    out[#out + 1] = res
+  end
+  if acked > 0 then
+    redis.call('HINCRBY', state, 'acked', acked)
+  end
   return out
 elseif op == 'STATE' then
   -- STATE -> {now, {state field, value, ...}, {offset, record, ...}, {holder, expiry, ...}}

@@ -212,6 +212,41 @@ impl RedisBroker {
         }
     }
 
+    /// `ACKS`: acks several deliveries of `holder` in `epoch` in one call.
+    pub(crate) async fn work_acks(
+        &self,
+        topic: &str,
+        group: &str,
+        holder: &str,
+        epoch: Epoch,
+        acks: &[(u64, u32)],
+    ) -> Result<Vec<OpResult>> {
+        let mut args = Vec::with_capacity(3 + 2 * acks.len());
+        args.extend(["ACKS".to_string(), holder.to_string(), epoch.to_string()]);
+        for (offset, attempt) in acks {
+            args.push(offset.to_string());
+            args.push(attempt.to_string());
+        }
+        let reply = self
+            .work_call("report work outcomes", topic, group, args)
+            .await?;
+        let bad = || corrupt(topic, "unexpected reply to several acks");
+        let Value::Array(items) = reply else {
+            return Err(bad());
+        };
+        if items.len() != acks.len() {
+            return Err(bad());
+        }
+        items
+            .iter()
+            .map(|v| match as_bytes(v) {
+                Some(b"ok") => Ok(OpResult::Ok),
+                Some(b"stale") => Ok(OpResult::Stale),
+                _ => Err(bad()),
+            })
+            .collect()
+    }
+
     pub(crate) async fn work_state(&self, topic: &str, group: &str) -> Result<Option<GroupRecord>> {
         let reply = self
             .work_call("read work group", topic, group, vec!["STATE".into()])
