@@ -84,6 +84,69 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// What a subscription's event says, as a record of its topic: `(topic, record)`.
+    /// `key` names a delivered message (usually its idempotency key). `None` for events the
+    /// checker does not model.
+    pub fn of_event(
+        event: herald::Event,
+        key: impl FnOnce(&herald::Delivery) -> String,
+    ) -> Option<(String, Record)> {
+        match event {
+            herald::Event::Message(d) => {
+                let key = key(&d);
+                let record = Record::Message {
+                    epoch: d.position.epoch,
+                    offset: d.position.offset,
+                    key,
+                };
+                Some((d.topic, record))
+            }
+            herald::Event::Gap {
+                topic,
+                epoch,
+                from,
+                to,
+                reason,
+            } => {
+                let record = if reason == herald::GapReason::Lost {
+                    Record::LostGap { epoch, from, to }
+                } else {
+                    Record::Gap { epoch, from, to }
+                };
+                Some((topic, record))
+            }
+            herald::Event::Reset {
+                topic,
+                last_delivered,
+                epoch,
+                lost_from,
+            } => Some((
+                topic,
+                Record::Reset {
+                    previous_epoch: last_delivered.epoch,
+                    epoch,
+                    last_delivered: last_delivered.offset,
+                    lost_from,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// The position a durable subscriber may commit after this record: a message's own, or
+    /// the end of a gap. A reset commits nothing (the next message does).
+    pub fn commit_position(&self) -> Option<(Epoch, u64)> {
+        match self {
+            Record::Message { epoch, offset, .. } => Some((*epoch, *offset)),
+            Record::Gap { epoch, to, .. } | Record::LostGap { epoch, to, .. } => {
+                Some((*epoch, *to))
+            }
+            Record::Start { .. } | Record::Reset { .. } => None,
+        }
+    }
+}
+
 /// One logical subscriber's recorded history, per topic.
 #[derive(Debug, Clone, Default)]
 pub struct History {

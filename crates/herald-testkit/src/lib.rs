@@ -31,7 +31,8 @@ use herald::{EmbeddedBroker, Event, Herald, Subscription};
 pub use cluster::{create_cluster, RedisCluster};
 pub use sentinel::Sentinel;
 pub use server::{
-    cluster_port, free_port, try_cluster_port, try_free_port, Options, Persistence, RedisServer,
+    cluster_port, free_port, info_field, signal, try_cluster_port, try_free_port, Options,
+    Persistence, RedisServer,
 };
 
 /// Runs each named `async fn(Backend)` as two tests: on the embedded broker (`embedded::`)

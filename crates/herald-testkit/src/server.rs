@@ -289,6 +289,30 @@ impl RedisServer {
         c.query(&mut self.conn())
             .unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
+
+    /// One field of `INFO section` (e.g. `("replication", "role")`); empty when absent.
+    pub fn info_field(&self, section: &str, field: &str) -> String {
+        info_field(&self.cmd::<String>(&["INFO", section]), field)
+    }
+}
+
+/// One field of an `INFO` reply (`field:value` lines); empty when absent.
+pub fn info_field(info: &str, field: &str) -> String {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Sends a signal (`"-STOP"`, `"-CONT"`, `"-9"`) to a process, e.g. a server's
+/// `process_id` from `INFO server`; panics when `kill` fails.
+pub fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
 }
 
 impl Drop for RedisServer {

@@ -14,7 +14,6 @@
 use herald_testkit as support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use herald::{Event, Herald, Message, Position, Start};
@@ -437,14 +436,7 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
         .unwrap()
         .trim()
         .to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, pid.as_str()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    support::signal(&pid, "-STOP");
     let _: () = query(owner, &["CLIENT", "KILL", "TYPE", "replica"]).unwrap();
     let lost = plain.publish(topic, "lost").await.unwrap();
     let mut delivered: BTreeMap<u64, String> = BTreeMap::new();
@@ -458,7 +450,7 @@ async fn cluster_spans_shards_and_survives_migration_and_failover() {
         other => panic!("expected the write, got {other:?}"),
     }
     cluster.node(owner).kill9();
-    signal("-CONT");
+    support::signal(&pid, "-CONT");
     tokio::task::block_in_place(|| {
         cluster.wait_ok(&[owner]);
         cluster.node(owner).restart();
@@ -600,14 +592,6 @@ fn pid_of(port: u16) -> String {
         .to_string()
 }
 
-fn signal(pid: &str, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
 /// Per topic: offsets and message numbers only increase; no gap, no reset.
 #[derive(Default)]
 struct Order {
@@ -717,7 +701,7 @@ async fn one_shard_down_does_not_stop_the_others() {
     for trouble in ["SIGSTOP", "kill -9"] {
         let pid = pid_of(ports[2]);
         if trouble == "SIGSTOP" {
-            signal(&pid, "-STOP");
+            support::signal(&pid, "-STOP");
         } else {
             cluster.node_mut(2).unwrap().kill9();
         }
@@ -739,7 +723,7 @@ async fn one_shard_down_does_not_stop_the_others() {
         );
         // The troubled shard comes back; its topic continues, complete and in order.
         if trouble == "SIGSTOP" {
-            signal(&pid, "-CONT");
+            support::signal(&pid, "-CONT");
         } else {
             tokio::task::block_in_place(|| cluster.node_mut(2).unwrap().restart());
         }

@@ -12,7 +12,7 @@ use herald_testkit as support;
 use std::time::Duration;
 
 use herald::{EmbeddedBroker, Event, GapReason, Herald, Position, Receipt, Start, Subscription};
-use support::{maybe_event, next_event, wait_until, RedisServer};
+use support::{maybe_event, next_event, signal, wait_until, RedisServer};
 
 async fn node(url: String, id: &str) -> Herald {
     Herald::builder()
@@ -24,24 +24,6 @@ async fn node(url: String, id: &str) -> Herald {
         .unwrap()
 }
 
-fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
-    let info: String = server.cmd(&["INFO", section]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-fn signal(pid: &str, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
 /// P with m1..m5 replicated to R, then lost6..lost8 acknowledged by P alone, P killed, R
 /// promoted. Returns R and the receipts of lost6..lost8.
 async fn crash_failover() -> (RedisServer, Vec<Receipt>) {
@@ -49,7 +31,7 @@ async fn crash_failover() -> (RedisServer, Vec<Receipt>) {
     let r = RedisServer::start();
     let _: () = r.cmd(&["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
     wait_until("the replica is in sync", Duration::from_secs(10), || {
-        info_field(&r, "replication", "master_link_status") == "up"
+        r.info_field("replication", "master_link_status") == "up"
     });
     let hp = node(p.url(), "on-p").await;
     for i in 1..=5 {
@@ -59,7 +41,7 @@ async fn crash_failover() -> (RedisServer, Vec<Receipt>) {
         let last: Option<String> = r.cmd(&["HGET", "herald:{t}:meta", "last"]);
         last.as_deref() == Some("5")
     });
-    let r_pid = info_field(&r, "server", "process_id");
+    let r_pid = r.info_field("server", "process_id");
     signal(&r_pid, "-STOP");
     let _: u64 = p.cmd(&["CLIENT", "KILL", "TYPE", "replica"]);
     let mut lost = Vec::new();

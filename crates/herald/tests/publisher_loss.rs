@@ -14,25 +14,7 @@ use std::time::Duration;
 
 use herald::{EmbeddedBroker, Event, GapReason, Herald, Position, Start, Subscription};
 use support::proxy::FaultProxy;
-use support::{maybe_event, next_event, wait_until, RedisServer};
-
-fn info_field(server: &RedisServer, section: &str, field: &str) -> String {
-    let info: String = server.cmd(&["INFO", section]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-fn signal(pid: &str, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
+use support::{maybe_event, next_event, signal, wait_until, RedisServer};
 
 async fn expect_messages(sub: &mut Subscription, want: &[(&str, u64, u64)]) {
     for &(payload, epoch, offset) in want {
@@ -70,7 +52,7 @@ async fn redis_publisher_alone_saw_the_lost_writes_and_reports_them() {
     let r = RedisServer::start();
     let _: () = r.cmd(&["REPLICAOF", "127.0.0.1", &p.port.to_string()]);
     wait_until("the replica is in sync", Duration::from_secs(10), || {
-        info_field(&r, "replication", "master_link_status") == "up"
+        r.info_field("replication", "master_link_status") == "up"
     });
     let proxy = FaultProxy::start(p.port).await;
     let node = |id: &'static str| {
@@ -112,7 +94,7 @@ async fn redis_publisher_alone_saw_the_lost_writes_and_reports_them() {
             last.as_deref() == Some("5") && cursors > 0
         },
     );
-    let r_pid = info_field(&r, "server", "process_id");
+    let r_pid = r.info_field("server", "process_id");
     signal(&r_pid, "-STOP");
     let _: u64 = p.cmd(&["CLIENT", "KILL", "TYPE", "replica"]);
     let mut lost = Vec::new();

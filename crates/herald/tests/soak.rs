@@ -477,56 +477,16 @@ async fn subscriber(
                     continue 'incarnations;
                 }
             };
-            let (topic, r, commit_at) = match event {
-                Event::Message(d) => {
-                    received += 1;
-                    let commit = (received % spec.commit_every.max(1) == 0)
-                        .then_some((d.position.epoch, d.position.offset));
-                    let key = identity(&d);
-                    (
-                        d.topic,
-                        Record::Message {
-                            epoch: d.position.epoch,
-                            offset: d.position.offset,
-                            key,
-                        },
-                        commit,
-                    )
-                }
-                Event::Gap {
-                    topic,
-                    epoch,
-                    from,
-                    to,
-                    reason,
-                } => {
-                    let r = if reason == herald::GapReason::Lost {
-                        Record::LostGap { epoch, from, to }
-                    } else {
-                        Record::Gap { epoch, from, to }
-                    };
-                    (topic, r, Some((epoch, to)))
-                }
-                Event::Reset {
-                    topic,
-                    last_delivered:
-                        Position {
-                            epoch: previous_epoch,
-                            offset: last_delivered,
-                        },
-                    epoch,
-                    lost_from,
-                } => (
-                    topic,
-                    Record::Reset {
-                        previous_epoch,
-                        epoch,
-                        last_delivered,
-                        lost_from,
-                    },
-                    None,
-                ),
-                other => panic!("unknown event {other:?}"),
+            let is_message = matches!(event, Event::Message(_));
+            let Some((topic, r)) = Record::of_event(event, identity) else {
+                panic!("{}: an event the checker does not model", spec.name);
+            };
+            let commit_at = if is_message {
+                received += 1;
+                r.commit_position()
+                    .filter(|_| received % spec.commit_every.max(1) == 0)
+            } else {
+                r.commit_position()
             };
             record.lock().unwrap().push(&topic, r);
             if let (true, Some((epoch, offset))) = (spec.durable, commit_at) {

@@ -95,20 +95,7 @@ fn direct<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisRes
 
 fn info_field(port: u16, section: &str, field: &str) -> String {
     let info: String = direct(port, &["INFO", section]).unwrap_or_default();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or("")
-        .trim()
-        .to_string()
-}
-
-fn signal(pid: &str, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
+    support::info_field(&info, field)
 }
 
 /// Polls `ok` every 50 ms for at most `limit`; false if it never held.
@@ -355,52 +342,17 @@ async fn subscriber(
                     break;
                 }
             };
-            let (topic, r, commit_at) = match event {
-                Event::Message(d) => {
-                    received += 1;
-                    let commit = (received % spec.commit_every.max(1) == 0)
-                        .then_some((d.position.epoch, d.position.offset));
-                    let r = Record::Message {
-                        epoch: d.position.epoch,
-                        offset: d.position.offset,
-                        key: d.key.clone(),
-                    };
-                    (d.topic, r, commit)
-                }
-                Event::Gap {
-                    topic,
-                    epoch,
-                    from,
-                    to,
-                    reason,
-                } => {
-                    let r = if reason == herald::GapReason::Lost {
-                        Record::LostGap { epoch, from, to }
-                    } else {
-                        Record::Gap { epoch, from, to }
-                    };
-                    (topic, r, Some((epoch, to)))
-                }
-                Event::Reset {
-                    topic,
-                    last_delivered:
-                        Position {
-                            epoch: previous_epoch,
-                            offset: last_delivered,
-                        },
-                    epoch,
-                    lost_from,
-                } => (
-                    topic,
-                    Record::Reset {
-                        previous_epoch,
-                        epoch,
-                        last_delivered,
-                        lost_from,
-                    },
-                    None,
-                ),
-                other => panic!("unknown event {other:?}"),
+            let is_message = matches!(event, Event::Message(_));
+            let Some((topic, r)) = Record::of_event(event, |d: &herald::Delivery| d.key.clone())
+            else {
+                panic!("{}: an event the checker does not model", spec.name);
+            };
+            let commit_at = if is_message {
+                received += 1;
+                r.commit_position()
+                    .filter(|_| received % spec.commit_every.max(1) == 0)
+            } else {
+                r.commit_position()
             };
             record.lock().unwrap().push(&topic, r);
             if let (true, Some((epoch, offset))) = (spec.durable, commit_at) {
@@ -576,7 +528,7 @@ async fn soak_failover() {
             let servers = servers.clone();
             let from = primary;
             let r_pid = info_field(r, "server", "process_id");
-            signal(&r_pid, "-STOP");
+            support::signal(&r_pid, "-STOP");
             let _: redis::RedisResult<i64> = direct(p, &["CLIENT", "KILL", "TYPE", "replica"]);
             tokio::time::sleep(alone).await;
             tokio::task::spawn_blocking({
@@ -585,7 +537,7 @@ async fn soak_failover() {
             })
             .await
             .unwrap();
-            signal(&r_pid, "-CONT");
+            support::signal(&r_pid, "-CONT");
             let promoted = tokio::task::spawn_blocking(move || {
                 poll(Duration::from_secs(10), || {
                     direct::<()>(r, &["REPLICAOF", "NO", "ONE"]).is_ok()
