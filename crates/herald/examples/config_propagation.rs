@@ -6,31 +6,22 @@
 //! Embedded broker (no Redis needed): `cargo run -p herald --example config_propagation`.
 //! Real Redis: `cargo run -p herald --example config_propagation -- redis://127.0.0.1:6379`.
 
+mod common;
+use common::Nodes;
+
 use std::time::Duration;
 
-use herald::{Acks, EmbeddedBroker, Event, Herald, Message, Start};
-
-/// One node's handle: on Redis when a URL is given, else on the shared embedded broker.
-async fn node(id: &str, url: Option<&str>, broker: &EmbeddedBroker) -> herald::Result<Herald> {
-    let builder = Herald::builder().node_id(id);
-    match url {
-        Some(url) => builder.redis(url),
-        None => builder.embedded(broker.clone()),
-    }
-    .connect()
-    .await
-}
+use herald::{Acks, Event, Message, Start};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1);
-    let broker = EmbeddedBroker::new();
+    let place = Nodes::from_args();
     let (group, topic) = ("web", "config");
     let (stop, stopped) = tokio::sync::watch::channel(false);
 
     let mut nodes = Vec::new();
     for id in ["web-1", "web-2", "web-3"] {
-        let herald = node(id, url.as_deref(), &broker).await?;
+        let herald = place.node(id).await?;
         // Follow the topic first, then join: once the member is visible, it acknowledges.
         let mut config = herald
             .subscribe([topic])
@@ -80,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         nodes.push(task);
     }
 
-    let publisher = node("operator", url.as_deref(), &broker).await?;
+    let publisher = place.node("operator").await?;
     let members = publisher.members(group).await?;
     let ids: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
     println!("operator: members of {group}: {ids:?}");

@@ -7,24 +7,16 @@
 //! Embedded broker (no Redis needed): `cargo run -p herald --example shared_config`.
 //! Real Redis: `cargo run -p herald --example shared_config -- redis://127.0.0.1:6379`.
 
+mod common;
+use common::Nodes;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use herald::{AckReport, EmbeddedBroker, Herald};
-
-/// One node's handle: on Redis when a URL is given, else on the shared embedded broker.
-async fn node(id: &str, url: Option<&str>, broker: &EmbeddedBroker) -> herald::Result<Herald> {
-    let builder = Herald::builder().node_id(id);
-    match url {
-        Some(url) => builder.redis(url),
-        None => builder.embedded(broker.clone()),
-    }
-    .connect()
-    .await
-}
+use herald::AckReport;
 
 type Config = Arc<Mutex<BTreeMap<String, Bytes>>>;
 
@@ -54,17 +46,16 @@ fn print_report(what: &str, report: &AckReport) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1);
-    let broker = EmbeddedBroker::new();
+    let place = Nodes::from_args();
     let (group, name) = ("web", "config");
 
-    let operator = node("operator", url.as_deref(), &broker).await?.map(name)?;
+    let operator = place.node("operator").await?.map(name)?;
     operator.put("log-level", "info").await?;
 
     // Each node: join the group, watch the map as that member, apply every event to its copy.
     let mut nodes = Vec::new();
     for id in ["web-1", "web-2", "web-3"] {
-        let herald = node(id, url.as_deref(), &broker).await?;
+        let herald = place.node(id).await?;
         let membership = herald.join(group).ttl(Duration::from_secs(5)).await?;
         let mut watch = herald.map(name)?.watch_as(membership.id()).await?;
         let config: Config = Arc::default();

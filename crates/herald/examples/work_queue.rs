@@ -6,29 +6,20 @@
 //! Embedded broker (no Redis needed): `cargo run -p herald --example work_queue`.
 //! Real Redis: `cargo run -p herald --example work_queue -- redis://127.0.0.1:6379`.
 
+mod common;
+use common::Nodes;
+
 use std::time::Duration;
 
 use futures::StreamExt;
 use herald::work::{dead_letter_topic, Backoff};
-use herald::{EmbeddedBroker, Event, Herald, Message, Outcome, Start, WorkEvent};
-
-/// One node's handle: on Redis when a URL is given, else on the shared embedded broker.
-async fn node(id: &str, url: Option<&str>, broker: &EmbeddedBroker) -> herald::Result<Herald> {
-    let builder = Herald::builder().node_id(id);
-    match url {
-        Some(url) => builder.redis(url),
-        None => builder.embedded(broker.clone()),
-    }
-    .connect()
-    .await
-}
+use herald::{Event, Message, Outcome, Start, WorkEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::args().nth(1);
-    let broker = EmbeddedBroker::new();
+    let place = Nodes::from_args();
     let (topic, group) = ("images", "resizers");
-    let publisher = node("publisher", url.as_deref(), &broker).await?;
+    let publisher = place.node("publisher").await?;
     let mut audit = publisher.subscribe([topic]).from(Start::Latest).await?;
     let dead_topic = dead_letter_topic(topic, group);
     let mut dead = publisher
@@ -39,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let jobs = 10;
     let mut workers = Vec::new();
     for id in ["worker-1", "worker-2", "worker-3"] {
-        let herald = node(id, url.as_deref(), &broker).await?;
+        let herald = place.node(id).await?;
         let mut worker = herald
             .work(topic)
             .group(group)
