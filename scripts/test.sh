@@ -32,3 +32,10 @@ fi
 echo "== cargo test"
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
+
+echo "== examples (embedded broker)"
+for example in crates/herald/examples/*.rs; do
+  name=$(basename "$example" .rs)
+  echo "-- $name"
+  cargo run --quiet --locked -p herald --example "$name" >/dev/null
+done
