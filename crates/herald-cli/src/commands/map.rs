@@ -26,8 +26,8 @@ use herald::{Expect, MapEvent, Revision, SnapshotReason, Versioned};
 use serde::Serialize;
 
 use super::{connect, parse_duration, GlobalArgs};
-use crate::exit::{Failure, CONFLICT, NOT_ACKNOWLEDGED};
-use crate::output::{AcksLine, JsonLines};
+use crate::exit::{Failure, CONFLICT};
+use crate::output::JsonLines;
 
 /// Arguments of `herald map`.
 #[derive(Debug, Args)]
@@ -346,25 +346,6 @@ async fn wait_applied(
     out: &mut JsonLines<std::io::Stdout>,
 ) -> Result<(), Failure> {
     let report = m.wait_applied(rev, group).timeout(timeout).await?;
-    out.emit(&AcksLine {
-        event: "acks",
-        report: &report,
-    })
-    .map_err(|e| Failure::stdout(&e))?;
-    if report.complete {
-        return Ok(());
-    }
-    Err(Failure::new(
-        NOT_ACKNOWLEDGED,
-        format!(
-            "{} of {} members of group {group:?} did not apply revision {rev} of map {:?} within {:?}: {}; \
-             check them with `herald lag {}` and `herald members {group}`",
-            report.pending.len(),
-            report.pending.len() + report.acked.len() + report.expired.len(),
-            m.name(),
-            timeout,
-            report.pending.join(", "),
-            m.topic(),
-        ),
-    ))
+    let what = format!("apply revision {rev} of map {:?}", m.name());
+    super::wait_all::print_report(&report, group, &what, m.topic(), timeout, out)
 }

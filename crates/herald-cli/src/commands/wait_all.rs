@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use herald::{Acks, Herald, Receipt};
+use herald::{AckReport, Acks, Herald, Receipt};
 
 use crate::exit::{Failure, NOT_ACKNOWLEDGED};
 use crate::output::{AcksLine, JsonLines};
@@ -26,9 +26,28 @@ pub(crate) async fn run(
         .acks(Acks::All)
         .timeout(timeout)
         .await?;
+    let what = format!(
+        "acknowledge offset {} of {:?}",
+        report.position.offset, report.topic
+    );
+    let topic = report.topic.clone();
+    print_report(&report, group, &what, &topic, timeout, out)
+}
+
+/// Prints `report` as one `{"event":"acks",..}` line; status 5 ([`NOT_ACKNOWLEDGED`]) unless
+/// every member of `group` did `what` (e.g. "acknowledge offset 7 of \"t\"") within `timeout`.
+/// `topic` is the topic whose lag the hint points at.
+pub(crate) fn print_report(
+    report: &AckReport,
+    group: &str,
+    what: &str,
+    topic: &str,
+    timeout: Duration,
+    out: &mut JsonLines<std::io::Stdout>,
+) -> Result<(), Failure> {
     out.emit(&AcksLine {
         event: "acks",
-        report: &report,
+        report,
     })
     .map_err(|e| Failure::stdout(&e))?;
     if report.complete {
@@ -37,15 +56,11 @@ pub(crate) async fn run(
     Err(Failure::new(
         NOT_ACKNOWLEDGED,
         format!(
-            "{} of {} members of group {group:?} did not acknowledge offset {} of {:?} within {:?}: {}; \
-             check them with `herald lag {}` and `herald members {group}`",
+            "{} of {} members of group {group:?} did not {what} within {timeout:?}: {}; \
+             check them with `herald lag {topic}` and `herald members {group}`",
             report.pending.len(),
             report.pending.len() + report.acked.len() + report.expired.len(),
-            report.position.offset,
-            report.topic,
-            timeout,
             report.pending.join(", "),
-            report.topic,
         ),
     ))
 }
