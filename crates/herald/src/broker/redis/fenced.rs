@@ -36,7 +36,7 @@ impl RedisBroker {
         operation: &'static str,
         topic: &str,
         discarded: Option<&'a Mutex<Vec<T>>>,
-        mut attempt: impl FnMut(Conn) -> BoxFuture<'a, redis::RedisResult<T>>,
+        attempt: impl FnMut(Conn) -> BoxFuture<'a, redis::RedisResult<T>>,
     ) -> Result<T> {
         #[cfg(not(feature = "sentinel"))]
         {
@@ -46,6 +46,7 @@ impl RedisBroker {
         #[cfg(feature = "sentinel")]
         {
             use super::failover::{failing_over, FENCE_SLICE};
+            let mut attempt = attempt;
             let fence = &self.inner.fence;
             self.retry(operation, topic, |_| {
                 // In this order, before the connection is taken: a switch of primary after
