@@ -537,6 +537,14 @@ async fn planned_failover_loses_no_acknowledged_commit_heartbeat_or_put() {
 
     use herald::Position;
 
+    // Herald's warnings are shown when the test fails (`HERALD_TEST_LOG` to change).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("herald=info")),
+        )
+        .with_test_writer()
+        .try_init();
     let g = Group::start();
     let url = g.url();
     let stop = Arc::new(AtomicBool::new(false));
@@ -669,6 +677,17 @@ async fn planned_failover_loses_no_acknowledged_commit_heartbeat_or_put() {
             .map(|(k, _)| k.clone())
             .collect();
     let members = check.members("g").await.unwrap();
+    // The member's handle still heartbeats on the new primary: its record moves on (bounded).
+    let beat = |ms: &[herald::Member]| ms.iter().find(|m| m.id == "m1").map(|m| m.heartbeat_ms);
+    let first_beat = beat(&members);
+    let mut beating = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if beat(&check.members("g").await.unwrap()) > first_beat {
+            beating = true;
+            break;
+        }
+    }
     eprintln!(
         "published {published}, commits {} (missing {}), durable cursor {durable:?} (last \
          acknowledged {last_commit:?}), puts {} (missing {}), members {:?}",
@@ -695,6 +714,10 @@ async fn planned_failover_loses_no_acknowledged_commit_heartbeat_or_put() {
             .iter()
             .any(|m| m.id == "m1" && m.joined_at_ms == member.joined_at_ms()),
         "the member is alive as the incarnation that joined: {members:?}"
+    );
+    assert!(
+        beating,
+        "the member's heartbeats stopped reaching the primary"
     );
     let started = Instant::now();
     let left = member.leave().await;
