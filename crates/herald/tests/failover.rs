@@ -292,3 +292,64 @@ async fn embedded_fail_over_resets_only_who_saw_the_lost_writes() {
     expect_quiet(&mut from_start).await;
     expect_quiet(&mut saw_all).await;
 }
+
+/// A map change sent again after the topic changed writer (a failover; the Sentinel fence
+/// re-sends changes whose reply came back while the sentinels replaced the primary) is
+/// answered with the revision it was given, in the epoch that wrote it, not the epoch the
+/// topic runs under now. The script is called directly, so that the retry repeats the
+/// change's idempotency key; the change of writer is what a promoted replica does to `writer`.
+#[test]
+fn a_map_change_sent_again_keeps_its_revision_across_an_epoch_change() {
+    let server = RedisServer::start();
+    let publish = include_str!("../src/broker/lua/publish.lua");
+    let script = include_str!("../src/broker/lua/map.lua").replacen(
+        "--@PUBLISH@\n",
+        &format!("local function publish(KEYS, ARGV)\n{publish}\nend\n"),
+        1,
+    );
+    let script = redis::Script::new(&script);
+    let topic = "__map/m";
+    let key = |what: &str| format!("herald:{{{topic}}}:{what}");
+    let mut conn = server.conn();
+    let mut change = |k: &str, v: &str, idem: &str| -> (String, String, u64, u64) {
+        let mut inv = script.prepare_invoke();
+        for what in [
+            "meta",
+            "log",
+            "settings",
+            "dedup",
+            "dedup-old",
+            "epochs",
+            "map",
+            "map-limits",
+        ] {
+            inv.key(key(what));
+        }
+        inv.arg("1").arg(key("live")).arg("node");
+        inv.arg(10_000).arg(86_400_000).arg(120_000).arg(1_048_576);
+        inv.arg("PUBLISH")
+            .arg("PUT")
+            .arg(k)
+            .arg(v)
+            .arg("")
+            .arg(idem);
+        inv.invoke(&mut conn).unwrap()
+    };
+    let (ok, first_epoch, offset, dup) = change("a", "1", "i1");
+    assert_eq!((ok.as_str(), offset, dup), ("ok", 1, 0));
+    let _: () = server.cmd(&["HSET", &key("meta"), "writer", "another-server"]);
+    let (_, later_epoch, offset, dup) = change("b", "2", "i2");
+    assert_eq!((offset, dup), (2, 0));
+    assert!(
+        later_epoch.parse::<u64>().unwrap() > first_epoch.parse::<u64>().unwrap(),
+        "the change of writer opened a new epoch"
+    );
+    let again = change("a", "1", "i1");
+    assert_eq!(
+        again,
+        ("ok".to_string(), first_epoch.clone(), 1, 1),
+        "the change sent again names its own revision"
+    );
+    let stored: String = server.cmd(&["HGET", &key("map"), "a"]);
+    assert_eq!(stored, format!("{first_epoch}:1:1"));
+}

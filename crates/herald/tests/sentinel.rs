@@ -497,3 +497,233 @@ async fn collect(sub: &mut herald::Subscription, want: usize) -> (Vec<(u64, Stri
     }
     (got, resets)
 }
+
+/// Retries `op` until it succeeds (bounded: 100 attempts, 100 ms apart); panics with the last
+/// error otherwise. Every write retried here is idempotent or rewrites the same value.
+async fn until_ok<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = herald::Result<T>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                last = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("{what} never acknowledged: {last:?}");
+}
+
+/// Planned failovers lose no acknowledged write of any kind, not only publishes (issue 14):
+/// the Sentinel fence covers durable cursor commits, membership heartbeats and map writes.
+///
+/// While `SENTINEL FAILOVER` moves the primary twice (each time until the old primary is
+/// demoted and resynchronised, when writes it accepted after the promotion are discarded):
+/// a durable subscriber commits every delivery of a topic being published to, and also
+/// commits one cursor of its own name per delivery (so that no commit can hide behind a later
+/// one); a member heartbeats every 50 ms; a writer puts a new map key at a time. Afterwards, a
+/// fresh handle (on the new primary) finds every cursor committed with an acknowledgement at
+/// its position (the durable cursor at least at the last acknowledged commit), every
+/// acknowledged put with its value and revision, and the member alive as the same incarnation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_failover_loses_no_acknowledged_commit_heartbeat_or_put() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use herald::Position;
+
+    // Herald's warnings are shown when the test fails (`HERALD_TEST_LOG` to change).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HERALD_TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("herald=info")),
+        )
+        .with_test_writer()
+        .try_init();
+    let g = Group::start();
+    let url = g.url();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // Publisher of the topic the durable subscriber reads.
+    let publisher = node(&url, "pub", 0).await;
+    let published = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                i += 1;
+                publish_until_acked(&publisher, 0, i).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            i
+        })
+    };
+
+    // Durable subscriber: commits its cursor at every delivery, and a cursor per delivery.
+    let committer = node(&url, "dur", 0).await;
+    let mut sub = committer
+        .subscribe(["t"])
+        .from(Start::Earliest)
+        .durable("dur")
+        .await
+        .unwrap();
+    let commits: Arc<Mutex<BTreeMap<String, Position>>> = Arc::default();
+    let committing = {
+        let (stop, commits) = (stop.clone(), commits.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) && n < 100_000 {
+                let ev = tokio::time::timeout(Duration::from_millis(500), sub.next_event()).await;
+                let d = match ev {
+                    Err(_) => continue, // nothing yet: look at `stop` again
+                    Ok(Some(Ok(Event::Message(d)))) => d,
+                    Ok(Some(Ok(Event::Reset { .. }))) => panic!("a planned failover reset"),
+                    Ok(other) => panic!("unexpected {other:?}"),
+                };
+                n += 1;
+                until_ok("commit", || sub.commit(&d)).await;
+                last = Some(d.position);
+                let name = format!("at-{}-{}", d.position.epoch, d.position.offset);
+                until_ok("commit", || committer.commit("t", &name, d.position)).await;
+                commits.lock().unwrap().insert(name, d.position);
+            }
+            last
+        })
+    };
+
+    // A member heartbeating often.
+    let member_node = node(&url, "member", 0).await;
+    let member = member_node
+        .join("g")
+        .id("m1")
+        .ttl(Duration::from_secs(10))
+        .heartbeat_interval(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+
+    // A map writer: one new key per put.
+    let writer = node(&url, "writer", 0).await;
+    let map = writer.map("cfg").unwrap();
+    let puts: Arc<Mutex<BTreeMap<String, Position>>> = Arc::default();
+    let putting = {
+        let (stop, puts) = (stop.clone(), puts.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) && i < 100_000 {
+                i += 1;
+                let key = format!("k{i}");
+                let rev = until_ok("put", || map.put(&key, format!("v{i}"))).await;
+                puts.lock().unwrap().insert(key, rev);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    for _round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let old = g.primary_port().unwrap();
+        let before = (commits.lock().unwrap().len(), puts.lock().unwrap().len());
+        let _: () = g.sentinels[0]
+            .cmd(&["SENTINEL", "FAILOVER", MASTER])
+            .unwrap();
+        let new = tokio::task::block_in_place(|| g.wait_new_primary(old));
+        tokio::task::block_in_place(|| {
+            wait_until("the old primary demoted", Duration::from_secs(40), || {
+                role(old).as_deref() == Some("slave")
+            });
+            let new_primary = g.nodes.iter().find(|n| n.port == new).unwrap();
+            wait_until("replicas in sync", Duration::from_secs(20), || {
+                online_replicas(new_primary) == 2
+            });
+        });
+        let after = (commits.lock().unwrap().len(), puts.lock().unwrap().len());
+        assert!(
+            after.0 > before.0 && after.1 > before.1,
+            "commits and puts went on during the failover: {before:?} -> {after:?}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let published = published.await.unwrap();
+    let last_commit = committing.await.unwrap().unwrap();
+    putting.await.unwrap();
+    let commits = commits.lock().unwrap().clone();
+    let puts = puts.lock().unwrap().clone();
+
+    // Everything is read through a fresh handle, on the primary the sentinels name now.
+    let check = node(&url, "check", 0).await;
+    let mut missing_commits = Vec::new();
+    for (name, pos) in &commits {
+        match check.cursor("t", name).await.unwrap() {
+            Some(c) if c.position == *pos => {}
+            other => missing_commits.push((name.clone(), other.map(|c| c.position))),
+        }
+    }
+    let durable = check.cursor("t", "dur").await.unwrap().map(|c| c.position);
+    let snapshot = check.map("cfg").unwrap().snapshot().await.unwrap();
+    let missing_puts: Vec<_> =
+        puts.iter()
+            .filter(|(k, rev)| {
+                snapshot.entries.get(k.as_str()).is_none_or(|e| {
+                    e.revision < **rev || e.value != format!("v{}", &k[1..]).as_bytes()
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+    let members = check.members("g").await.unwrap();
+    // The member's handle still heartbeats on the new primary: its record moves on (bounded).
+    let beat = |ms: &[herald::Member]| ms.iter().find(|m| m.id == "m1").map(|m| m.heartbeat_ms);
+    let first_beat = beat(&members);
+    let mut beating = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if beat(&check.members("g").await.unwrap()) > first_beat {
+            beating = true;
+            break;
+        }
+    }
+    eprintln!(
+        "published {published}, commits {} (missing {}), durable cursor {durable:?} (last \
+         acknowledged {last_commit:?}), puts {} (missing {}), members {:?}",
+        commits.len(),
+        missing_commits.len(),
+        puts.len(),
+        missing_puts.len(),
+        members
+            .iter()
+            .map(|m| (&m.id, m.joined_at_ms))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        missing_commits.is_empty(),
+        "commits lost: {missing_commits:?}"
+    );
+    assert!(
+        durable.is_some_and(|d| d >= last_commit),
+        "durable cursor {durable:?} behind the last acknowledged commit {last_commit:?}"
+    );
+    assert!(missing_puts.is_empty(), "puts lost: {missing_puts:?}");
+    assert!(
+        members
+            .iter()
+            .any(|m| m.id == "m1" && m.joined_at_ms == member.joined_at_ms()),
+        "the member is alive as the incarnation that joined: {members:?}"
+    );
+    assert!(
+        beating,
+        "the member's heartbeats stopped reaching the primary"
+    );
+    let started = Instant::now();
+    let left = member.leave().await;
+    assert!(
+        left.is_ok(),
+        "leave failed after {:?}: {left:?}",
+        started.elapsed()
+    );
+}

@@ -41,10 +41,23 @@ local op, key, value, expect, idem = ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV
 
 -- A retry of a change that was applied (its reply lost) finds its idempotency key and gets
 -- the earlier change back, without a compare-and-set check that would now fail.
+-- The change may predate the current epoch (the log changed writer since, e.g. a retry on a
+-- promoted replica): its revision names the epoch whose range holds its offset.
+local function epoch_of(o)
+  local best, best_first = nil, nil
+  local flat = redis.call('HGETALL', KEYS[6])
+  for k = 1, #flat, 2 do
+    local f = tonumber(string.match(flat[k + 1], '^(%d+)'))
+    if f and f <= o and (best_first == nil or f > best_first
+        or (f == best_first and tonumber(flat[k]) > tonumber(best))) then
+      best, best_first = flat[k], f
+    end
+  end
+  return best or redis.call('HGET', KEYS[1], 'epoch') or '0'
+end
 local known = redis.call('HGET', KEYS[4], idem) or redis.call('HGET', KEYS[5], idem)
-if known then
-  local epoch = redis.call('HGET', KEYS[1], 'epoch') or '0'
-  return {'ok', epoch, tonumber(known), 1}
+if known and tonumber(known) then
+  return {'ok', epoch_of(tonumber(known)), tonumber(known), 1}
 end
 
 local current = redis.call('HGET', state, key) -- WRONGTYPE here, before any write
@@ -89,7 +102,7 @@ if type(reply) == 'table' and reply.err then
 end
 if #reply ~= 2 then
   -- A duplicate after all (the dedup check above saw every window publish checks).
-  return {'ok', reply[1], reply[2], 1}
+  return {'ok', (tonumber(reply[3]) or 1) > 1 and reply[3] or reply[1], reply[2], 1}
 end
 local rev = tostring(reply[1]) .. ':' .. string.format('%d', reply[2])
 if op == 'PUT' then

@@ -35,7 +35,7 @@ impl RedisBroker {
     pub(crate) async fn commit(&self, topic: &str, name: &str, pos: CursorCommit) -> Result<()> {
         let key = self.inner.keys.cursors(topic);
         let value = pos.encode();
-        self.retry("commit", topic, |mut conn| {
+        self.retry_write("commit", topic, None, |mut conn| {
             let (key, name, value) = (key.clone(), name.to_string(), value.clone());
             Box::pin(async move {
                 redis::cmd("HSET")

@@ -4,7 +4,8 @@
 //! sentinel's Pub/Sub events (reconnecting with [`Backoff`]), and one task that acts on them:
 //!
 //! - **Failover started** (`+odown` of the primary, `+try-failover`, `+elected-leader`,
-//!   `+failover-state-*`, `+selected-slave`): the [`Fence`] closes. New publishes wait
+//!   `+failover-state-*`, `+selected-slave`): the [`Fence`] closes. New publishes (and every
+//!   other write, through `RedisBroker::retry_write` in `fenced.rs`) wait
 //!   (within their operation deadline) instead of writing to a primary that is about to be
 //!   replaced; a publish whose reply arrives after the fence closed is not acknowledged but
 //!   sent again, with the same idempotency keys, once the fence opens, so that its receipt
@@ -110,6 +111,12 @@ impl Fence {
     /// How many times the fence closed so far.
     pub(super) fn closings(&self) -> u64 {
         self.closings.load(Ordering::SeqCst)
+    }
+
+    /// Changes whenever the fence closes or the primary in use changes: a write that saw it
+    /// change while it ran may have gone to a replaced primary.
+    pub(super) fn era(&self) -> (u64, u64) {
+        (self.closings(), *self.switches.borrow())
     }
 
     pub(super) fn is_closed(&self) -> bool {

@@ -87,7 +87,7 @@ impl RedisBroker {
         let op = if change.value.is_some() { "PUT" } else { "DEL" };
         let value = change.value.unwrap_or_default();
         let reply: Value = self
-            .retry("map change", topic, |mut conn| {
+            .retry_write("map change", topic, None, |mut conn| {
                 let mut inv = MAP.prepare_invoke();
                 for k in &key_names {
                     inv.key(k);
@@ -164,7 +164,7 @@ impl RedisBroker {
 
     pub(crate) async fn map_set_limits(&self, topic: &str, limits: MapLimits) -> Result<()> {
         let [_, key] = self.map_keys(topic);
-        self.retry("map limits", topic, |mut conn| {
+        self.retry_write("map limits", topic, None, |mut conn| {
             let key = key.clone();
             Box::pin(async move {
                 let mut pipe = redis::pipe();

@@ -32,7 +32,7 @@ impl RedisBroker {
         args: &[&[u8]],
     ) -> Result<Value> {
         let keys = self.member_keys(topic);
-        self.retry(operation, topic, |mut conn| {
+        self.retry_write(operation, topic, None, |mut conn| {
             let mut inv = MEMBERS.prepare_invoke();
             inv.key(&keys[0]).key(&keys[1]);
             for a in args {

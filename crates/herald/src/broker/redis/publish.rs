@@ -39,10 +39,12 @@ impl RedisBroker {
             .max(1);
         // Replies discarded because a Sentinel failover began while they were under way: a
         // message is a duplicate only if every attempt found it already published.
-        let discarded: std::sync::Mutex<Vec<Value>> = Default::default();
-        let discarded = &discarded;
+        let discarded: std::sync::Mutex<Vec<(Value, usize)>> = Default::default();
+        // Behind the Sentinel fence (`fenced.rs`): a reply that comes back after the
+        // sentinels began replacing the primary is sent again on the primary that stays (same
+        // idempotency keys: found there, or written anew).
         let (reply, acked): (Value, usize) = self
-            .retry("publish", topic, |mut conn| {
+            .retry_write("publish", topic, Some(&discarded), |mut conn| {
                 let mut inv = self.inner.publish.prepare_invoke();
                 for k in &key_names {
                     inv.key(k);
@@ -56,18 +58,6 @@ impl RedisBroker {
                 call.add_args(&mut inv);
                 let meta = &key_names[0];
                 Box::pin(async move {
-                    // With Sentinel, no write while the sentinels replace the primary; a
-                    // reply that comes back after they began is sent again on the primary
-                    // that stays (same idempotency keys: found there, or written anew).
-                    #[cfg(feature = "sentinel")]
-                    let closings = {
-                        let fence = &self.inner.fence;
-                        if fence.is_closed() {
-                            fence.wait_open(super::failover::FENCE_SLICE).await;
-                            return Err(super::failover::failing_over());
-                        }
-                        fence.closings()
-                    };
                     let reply = inv.invoke_async(&mut conn).await?;
                     // With `min_replicas`, WAIT on the server that ran the script. If this
                     // fails, the whole attempt is retried: the script then finds the
@@ -77,23 +67,12 @@ impl RedisBroker {
                         0 => 0,
                         n => conn.wait(n, wait_ms, meta).await?,
                     };
-                    #[cfg(feature = "sentinel")]
-                    {
-                        let fence = &self.inner.fence;
-                        if fence.is_closed() || fence.closings() != closings {
-                            discarded
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(reply);
-                            return Err(super::failover::failing_over());
-                        }
-                    }
                     Ok((reply, acked))
                 })
             })
             .await?;
         let mut placed = parse_publish_reply(topic, reply, messages.len())?;
-        for earlier in discarded
+        for (earlier, _) in discarded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)

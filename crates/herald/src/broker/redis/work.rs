@@ -39,7 +39,7 @@ impl RedisBroker {
         args: Vec<String>,
     ) -> Result<Value> {
         let keys = self.work_keys(topic, group);
-        self.retry(operation, topic, |mut conn| {
+        self.retry_write(operation, topic, None, |mut conn| {
             let mut inv = WORK.prepare_invoke();
             for k in &keys {
                 inv.key(k);
