@@ -156,6 +156,15 @@ impl Broker {
         }
     }
 
+    /// The head of each of `topics` (`read(topic, 1, 0)` each), in order, read in as few
+    /// round trips as the broker allows.
+    pub(crate) async fn read_heads(&self, topics: &[String]) -> Vec<Result<ReadResult>> {
+        match self {
+            Broker::Redis(b) => b.read_heads(topics).await,
+            Broker::Embedded(b) => topics.iter().map(|t| Ok(b.read(t, 1, 0))).collect(),
+        }
+    }
+
     /// Opens a live feed for `topics`; once this returns, every later publish is notified.
     pub(crate) async fn live(&self, topics: &[String]) -> Result<LiveFeed> {
         match self {

@@ -29,6 +29,7 @@ mod cursors;
 #[cfg(feature = "sentinel")]
 mod failover;
 mod feed;
+mod heads;
 mod keys;
 pub(crate) mod map;
 pub(crate) mod members;
