@@ -1,15 +1,17 @@
-//! Many topics' heads at once, for a subscription that starts over many topics: on one
-//! server the heads are read in chunks, each chunk one MULTI/EXEC of the same three commands
-//! per topic as a single head read (`HMGET meta epoch last`, `HGETALL epochs`, the first
-//! entry), so that 10 000 topics cost a few dozen pipelined round trips. A topic whose
-//! commands fail (foreign data in its keys) is read again on its own, which reports the
-//! problem as a single read does. With a cluster the topics live on different shards: their
-//! heads are read one call each, concurrently.
+//! Many topics' heads at once, for a subscription that starts over many topics. On one
+//! server the topics go in chunks: one pipeline of `EXISTS meta epochs log` per topic finds
+//! those that have no keys at all (their head is "no log", what a head read would find at that
+//! moment), then one MULTI/EXEC reads the others' heads with the same three commands per topic
+//! as a single head read (`HMGET meta epoch last`, `HGETALL epochs`, the first entry). So
+//! 10 000 topics cost a few dozen pipelined round trips. A topic whose commands fail (foreign
+//! data in its keys) is read again on its own, which reports the problem as a single read
+//! does. With a cluster the topics live on different shards: their heads are read one call
+//! each, concurrently.
 
 use futures::StreamExt;
 use redis::Value;
 
-use super::read::parse_read_reply;
+use super::read::{as_u64, parse_read_reply};
 use super::RedisBroker;
 use crate::broker::ReadResult;
 use crate::error::Result;
@@ -43,7 +45,52 @@ impl RedisBroker {
         out
     }
 
+    /// The heads of one chunk of topics: first whether each topic has any key at all (one
+    /// EXISTS each, so that topics without a log cost one command), then the full head read
+    /// of those that have one.
     async fn read_chunk(&self, topics: &[String]) -> Vec<Result<ReadResult>> {
+        let keys = &self.inner.keys;
+        let names: Vec<(String, String, String)> = topics
+            .iter()
+            .map(|t| (keys.meta(t), keys.epochs(t), keys.log(t)))
+            .collect();
+        let first = topics.first().map(String::as_str).unwrap_or_default();
+        let names = &names;
+        let exists: Result<Vec<Value>> = self
+            .retry("read", first, |mut conn| {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors();
+                for (meta, epochs, log) in names {
+                    pipe.cmd("EXISTS").arg(meta).arg(epochs).arg(log);
+                }
+                Box::pin(async move { pipe.query_async(&mut conn).await })
+            })
+            .await;
+        // Which topics have keys (all of them when the check failed).
+        let present: Vec<bool> = match exists {
+            Ok(v) if v.len() == topics.len() => v.iter().map(|n| as_u64(n) != Some(0)).collect(),
+            _ => vec![true; topics.len()],
+        };
+        let wanted: Vec<usize> = (0..topics.len()).filter(|&i| present[i]).collect();
+        let mut full = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let some: Vec<String> = wanted.iter().map(|&i| topics[i].clone()).collect();
+            self.read_full(&some).await
+        }
+        .into_iter();
+        // A topic without any key: what a head read finds then (no log, nothing retained).
+        present
+            .into_iter()
+            .map(|p| match p {
+                true => full.next().unwrap_or_else(|| Ok(ReadResult::default())),
+                false => Ok(ReadResult::default()),
+            })
+            .collect()
+    }
+
+    /// The full head reads of `topics`, one MULTI/EXEC.
+    async fn read_full(&self, topics: &[String]) -> Vec<Result<ReadResult>> {
         let keys = &self.inner.keys;
         let names: Vec<(String, String, String)> = topics
             .iter()
