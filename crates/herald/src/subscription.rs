@@ -459,6 +459,9 @@ enum Done {
         next: u64,
         result: Result<ReadResult>,
     },
+    /// Head checks of several topics read together: (topic, `next`, head) each; the
+    /// operation's own topic index is unused.
+    Heads(Vec<(usize, u64, Result<ReadResult>)>),
     /// A report that the log went back below `seen` under its epoch.
     Reported {
         seen: Position,
@@ -631,6 +634,15 @@ impl Engine {
 
     /// Takes in the outcome of one of topic `i`'s operations.
     fn on_done(&mut self, i: usize, done: Done) {
+        let done = match done {
+            Done::Heads(heads) => {
+                for (i, next, result) in heads {
+                    self.on_done(i, Done::Head { next, result });
+                }
+                return;
+            }
+            done => done,
+        };
         self.topics[i].busy = false;
         match done {
             Done::Read { suspect, result } => {
@@ -677,7 +689,7 @@ impl Engine {
                 }
                 Err(e) => self.failed(i, e),
             },
-            Done::Noted => {}
+            Done::Noted | Done::Heads(_) => {} // (heads were taken apart above)
         }
     }
 
@@ -1100,6 +1112,9 @@ impl Engine {
     /// changed, goes to history (covers notifications lost without the connection dropping).
     /// The heads are read concurrently; a topic whose check is still running is skipped.
     fn check_heads(&mut self) {
+        if self.broker.reads_heads_together() {
+            return self.check_heads_together();
+        }
         for (i, t) in self.topics.iter_mut().enumerate() {
             if t.behind || t.busy {
                 continue;
@@ -1115,4 +1130,39 @@ impl Engine {
             );
         }
     }
+
+    /// The periodic check where one server holds every topic: the heads are read in chunks
+    /// of [`HEAD_CHECK_CHUNK`] topics, each a few pipelined commands rather than one read per
+    /// topic.
+    fn check_heads_together(&mut self) {
+        let due: Vec<(usize, String, u64)> = self
+            .topics
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, t)| !t.behind && !t.busy)
+            .map(|(i, t)| {
+                t.busy = true;
+                (i, t.name.clone(), t.next)
+            })
+            .collect();
+        for chunk in due.chunks(HEAD_CHECK_CHUNK) {
+            let (broker, chunk) = (self.broker.clone(), chunk.to_vec());
+            self.ops.push(
+                async move {
+                    let names: Vec<String> = chunk.iter().map(|(_, n, _)| n.clone()).collect();
+                    let results = broker.read_heads(&names).await;
+                    let heads = chunk
+                        .into_iter()
+                        .zip(results)
+                        .map(|((i, _, next), result)| (i, next, result))
+                        .collect();
+                    (usize::MAX, Done::Heads(heads))
+                }
+                .boxed(),
+            );
+        }
+    }
 }
+
+/// Topics per operation of a periodic check that reads heads together.
+const HEAD_CHECK_CHUNK: usize = 1024;

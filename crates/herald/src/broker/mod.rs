@@ -165,6 +165,15 @@ impl Broker {
         }
     }
 
+    /// True when [`read_heads`](Self::read_heads) reads many topics in a few round trips
+    /// and they all live on one server (so that one topic's trouble is everyone's anyway).
+    pub(crate) fn reads_heads_together(&self) -> bool {
+        match self {
+            Broker::Redis(b) => b.reads_heads_together(),
+            Broker::Embedded(_) => false,
+        }
+    }
+
     /// Opens a live feed for `topics`; once this returns, every later publish is notified.
     pub(crate) async fn live(&self, topics: &[String]) -> Result<LiveFeed> {
         match self {

@@ -14,12 +14,15 @@ use redis::Value;
 use super::read::{as_u64, parse_read_reply};
 use super::RedisBroker;
 use crate::broker::ReadResult;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Topics per MULTI/EXEC: about 0.5 ms of server time each, so that other clients wait little.
 const CHUNK: usize = 256;
 /// Chunks (or, with a cluster, single reads) in flight at once.
 const IN_FLIGHT: usize = 8;
+/// From how many topics a chunk checks which topics have keys first (below, the one extra
+/// round trip is not worth it).
+const EXISTS_FIRST_FROM: usize = 16;
 /// Single head reads in flight at once with a cluster.
 const SINGLE_IN_FLIGHT: usize = 256;
 
@@ -48,7 +51,19 @@ impl RedisBroker {
     /// The heads of one chunk of topics: first whether each topic has any key at all (one
     /// EXISTS each, so that topics without a log cost one command), then the full head read
     /// of those that have one.
+    /// True unless with a cluster (see `Broker::reads_heads_together`).
+    pub(crate) fn reads_heads_together(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.is_cluster() {
+            return false;
+        }
+        true
+    }
+
     async fn read_chunk(&self, topics: &[String]) -> Vec<Result<ReadResult>> {
+        if topics.len() < EXISTS_FIRST_FROM {
+            return self.read_full(topics).await;
+        }
         let keys = &self.inner.keys;
         let names: Vec<(String, String, String)> = topics
             .iter()
@@ -66,9 +81,13 @@ impl RedisBroker {
                 Box::pin(async move { pipe.query_async(&mut conn).await })
             })
             .await;
-        // Which topics have keys (all of them when the check failed).
+        // Which topics have keys (all of them when the check failed otherwise than by
+        // running out of time, which reading them again would only repeat).
         let present: Vec<bool> = match exists {
             Ok(v) if v.len() == topics.len() => v.iter().map(|n| as_u64(n) != Some(0)).collect(),
+            Err(e @ (Error::Timeout { .. } | Error::Unreachable { .. })) => {
+                return topics.iter().map(|_| Err(e.clone())).collect()
+            }
             _ => vec![true; topics.len()],
         };
         let wanted: Vec<usize> = (0..topics.len()).filter(|&i| present[i]).collect();
@@ -118,7 +137,12 @@ impl RedisBroker {
         let mut out = Vec::with_capacity(topics.len());
         let mut values = match reply {
             Ok(v) if v.len() == 3 * topics.len() => v.into_iter(),
-            // The chunk as a whole failed (or came back malformed): each topic on its own.
+            // Redis did not answer in time: so for every topic of the chunk.
+            Err(e @ (Error::Timeout { .. } | Error::Unreachable { .. })) => {
+                return topics.iter().map(|_| Err(e.clone())).collect()
+            }
+            // The chunk as a whole was refused (or came back malformed): each topic on its
+            // own, which names the problem of each.
             _ => {
                 for t in topics {
                     out.push(self.read(t, 1, 0).await);
