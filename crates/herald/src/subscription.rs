@@ -200,20 +200,32 @@ impl SubscribeBuilder {
         let broker = self.broker;
         // Subscribe to notifications first, so that nothing published from now on is missed.
         let feed = broker.live(&topics).await?;
-        // Each topic's head (and cursor) is read concurrently: on Redis the requests share one
-        // multiplexed connection, so thousands of topics cost a few pipelined round trips, not
-        // one round trip each.
-        let reads = topics.iter().cloned().map(|name| {
-            let (broker, durable) = (broker.clone(), self.durable.clone());
-            async move { position_of(&broker, &name, durable.as_deref()).await }
-        });
-        let heads: Vec<Result<(ReadResult, Option<CursorCommit>)>> = futures::stream::iter(reads)
-            .buffered(START_READS_IN_FLIGHT)
-            .collect()
-            .await;
+        // The heads are read in batches (on Redis a few pipelined transactions for thousands
+        // of topics), the durable cursors concurrently.
+        let heads = broker.read_heads(&topics).await;
+        let cursors: Vec<Result<Option<CursorCommit>>> = match self.durable.as_deref() {
+            Some(name) => {
+                let reads: Vec<_> = topics.iter().map(|t| broker.get_cursor(t, name)).collect();
+                futures::stream::iter(reads)
+                    .buffered(START_READS_IN_FLIGHT)
+                    .collect()
+                    .await
+            }
+            None => topics.iter().map(|_| Ok(None)).collect(),
+        };
         let mut states = Vec::with_capacity(topics.len());
-        for (name, head) in topics.into_iter().zip(heads) {
-            let (head, cursor) = head?;
+        for ((name, head), cursor) in topics.into_iter().zip(heads).zip(cursors) {
+            // A topic whose keys hold foreign data must not stop the others: it starts from
+            // offset 1 of whatever log it gets once repaired, and the engine reports the
+            // problem on the stream and keeps retrying.
+            let (head, readable) = match head {
+                Ok(head) => (head, true),
+                Err(Error::WrongType { .. } | Error::Corrupt { .. }) => {
+                    (ReadResult::default(), false)
+                }
+                Err(e) => return Err(e),
+            };
+            let cursor = cursor?;
             let from_cursor = cursor.is_some();
             let (epoch, next) = match cursor {
                 Some(commit) => (Some(commit.position.epoch), commit.position.offset + 1),
@@ -229,11 +241,18 @@ impl SubscribeBuilder {
                 }
             };
             let vouched = from_cursor || (head.epoch.is_some() && next - 1 <= head.last);
+            // A topic whose head was just read and that starts right after it (or has no log
+            // yet) has no history to read: the live feed, open since before the head read,
+            // carries everything after it.
+            let current = match head.epoch {
+                None => true,
+                Some(c) => epoch == Some(c) && next == head.last + 1,
+            };
             states.push(TopicState {
                 name,
                 epoch,
                 next,
-                behind: true,
+                behind: !(readable && !from_cursor && current),
                 vouched,
                 anchor: None,
                 readahead: None,
@@ -245,9 +264,16 @@ impl SubscribeBuilder {
         }
         let (tx, rx) = mpsc::channel(self.buffer);
         let engine_broker = broker.clone();
+        let index = states
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         let engine = Engine {
             broker,
             topics: states,
+            index,
+            idle: false,
             tx,
             poll_interval: self.poll_interval,
             chunk: 1024,
@@ -269,27 +295,6 @@ impl SubscribeBuilder {
 
 /// How many topic heads a starting subscription reads at once.
 const START_READS_IN_FLIGHT: usize = 256;
-
-/// A topic's head, and its durable cursor when the subscription has one.
-async fn position_of(
-    broker: &Broker,
-    topic: &str,
-    durable: Option<&str>,
-) -> Result<(ReadResult, Option<CursorCommit>)> {
-    let head = match broker.read(topic, 1, 0).await {
-        Ok(head) => head,
-        // A topic whose keys hold foreign data must not stop the others: it starts from
-        // offset 1 of whatever log it gets once repaired, and the engine reports the problem
-        // on the stream and keeps retrying.
-        Err(Error::WrongType { .. } | Error::Corrupt { .. }) => ReadResult::default(),
-        Err(e) => return Err(e),
-    };
-    let cursor = match durable {
-        Some(cursor) => broker.get_cursor(topic, cursor).await?,
-        None => None,
-    };
-    Ok((head, cursor))
-}
 
 impl IntoFuture for SubscribeBuilder {
     type Output = Result<Subscription>;
@@ -417,6 +422,12 @@ fn key_hash(key: &str) -> u64 {
 struct Engine {
     broker: Broker,
     topics: Vec<TopicState>,
+    /// Each topic's place in `topics`.
+    index: std::collections::HashMap<String, usize>,
+    /// True when no topic is behind (so that, with thousands of topics, a live notification
+    /// does not cost a look at every topic): set by a round of catch-up that found none,
+    /// cleared by anything that may send a topic behind.
+    idle: bool,
     tx: mpsc::Sender<Result<Event>>,
     poll_interval: Duration,
     /// Most entries read from history at once.
@@ -448,6 +459,9 @@ enum Done {
         next: u64,
         result: Result<ReadResult>,
     },
+    /// Head checks of several topics read together: (topic, `next`, head) each; the
+    /// operation's own topic index is unused.
+    Heads(Vec<(usize, u64, Result<ReadResult>)>),
     /// A report that the log went back below `seen` under its epoch.
     Reported {
         seen: Position,
@@ -498,15 +512,19 @@ impl Engine {
                 continue;
             };
             // Topics behind: hand over what was read ahead, start history reads.
-            let wants_room = self.catch_up();
-            let retry_at = self.next_retry();
+            let (wants_room, retry_at) = if self.idle {
+                (false, None)
+            } else {
+                (self.catch_up(), self.next_retry())
+            };
             let room = self.room();
             let tx = self.tx.clone();
             let mut lost = false;
+            let mut calm = false;
             tokio::select! {
                 _ = tx.closed() => return,
                 ev = live.next() => match ev {
-                    Some(ev) => self.on_live(ev),
+                    Some(ev) => calm = self.on_live(ev),
                     None => lost = true,
                 },
                 Some((i, done)) = self.ops.next(), if !self.ops.is_empty() => self.on_done(i, done),
@@ -514,6 +532,7 @@ impl Engine {
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
                 permits = tx.reserve_many(room), if wants_room => drop(permits),
             }
+            self.idle &= calm;
             if lost {
                 tracing::warn!(topics = ?names, "live feed lost; reconnecting");
                 feed = None;
@@ -554,9 +573,14 @@ impl Engine {
         }
         // What was read ahead and not handed over waits for room in the consumer's channel:
         // wake up when there is some, not at the next tick.
-        self.topics
-            .iter()
-            .any(|t| t.behind && !t.busy && t.readahead.is_some())
+        let mut any_behind = false;
+        let mut waits = false;
+        for t in &self.topics {
+            any_behind |= t.behind;
+            waits |= t.behind && !t.busy && t.readahead.is_some();
+        }
+        self.idle = !any_behind;
+        waits
     }
 
     /// When the earliest topic waiting out a failure may be read again.
@@ -610,6 +634,15 @@ impl Engine {
 
     /// Takes in the outcome of one of topic `i`'s operations.
     fn on_done(&mut self, i: usize, done: Done) {
+        let done = match done {
+            Done::Heads(heads) => {
+                for (i, next, result) in heads {
+                    self.on_done(i, Done::Head { next, result });
+                }
+                return;
+            }
+            done => done,
+        };
         self.topics[i].busy = false;
         match done {
             Done::Read { suspect, result } => {
@@ -656,7 +689,7 @@ impl Engine {
                 }
                 Err(e) => self.failed(i, e),
             },
-            Done::Noted => {}
+            Done::Noted | Done::Heads(_) => {} // (heads were taken apart above)
         }
     }
 
@@ -716,30 +749,47 @@ impl Engine {
         }
     }
 
-    fn on_live(&mut self, ev: LiveEvent) {
+    /// Takes in a live event; true when it sent no topic behind.
+    fn on_live(&mut self, ev: LiveEvent) -> bool {
         match ev {
             LiveEvent::Lost => self.topics.iter_mut().for_each(|t| t.behind = true),
             LiveEvent::Stale(topic) => {
-                if let Some(t) = self.topics.iter_mut().find(|t| t.name == topic) {
-                    t.behind = true;
+                if let Some(&i) = self.index.get(topic.as_str()) {
+                    self.topics[i].behind = true;
                 }
             }
-            LiveEvent::Notification(n) => self.on_notification(n),
+            LiveEvent::Notification(n) => {
+                let i = self.index.get(n.topic.as_str()).copied();
+                self.on_notification(n);
+                return i.is_none_or(|i| !self.topics[i].behind);
+            }
         }
+        false
     }
 
     /// Delivers a notification's entries when they continue the topic exactly; anything else
     /// (a skip ahead, another epoch, a full channel) sends the topic to history.
     fn on_notification(&mut self, n: Notification) {
-        let Some(i) = self.topics.iter().position(|t| t.name == n.topic) else {
+        let Some(i) = self.index.get(n.topic.as_str()).copied() else {
             return;
         };
         if self.topics[i].behind {
             return;
         }
         if self.topics[i].epoch != Some(n.epoch) {
-            self.topics[i].behind = true;
-            return;
+            // A topic that had no log when its head was read (after the feed opened): the
+            // first notification is of the publish that created it. When it starts exactly
+            // at `next`, it is what a read would find (a new log has one epoch, from 1).
+            let t = &self.topics[i];
+            let created = t.epoch.is_none()
+                && !t.vouched
+                && n.entries.first().map(|e| e.offset) == Some(t.next)
+                && t.next == 1;
+            if !created {
+                self.topics[i].behind = true;
+                return;
+            }
+            self.topics[i].epoch = Some(n.epoch);
         }
         for entry in n.entries {
             let t = &self.topics[i];
@@ -1062,6 +1112,9 @@ impl Engine {
     /// changed, goes to history (covers notifications lost without the connection dropping).
     /// The heads are read concurrently; a topic whose check is still running is skipped.
     fn check_heads(&mut self) {
+        if self.broker.reads_heads_together() {
+            return self.check_heads_together();
+        }
         for (i, t) in self.topics.iter_mut().enumerate() {
             if t.behind || t.busy {
                 continue;
@@ -1077,4 +1130,39 @@ impl Engine {
             );
         }
     }
+
+    /// The periodic check where one server holds every topic: the heads are read in chunks
+    /// of [`HEAD_CHECK_CHUNK`] topics, each a few pipelined commands rather than one read per
+    /// topic.
+    fn check_heads_together(&mut self) {
+        let due: Vec<(usize, String, u64)> = self
+            .topics
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, t)| !t.behind && !t.busy)
+            .map(|(i, t)| {
+                t.busy = true;
+                (i, t.name.clone(), t.next)
+            })
+            .collect();
+        for chunk in due.chunks(HEAD_CHECK_CHUNK) {
+            let (broker, chunk) = (self.broker.clone(), chunk.to_vec());
+            self.ops.push(
+                async move {
+                    let names: Vec<String> = chunk.iter().map(|(_, n, _)| n.clone()).collect();
+                    let results = broker.read_heads(&names).await;
+                    let heads = chunk
+                        .into_iter()
+                        .zip(results)
+                        .map(|((i, _, next), result)| (i, next, result))
+                        .collect();
+                    (usize::MAX, Done::Heads(heads))
+                }
+                .boxed(),
+            );
+        }
+    }
 }
+
+/// Topics per operation of a periodic check that reads heads together.
+const HEAD_CHECK_CHUNK: usize = 1024;

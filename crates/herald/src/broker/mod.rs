@@ -156,6 +156,24 @@ impl Broker {
         }
     }
 
+    /// The head of each of `topics` (`read(topic, 1, 0)` each), in order, read in as few
+    /// round trips as the broker allows.
+    pub(crate) async fn read_heads(&self, topics: &[String]) -> Vec<Result<ReadResult>> {
+        match self {
+            Broker::Redis(b) => b.read_heads(topics).await,
+            Broker::Embedded(b) => topics.iter().map(|t| Ok(b.read(t, 1, 0))).collect(),
+        }
+    }
+
+    /// True when [`read_heads`](Self::read_heads) reads many topics in a few round trips
+    /// and they all live on one server (so that one topic's trouble is everyone's anyway).
+    pub(crate) fn reads_heads_together(&self) -> bool {
+        match self {
+            Broker::Redis(b) => b.reads_heads_together(),
+            Broker::Embedded(_) => false,
+        }
+    }
+
     /// Opens a live feed for `topics`; once this returns, every later publish is notified.
     pub(crate) async fn live(&self, topics: &[String]) -> Result<LiveFeed> {
         match self {

@@ -172,7 +172,10 @@ end
 -- process opened (a promoted replica, a restart) continues under a new epoch from `last + 1`,
 -- so that no offset is ever reused under one epoch: the writes of the old process that this
 -- one lacks keep their names, and readers past `last` in the old epoch learn of the loss.
-local writer = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+-- (A plain find, then a pattern over the id only: cheaper than a pattern over the section.)
+local info = redis.call('INFO', 'server')
+local at = string.find(info, 'run_id:', 1, true)
+local writer = at and string.match(string.sub(info, at + 7, at + 56), '^%x+') or ''
 local new_epoch = not epoch
 local continued = epoch and m[4] ~= writer
 local old_epoch = epoch

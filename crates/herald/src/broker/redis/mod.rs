@@ -30,6 +30,7 @@ mod cursors;
 mod failover;
 mod feed;
 mod fenced;
+mod heads;
 mod keys;
 pub(crate) mod map;
 pub(crate) mod members;

@@ -221,7 +221,7 @@ pub(super) fn as_bytes(v: &Value) -> Option<&[u8]> {
 /// entry, and when
 /// entries were asked for, the entry at or before `from` and the entries from `from` on.
 /// Returns the result and the average number of messages per entry read.
-fn parse_read_reply(
+pub(super) fn parse_read_reply(
     topic: &str,
     reply: Vec<Value>,
     from: u64,
