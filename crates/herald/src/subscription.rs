@@ -235,8 +235,9 @@ impl SubscribeBuilder {
                         Start::Earliest | Start::Latest => head.last + 1,
                         Start::Offset(n) => n,
                     };
-                    // Offsets before the newest epoch's first belong to older epochs.
-                    let epoch = head.epoch.map(|c| head.history.epoch_at(next, c));
+                    // Offsets before the newest epoch's first belong to older epochs (and
+                    // wholly lost epochs just before the start are crossed, reporting them).
+                    let epoch = head.epoch.map(|c| head.history.start_epoch(next, c));
                     (epoch, next)
                 }
             };
@@ -839,7 +840,7 @@ impl Engine {
             return None;
         };
         if self.topics[i].epoch.is_none() {
-            self.topics[i].epoch = Some(r.history.epoch_at(next, current));
+            self.topics[i].epoch = Some(r.history.start_epoch(next, current));
         }
         // Walk the epoch history from the topic's epoch towards the current one.
         for _ in 0..=r.history.0.len() {
@@ -852,7 +853,17 @@ impl Engine {
                 // The epoch is not in the history: the whole log was lost (or the history no
                 // longer reaches back to it).
                 let seen = Position::new(epoch, t.next.saturating_sub(1));
-                self.reset_to_oldest(i, &r, current, seen);
+                let handed = self.reset_to_oldest(i, &r, current, seen);
+                if handed && seen.offset > 0 {
+                    // So that readers who had not gone that far learn of the loss, too.
+                    let topic = name.clone();
+                    self.start_report(i, seen, move |result| {
+                        if let Err(e) = result {
+                            tracing::warn!(%topic, error = %e, "cannot record the loss");
+                        }
+                        Done::Noted
+                    });
+                }
                 return None;
             };
             if t.next > succ.first {
@@ -914,8 +925,15 @@ impl Engine {
         })
     }
 
-    /// Emits a `Reset` that starts topic `i` over from the oldest retained offset.
-    fn reset_to_oldest(&mut self, i: usize, r: &ReadResult, current: Epoch, seen: Position) {
+    /// Emits a `Reset` that starts topic `i` over from the oldest retained offset; false if
+    /// it could not be handed over.
+    fn reset_to_oldest(
+        &mut self,
+        i: usize,
+        r: &ReadResult,
+        current: Epoch,
+        seen: Position,
+    ) -> bool {
         let reset = Event::Reset {
             topic: self.topics[i].name.clone(),
             last_delivered: seen,
@@ -924,7 +942,9 @@ impl Engine {
         };
         if let Sent::Yes = self.send(reset) {
             self.restart(i, r.history.epoch_at(1, current));
+            return true;
         }
+        false
     }
 
     /// Moves topic `i` into the epoch that offset `next` belongs to, across the ends of the

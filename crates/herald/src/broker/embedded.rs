@@ -313,6 +313,27 @@ impl EmbeddedBroker {
             return true;
         }
         let history = History::new(log.history.clone());
+        if history.get(seen.epoch).is_none() {
+            // An epoch the history does not hold, older than one it holds: none of its
+            // offsets survived; recorded as an empty epoch right before that one.
+            let Some(next) = history.0.iter().find(|s| s.epoch > seen.epoch).copied() else {
+                return false;
+            };
+            if seen.offset < next.first {
+                return false;
+            }
+            log.history.push(EpochStart {
+                epoch: seen.epoch,
+                first: next.first,
+                lost: seen.offset,
+            });
+            log.history.sort_by_key(|s| s.epoch);
+            if log.history.len() > HISTORY_LEN {
+                let extra = log.history.len() - HISTORY_LEN;
+                log.history.drain(..extra);
+            }
+            return true;
+        }
         match history.end_of(seen.epoch) {
             Some(end) if seen.offset > end => {
                 match log.history.iter_mut().find(|s| s.epoch == seen.epoch) {

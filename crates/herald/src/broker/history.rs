@@ -59,12 +59,31 @@ impl History {
             .map_or(current, |s| s.epoch)
     }
 
+    /// Where a reader without a position that starts at `offset` begins: the epoch `offset`
+    /// belongs to ([`History::epoch_at`]), or, when `offset` is that epoch's first, the oldest
+    /// of the empty epochs just before it (epochs recorded as wholly lost, which share their
+    /// successor's first offset), so that crossing them reports their losses as `Lost` gaps.
+    pub(crate) fn start_epoch(&self, offset: u64, current: Epoch) -> Epoch {
+        let at = self.epoch_at(offset, current);
+        let Some(mut i) = self.0.iter().position(|s| s.epoch == at) else {
+            return at;
+        };
+        if self.0[i].first != offset {
+            return at;
+        }
+        while i > 0 && self.0[i - 1].first == offset {
+            i -= 1;
+        }
+        self.0[i].epoch
+    }
+
     /// The epoch before `epoch` and `epoch`'s first offset, when `epoch` continues an earlier
-    /// epoch's log (a change of writing server) rather than starting one from offset 1.
+    /// epoch's log (a change of writing server) rather than starting one from offset 1. Empty
+    /// epochs in between (wholly lost, see [`History::start_epoch`]) are passed over.
     pub(crate) fn continues(&self, epoch: Epoch) -> Option<(Epoch, u64)> {
         let i = self.0.iter().position(|s| s.epoch == epoch)?;
         let start = self.0.get(i)?;
-        let prev = self.0.get(i.checked_sub(1)?)?;
+        let prev = self.0[..i].iter().rev().find(|s| s.first < start.first)?;
         (start.first > 1).then_some((prev.epoch, start.first))
     }
 
@@ -85,6 +104,21 @@ mod tests {
             EpochStart::parse("10", "1:8").unwrap_or_else(|| unreachable!()),
             EpochStart::parse("20", "6").unwrap_or_else(|| unreachable!()),
         ]);
+        // 5 and 15 were wholly lost (recorded empty, before 10 and before 20).
+        let lost = History::new(vec![
+            EpochStart::parse("5", "1:4").unwrap_or_else(|| unreachable!()),
+            EpochStart::parse("10", "1:8").unwrap_or_else(|| unreachable!()),
+            EpochStart::parse("15", "6:9").unwrap_or_else(|| unreachable!()),
+            EpochStart::parse("20", "6").unwrap_or_else(|| unreachable!()),
+        ]);
+        assert_eq!(lost.start_epoch(1, 20), 5);
+        assert_eq!(lost.start_epoch(3, 20), 10);
+        assert_eq!(lost.start_epoch(6, 20), 15);
+        assert_eq!(lost.epoch_at(6, 20), 20);
+        assert_eq!(lost.epoch_at(1, 20), 10);
+        assert_eq!(lost.end_of(5), Some(0));
+        assert_eq!(lost.end_of(15), Some(5));
+        assert_eq!(lost.continues(20), Some((10, 6)));
         assert_eq!(h.get(10).map(|s| s.lost), Some(8));
         assert_eq!(h.end_of(10), Some(5));
         assert_eq!(h.end_of(20), Some(9));
@@ -93,6 +127,9 @@ mod tests {
         assert_eq!(h.epoch_at(6, 30), 20);
         assert_eq!(h.epoch_at(12, 30), 30);
         assert_eq!(History::default().epoch_at(3, 7), 7);
+        assert_eq!(h.start_epoch(1, 30), 10);
+        assert_eq!(h.start_epoch(6, 30), 20);
+        assert_eq!(h.continues(20), Some((10, 6)));
         assert!(EpochStart::parse("x", "1").is_none());
         assert!(EpochStart::parse("1", "1:").is_none());
     }

@@ -12,7 +12,15 @@
 --   under one epoch), and ARGV[3] is recorded as the old epoch's lost maximum.
 -- - ARGV[2] is an older epoch of the history that ended before ARGV[3]: ARGV[3] is recorded
 --   as its lost maximum, if larger than the one recorded.
--- - Otherwise (nothing lost, no log, an epoch the history does not hold) nothing changes.
+-- - ARGV[2] is an epoch the history does not hold, older than some epoch S it holds (the
+--   server that wrote it died before this one got any of its writes: a promoted replica that
+--   never received the topic, or an epoch the old primary opened alone): none of its offsets
+--   survived. It is recorded as an empty epoch placed right before S, "<first of S>:<ARGV[3]>",
+--   so readers crossing into S get a Lost gap of it from S's first offset to ARGV[3]. (Its
+--   offsets all lie at or after S's first: S continues from the last offset this server had,
+--   and the old server only wrote past what it had replicated.)
+-- - Otherwise (nothing lost, no log, an epoch newer than every epoch of the history) nothing
+--   changes.
 --
 -- Returns {changed (0/1), current epoch or false}.
 
@@ -61,7 +69,6 @@ if current == e then
 end
 
 local rec = redis.call('HGET', epochs, e)
-if not rec then return {0, current} end
 -- The epoch ends where the next one (the smallest larger id) begins.
 local next_first = nil
 local flat = redis.call('HGETALL', epochs)
@@ -72,6 +79,16 @@ for i = 1, #flat, 2 do
     best = id
     next_first = tonumber(string.match(flat[i + 1], '^(%d+)'))
   end
+end
+if not rec then
+  if not next_first or o < next_first then return {0, current} end
+  redis.call('HSET', epochs, e, string.format('%d', next_first) .. ':' .. string.format('%d', o))
+  if redis.call('HLEN', epochs) > 64 then
+    local ids = redis.call('HKEYS', epochs)
+    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
+    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
+  end
+  return {1, current}
 end
 if not next_first or o < next_first then return {0, current} end
 local r = record(e, rec)

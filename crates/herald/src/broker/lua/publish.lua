@@ -238,7 +238,11 @@ local function dup_flag(o)
   local best, best_first = nil, nil
   for k = 1, #flat, 2 do
     local f = tonumber(string.match(flat[k + 1], '^(%d+)'))
-    if f and f <= o and (best_first == nil or f > best_first) then best, best_first = flat[k], f end
+    -- On a tie the larger id: an empty epoch (all lost, see lost.lua) shares its successor's first.
+    if f and f <= o and (best_first == nil or f > best_first
+        or (f == best_first and tonumber(flat[k]) > tonumber(best))) then
+      best, best_first = flat[k], f
+    end
   end
   if best == nil and continued then best = old_epoch end
   return best or 1
