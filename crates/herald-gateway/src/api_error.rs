@@ -6,7 +6,9 @@
 //! | `too_large` | 413 | a body over the gateway's limit, a message over the topic's limit, a batch over the batch limit |
 //! | `unauthorized` | 401 | no token, a token that does not verify, an expired token |
 //! | `forbidden` | 403 | a valid token without the grant for the action on that topic |
-//! | `not_found` | 404 | no such endpoint |
+//! | `not_found` | 404 | no such endpoint, map key or job |
+//! | `conflict` | 412 | a map compare-and-set lost (`If-Match` / `If-None-Match: *`) |
+//! | `stale` | 409 | a work-group outcome for a delivery that is no longer current |
 //! | `unreachable` | 503 | Redis could not be reached in time (or replicas did not confirm) |
 //! | `refused` | 502 | Redis refused, or holds data Herald cannot use |
 //! | `other` | 500 | anything else |
@@ -90,6 +92,7 @@ impl From<herald::Error> for ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
             (_, ErrorKind::BadInput) => (StatusCode::BAD_REQUEST, "bad_input"),
+            (_, ErrorKind::Conflict) => (StatusCode::PRECONDITION_FAILED, "conflict"),
             (_, ErrorKind::Unreachable) => (StatusCode::SERVICE_UNAVAILABLE, "unreachable"),
             (_, ErrorKind::Refused) => (StatusCode::BAD_GATEWAY, "refused"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "other"),

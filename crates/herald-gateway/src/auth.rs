@@ -7,8 +7,12 @@
 //!
 //! ```json
 //! {"aud": "herald", "exp": 1764070000, "sub": "dashboard",
-//!  "herald": {"publish": ["sensors.*"], "subscribe": ["sensors.*", "alerts"], "admin": false}}
+//!  "herald": {"publish": ["sensors.*"], "subscribe": ["sensors.*", "alerts"], "admin": false,
+//!             "work": ["jobs.*"], "map_read": ["config"], "map_write": []}}
 //! ```
+//!
+//! `work` grants the work-group endpoints on matching topics; `map_read` and `map_write`
+//! match map names (not their `__map/` topics).
 //!
 //! A pattern is `*` (every topic), a prefix ending in `*` (`sensors.*` matches
 //! `sensors.kitchen`, not `sensorsX` nor `alerts`), or an exact topic name. The grants of a
@@ -30,6 +34,12 @@ pub enum Action {
     Subscribe,
     /// See the gateway's status and every topic it knows.
     Admin,
+    /// Take part in a topic's work groups (fetch jobs, report outcomes, read group state).
+    Work,
+    /// Read a replicated map (the pattern matches the map's name).
+    MapRead,
+    /// Change a replicated map (the pattern matches the map's name).
+    MapWrite,
 }
 
 impl Action {
@@ -38,6 +48,9 @@ impl Action {
             Action::Publish => "publish",
             Action::Subscribe => "subscribe",
             Action::Admin => "admin",
+            Action::Work => "work",
+            Action::MapRead => "map_read",
+            Action::MapWrite => "map_write",
         }
     }
 }
@@ -185,6 +198,9 @@ impl Auth {
             publish: c.herald.publish,
             subscribe: c.herald.subscribe,
             admin: c.herald.admin,
+            work: c.herald.work,
+            map_read: c.herald.map_read,
+            map_write: c.herald.map_write,
         })
     }
 }
@@ -204,6 +220,12 @@ struct GrantClaims {
     subscribe: Vec<String>,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    work: Vec<String>,
+    #[serde(default)]
+    map_read: Vec<String>,
+    #[serde(default)]
+    map_write: Vec<String>,
 }
 
 /// What a request may do: from its token, or everything when the gateway has no auth.
@@ -213,6 +235,9 @@ pub struct Grants {
     publish: Vec<String>,
     subscribe: Vec<String>,
     admin: bool,
+    work: Vec<String>,
+    map_read: Vec<String>,
+    map_write: Vec<String>,
 }
 
 impl Grants {
@@ -223,6 +248,9 @@ impl Grants {
             publish: Vec::new(),
             subscribe: Vec::new(),
             admin: true,
+            work: Vec::new(),
+            map_read: Vec::new(),
+            map_write: Vec::new(),
         }
     }
 
@@ -247,6 +275,9 @@ impl Grants {
         let patterns = match action {
             Action::Publish => &self.publish,
             Action::Subscribe => &self.subscribe,
+            Action::Work => &self.work,
+            Action::MapRead => &self.map_read,
+            Action::MapWrite => &self.map_write,
             Action::Admin => return false,
         };
         patterns.iter().any(|p| matches(p, topic))
@@ -261,6 +292,8 @@ impl Grants {
                 action: action.name(),
                 target: if action == Action::Admin {
                     "the gateway".into()
+                } else if matches!(action, Action::MapRead | Action::MapWrite) {
+                    format!("map {topic:?}")
                 } else {
                     format!("topic {topic:?}")
                 },
@@ -301,7 +334,14 @@ mod tests {
             publish: vec!["a.*".into()],
             subscribe: vec!["a.*".into(), "b".into()],
             admin: false,
+            work: vec!["w".into()],
+            map_read: vec!["m*".into()],
+            map_write: vec![],
         };
+        assert!(g.allows(Action::Work, "w"));
+        assert!(!g.allows(Action::Work, "a.x"));
+        assert!(g.allows(Action::MapRead, "m1"));
+        assert!(!g.allows(Action::MapWrite, "m1"));
         assert!(g.allows(Action::Publish, "a.x"));
         assert!(!g.allows(Action::Publish, "b"));
         assert!(g.allows(Action::Subscribe, "b"));

@@ -45,12 +45,17 @@ pub(crate) struct Inner {
     pub(crate) max_body: usize,
     pub(crate) stopped: watch::Receiver<bool>,
     pub(crate) rates: crate::status::Rates,
+    pub(crate) work: Arc<crate::work::Pool>,
     known: Mutex<BTreeSet<String>>,
 }
 
 impl State {
     pub(crate) fn new(config: Config, stopped: watch::Receiver<bool>) -> State {
         let metrics = Arc::new(Metrics::default());
+        let work = Arc::new(crate::work::Pool::new(
+            config.herald.clone(),
+            config.work_idle,
+        ));
         State(Arc::new(Inner {
             hub: Hub::new(config.herald.clone(), config.topic_channel, metrics.clone()),
             herald: config.herald,
@@ -62,6 +67,7 @@ impl State {
             max_body: config.max_body,
             stopped,
             rates: Default::default(),
+            work,
             known: Mutex::new(BTreeSet::new()),
         }))
     }
@@ -159,6 +165,23 @@ pub(crate) fn router(state: State) -> Router {
         .route("/v1/topics/{topic}/events", get(crate::sse::topic_events))
         .route("/v1/events", get(crate::sse::events))
         .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/topics/{topic}/groups", get(crate::work::groups_route))
+        .route(
+            "/v1/topics/{topic}/groups/{group}/fetch",
+            post(crate::work::fetch_route),
+        )
+        .route(
+            "/v1/topics/{topic}/groups/{group}/jobs/{token}/{outcome}",
+            post(crate::work::outcome_route),
+        )
+        .route("/v1/maps/{map}", get(crate::maps::snapshot))
+        .route("/v1/maps/{map}/events", get(crate::maps::events))
+        .route(
+            "/v1/maps/{map}/keys/{*key}",
+            get(crate::maps::get_key)
+                .put(crate::maps::put_key)
+                .delete(crate::maps::delete_key),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/GATEWAY.md") })
         // The gateway checks sizes itself, with its own limit and a JSON error.
         .layer(DefaultBodyLimit::max(state_max_body(&state)))
@@ -176,7 +199,7 @@ pub(crate) fn topic_of(path: Result<Path<String>, PathRejection>) -> Result<Stri
     Ok(topic)
 }
 
-fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(format!(

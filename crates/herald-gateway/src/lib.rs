@@ -23,17 +23,21 @@
 //!   (live from the hub, caught up from history when it falls behind).
 //! - `http`, `sse`, `ws`: the endpoints; `wire`: the JSON shapes; `metrics`: the gateway's counters
 //!   behind `/metrics`; `prom`: the recorder of the library's metrics; `status`: the embedded status page.
+//! - `work`: work groups over HTTP and WebSocket (gateway-side workers per member, job
+//!   tokens); `maps`: replicated maps as resources (ETag revisions, compare-and-set, watch).
 
 mod api_error;
 pub mod auth;
 mod follow;
 mod http;
 mod hub;
+mod maps;
 mod metrics;
 mod prom;
 mod sse;
 mod status;
 mod wire;
+mod work;
 mod ws;
 
 use std::net::SocketAddr;
@@ -59,6 +63,7 @@ pub struct Config {
     pub(crate) max_body: usize,
     pub(crate) client_buffer: usize,
     pub(crate) topic_channel: usize,
+    pub(crate) work_idle: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -85,6 +90,7 @@ impl Config {
             max_body: DEFAULT_MAX_BODY,
             client_buffer: 64,
             topic_channel: 1024,
+            work_idle: Duration::from_secs(30),
         }
     }
 
@@ -123,6 +129,13 @@ impl Config {
     /// (default 64); bounds the memory of a connection.
     pub fn client_buffer(mut self, events: usize) -> Self {
         self.client_buffer = events;
+        self
+    }
+
+    /// How long a work-group member of HTTP or WebSocket clients lives without a fetch or
+    /// an outcome before the gateway closes its worker, releasing its leases (default 30 s).
+    pub fn work_idle(mut self, idle: Duration) -> Self {
+        self.work_idle = idle;
         self
     }
 
@@ -199,6 +212,12 @@ pub async fn serve(config: Config) -> Result<Gateway, GatewayError> {
     if config.auth.is_none() && !config.listen.ip().is_loopback() {
         return Err(GatewayError::InsecureListen {
             addr: config.listen,
+        });
+    }
+    if config.work_idle < Duration::from_millis(100) {
+        return Err(GatewayError::InvalidSetting {
+            name: "work idle timeout",
+            reason: format!("must be at least 100ms, got {:?}", config.work_idle),
         });
     }
     for (name, value) in [

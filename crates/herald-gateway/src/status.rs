@@ -108,6 +108,8 @@ async fn build(state: &State) -> Value {
         "node_id": state.0.herald.node_id(),
         "topics": rows,
         "groups": groups(state).await,
+        "work_groups": work_groups(state, &topics).await,
+        "work_members": state.0.work.summary(),
         "connections": {"sse": m.sse_open.get(), "ws": m.ws_open.get()},
         "published": m.published.get(),
         "delivered": m.delivered.get(),
@@ -140,6 +142,25 @@ async fn groups(state: &State) -> Value {
             Err(e) => json!({"group": g, "error": e.to_string()}),
         })
         .collect();
+    json!(rows)
+}
+
+/// The work groups of the topics shown (at most [`MAX_GROUPS`] topics are asked).
+async fn work_groups(state: &State, topics: &[String]) -> Value {
+    let asked: Vec<&String> = topics
+        .iter()
+        .filter(|t| !t.starts_with(herald::map::MAP_TOPIC_PREFIX))
+        .take(MAX_GROUPS)
+        .collect();
+    let lists =
+        futures::future::join_all(asked.iter().map(|t| state.0.herald.work_groups(t))).await;
+    let mut rows = Vec::new();
+    for (t, list) in asked.iter().zip(lists) {
+        match list {
+            Ok(groups) => rows.extend(groups.into_iter().map(|g| json!(g))),
+            Err(e) => rows.push(json!({"topic": t, "group": "-", "error": e.to_string()})),
+        }
+    }
     json!(rows)
 }
 

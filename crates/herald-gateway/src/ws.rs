@@ -7,6 +7,12 @@
 //! - `{"type":"publish","topic":T,"data"|"data_base64":..,"key":..,"headers":{..}}` →
 //!   `{"type":"receipt","topic","epoch","offset","duplicate"}`.
 //!
+//! - work groups (grant `work`): `{"type":"fetch","topic":T,"group":G,"member":M,"max":N,
+//!   "wait":SECS}` → `{"type":"jobs","jobs":[..],"notices":[..]}` (answered when it is, other
+//!   frames go on meanwhile); `{"type":"ack"|"nak"|"fail"|"in_progress"|"term","token":..,
+//!   "delay":SECS,"error":..,"reason":..}` → `{"type":"outcome","outcome":"acked"|"retry"|
+//!   "extended"|"dead"|"stale",..}` (the same parameters and outcomes as over HTTP).
+//!
 //! Server frames: `message`, `gap` and `reset` (the fields of `herald tail`'s JSON lines plus
 //! `type`), and `{"type":"error","error":{"kind","message"}}`. A malformed frame gets an
 //! `error` frame; the connection stays up. When the token expires the gateway sends an
@@ -29,6 +35,9 @@ use crate::follow::{Follower, StartAt};
 use crate::http::{require, Query, State};
 use crate::metrics::Open;
 use crate::wire::{event_json, PublishItem, ReceiptJson};
+
+/// The frame types of work groups.
+const WORK_FRAMES: [&str; 6] = ["fetch", "ack", "nak", "fail", "in_progress", "term"];
 
 /// Most topics one connection may follow.
 const MAX_SUBSCRIPTIONS: usize = 100;
@@ -136,6 +145,32 @@ async fn handle(
     subs: &mut HashMap<String, tokio::task::JoinHandle<()>>,
     out: &mpsc::Sender<String>,
 ) -> Option<String> {
+    // Work-group frames (see `crate::work`): a fetch long-polls beside the connection's loop.
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if WORK_FRAMES.contains(&kind) {
+            let kind = kind.to_string();
+            let id = value.get("id").cloned();
+            let reply = move |r: Result<Value, ApiError>| match r {
+                Ok(v) => with_id(v, &id).to_string(),
+                Err(e) => error_frame(&e, &id),
+            };
+            if kind == "fetch" {
+                let (state, grants, out) = (state.clone(), grants.clone(), out.clone());
+                tokio::spawn(async move {
+                    let r = crate::work::ws_frame(&state, &grants, &kind, &value).await;
+                    let _ = out.send(reply(r)).await;
+                });
+                return None;
+            }
+            return Some(reply(
+                crate::work::ws_frame(state, grants, &kind, &value).await,
+            ));
+        }
+    }
     let frame: Frame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -260,7 +295,7 @@ async fn handle_frame(
             }
         }
         other => Err(ApiError::bad_input(format!(
-            "unknown frame type {other:?}: expected subscribe, unsubscribe or publish"
+            "unknown frame type {other:?}: expected subscribe, unsubscribe, publish, fetch, ack, nak, fail, in_progress or term"
         ))),
     }
 }

@@ -28,6 +28,11 @@ pub(crate) struct ServeArgs {
     /// Largest accepted request body, in bytes
     #[arg(long, default_value_t = herald_gateway::DEFAULT_MAX_BODY, value_name = "BYTES")]
     max_body: usize,
+
+    /// How long a work-group member of HTTP/WebSocket clients lives without a fetch or an
+    /// outcome before the gateway closes it, releasing its leases (e.g. 30s, 2m)
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = super::parse_duration)]
+    work_idle: std::time::Duration,
 }
 
 /// Runs the gateway until interrupted.
@@ -43,7 +48,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<(), Fail
     let herald = connect(global).await?;
     let mut config = Config::new(herald)
         .listen(args.listen)
-        .max_body(args.max_body);
+        .max_body(args.max_body)
+        .work_idle(args.work_idle);
     if let Some(auth) = auth {
         config = config.auth(auth);
     }
