@@ -21,6 +21,9 @@
 //! curve (delivered/s, p99 and time to ready against subscribers, publishers, topics,
 //! payload) as an SVG file, a line per system.
 //!
+//! The replicated-map cases ([`map_case`]: puts, watch fan-out, snapshot of 100 000 keys) run
+//! on their own, after the gateway cases, against the raw commands of the same work.
+//!
 //! The cluster case (many topics over the 3 primaries of a Redis Cluster) runs on a private
 //! cluster started for it ([`herald_testkit::RedisCluster`], same cleanup); it is skipped, with a
 //! note, when `--redis` names an existing server.
@@ -30,6 +33,7 @@ mod cases;
 mod chart;
 mod gateway_case;
 mod herald_case;
+mod map_case;
 mod report;
 mod work_case;
 
@@ -68,8 +72,10 @@ pub struct BenchArgs {
     /// Run only the cases whose name contains one of these, e.g. `fan16-128B-max,catchup`
     /// (names: fan{1,4,16,64,256}-{128B,4KiB}-{max,RATE/s}, fan4-{16B,1KiB,64KiB}-max,
     /// pubs{4,16}-{1topic,16topics}-128B-max, topics{1000,10000}-128B, catchup-128B,
-    /// cluster-16topics-128B-max, work{1,4,16}-128B-max, work4-128B-1000/s: a work group
-    /// against a raw Streams consumer group); with --quick too, any case can be chosen
+    /// cluster-16topics-128B-max, work{1,4,16}-128B-max, work4-128B-1000/s (a work group
+    /// against a raw Streams consumer group), map-put{1,4}-128B, map-watch16-128B,
+    /// map-snapshot-100000 (`map` selects the map cases); with --quick too, any case can be
+    /// chosen
     #[arg(long, value_name = "PATTERN,...", value_delimiter = ',')]
     pub(crate) cases: Vec<String>,
     /// Run only these systems (Herald's ratios need the baselines in the same run)
@@ -274,6 +280,14 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
         .iter()
         .cloned()
         .partition(|p| p.contains("gateway"));
+    // So do the replicated-map cases (`map_case`), after the gateway's.
+    let (map_patterns, other_patterns): (Vec<String>, Vec<String>) =
+        other_patterns.into_iter().partition(|p| p.contains("map"));
+    let map_cases = if args.cases.is_empty() || !map_patterns.is_empty() {
+        map_case::plan(&map_patterns, messages)
+    } else {
+        Vec::new()
+    };
     let gateway_cases = if args.cases.is_empty() || !gateway_patterns.is_empty() {
         gateway_case::plan(&gateway_patterns, args.quick)
     } else {
@@ -301,13 +315,14 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
             }
         }
     }
-    if runs.is_empty() && gateway_cases.is_empty() {
+    if runs.is_empty() && gateway_cases.is_empty() && map_cases.is_empty() {
         return Err(BenchError::Usage(format!(
             "no case matches --cases {} with --systems {}; case names are \
              fan{{1,4,16,64,256}}-{{128B,4KiB}}-{{max,{}/s}}, fan4-{{16B,1KiB,64KiB}}-max, \
              pubs{{4,16}}-{{1topic,16topics}}-128B-max, topics{{1000,10000}}-128B, \
-             catchup-128B, cluster-16topics-128B-max, work{{1,4,16}}-128B-max and \
-             work4-128B-1000/s",
+             catchup-128B, cluster-16topics-128B-max, work{{1,4,16}}-128B-max, \
+             work4-128B-1000/s, map-put{{1,4}}-128B, map-watch16-128B and \
+             map-snapshot-100000",
             args.cases.join(","),
             if args.systems.is_empty() {
                 "(all)".to_string()
@@ -371,6 +386,16 @@ pub async fn run(args: BenchArgs, redis: Option<String>) -> Result<(), BenchErro
             args.json,
         )
         .await?;
+        if runs.is_empty() && map_cases.is_empty() {
+            cleanup(&ctx).await?;
+            return Ok(());
+        }
+    }
+    if !map_cases.is_empty() {
+        tokio::select! {
+            r = map_case::run(&ctx, &map_cases, args.rounds, args.json) => { r?; }
+            () = interrupted() => return Err(BenchError::Interrupted),
+        }
         if runs.is_empty() {
             cleanup(&ctx).await?;
             return Ok(());
