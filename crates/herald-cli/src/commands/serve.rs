@@ -30,8 +30,8 @@ pub(crate) struct ServeArgs {
     max_body: usize,
 
     /// How long a work-group member of HTTP/WebSocket clients lives without a fetch or an
-    /// outcome before the gateway closes it, releasing its leases (e.g. 30s, 2m)
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = super::parse_duration)]
+    /// outcome before the gateway closes it, releasing its leases, in seconds
+    #[arg(long, default_value = "30", value_name = "SECS", value_parser = super::parse_duration)]
     work_idle: std::time::Duration,
 }
 
