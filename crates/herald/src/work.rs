@@ -93,7 +93,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::broker::work::{ClaimArgs, Claimed, Grant, Op, OpResult};
+use crate::broker::work::{ClaimArgs, Claimed, Grant, Op, OpResult, Taken};
 use crate::broker::{LiveFeed, ReadResult};
 use crate::client::Herald;
 use crate::error::{Error, Result};
@@ -117,9 +117,6 @@ pub const DELAY_HEADER: &str = "herald-delay-ms";
 
 /// The header carrying a message's order key (see [`WorkBuilder::key_order`]).
 pub const ORDER_KEY_HEADER: &str = "herald-order-key";
-
-/// How long a worker with some places free waits for more before claiming.
-const GATHER: Duration = Duration::from_millis(2);
 
 /// How many messages past the group's cursor an ordered claim looks at.
 const ORDER_WINDOW: u64 = 64;
@@ -510,14 +507,9 @@ impl WorkBuilder {
             format!("must be at least 5ms, got {:?}", self.poll),
         )?;
         let ttl_ms = ms(self.ttl);
+        // The claim loop sends the acks (with its claims); once it stops taking work, until
+        // the worker and all its jobs are gone (the last sender with them).
         let (acks_tx, acks_rx) = mpsc::unbounded_channel();
-        // Ends when the worker and all its jobs are gone (the last sender with them).
-        tokio::spawn(send_acks(
-            self.herald.clone(),
-            self.topic.clone(),
-            group.clone(),
-            acks_rx,
-        ));
         // `Latest` means after this point: the topic's head now (or, for a topic without a log
         // yet, its whole first epoch).
         let head = self.herald.broker().read(&self.topic, 1, 0).await?;
@@ -557,6 +549,7 @@ impl WorkBuilder {
             start,
             self.poll,
             stop_rx,
+            acks_rx,
         ));
         let beat = tokio::spawn(heartbeat(shared.clone(), self.ttl / 3));
         Ok(Worker {
@@ -595,17 +588,26 @@ struct Shared {
     holder: Mutex<String>,
     /// Held while registering a new incarnation.
     registering: tokio::sync::Mutex<()>,
-    /// Acks waiting to be sent (see [`send_acks`]).
+    /// Acks waiting to be sent (by [`feed`] with its next claim, then [`send_acks`]).
     acks: mpsc::UnboundedSender<AckRequest>,
 }
 
-/// An ack waiting for [`send_acks`].
+/// An ack waiting to be sent.
 #[derive(Debug)]
 struct AckRequest {
     holder: String,
     pos: Position,
     attempt: u32,
     reply: oneshot::Sender<Result<OpResult>>,
+    /// The job's place: free once the ack is on its way (the ack goes before the claim that
+    /// reuses the place, in the same call).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AckRequest {
+    fn answer(self, result: Result<OpResult>) {
+        let _ = self.reply.send(result);
+    }
 }
 
 /// Sends the acks of a worker's jobs: every ack queued while the previous call was out goes
@@ -625,32 +627,51 @@ async fn send_acks(
                 Err(_) => break,
             }
         }
-        // One call per holder and epoch (nearly always one).
-        while !batch.is_empty() {
-            let (holder, epoch) = (batch[0].holder.clone(), batch[0].pos.epoch);
-            let (same, rest): (Vec<_>, Vec<_>) = batch
-                .into_iter()
-                .partition(|r| r.holder == holder && r.pos.epoch == epoch);
-            batch = rest;
-            let pairs: Vec<(u64, u32)> = same.iter().map(|r| (r.pos.offset, r.attempt)).collect();
-            let results = herald
+        send_ack_batch(&herald, &topic, &group, batch).await;
+    }
+}
+
+/// Sends `batch` in `ACKS` calls, one per holder and epoch (nearly always one), and answers
+/// each request.
+async fn send_ack_batch(herald: &Herald, topic: &str, group: &str, mut batch: Vec<AckRequest>) {
+    while !batch.is_empty() {
+        let (holder, epoch) = (batch[0].holder.clone(), batch[0].pos.epoch);
+        let (same, rest): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|r| r.holder == holder && r.pos.epoch == epoch);
+        batch = rest;
+        for chunk in chunks(same, MAX_ACKS) {
+            let pairs: Vec<(u64, u32)> = chunk.iter().map(|r| (r.pos.offset, r.attempt)).collect();
+            match herald
                 .broker()
-                .work_acks(&topic, &group, &holder, epoch, &pairs)
-                .await;
-            match results {
+                .work_acks(topic, group, &holder, epoch, &pairs)
+                .await
+            {
                 Ok(results) => {
-                    for (r, res) in same.into_iter().zip(results) {
-                        let _ = r.reply.send(Ok(res));
+                    for (r, res) in chunk.into_iter().zip(results) {
+                        r.answer(Ok(res));
                     }
                 }
                 Err(e) => {
-                    for r in same {
-                        let _ = r.reply.send(Err(e.clone()));
+                    for r in chunk {
+                        r.answer(Err(e.clone()));
                     }
                 }
             }
         }
     }
+}
+
+/// `items` in groups of at most `n`.
+fn chunks<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    for item in items {
+        match out.last_mut() {
+            Some(last) if last.len() < n => last.push(item),
+            _ => out.push(vec![item]),
+        }
+    }
+    out
 }
 
 impl Shared {
@@ -683,14 +704,22 @@ impl Shared {
         Ok(())
     }
 
-    /// Acks `attempt` of `pos`: queued for [`send_acks`], or sent alone when it is gone.
-    async fn ack(&self, holder: &str, pos: Position, attempt: u32) -> Result<OpResult> {
+    /// Acks `attempt` of `pos`: queued for the claim loop (which frees `permit` when it
+    /// takes the ack), or sent alone when it is gone.
+    async fn ack(
+        &self,
+        holder: &str,
+        pos: Position,
+        attempt: u32,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<OpResult> {
         let (reply, answer) = oneshot::channel();
         let request = AckRequest {
             holder: holder.to_string(),
             pos,
             attempt,
             reply,
+            permit: Some(permit),
         };
         if self.acks.send(request).is_ok() {
             if let Ok(result) = answer.await {
@@ -860,9 +889,16 @@ impl Job {
 
     /// Done.
     pub async fn ack(self) -> Result<Outcome> {
-        let acked = self
-            .shared
-            .ack(&self.holder, self.delivery.position, self.attempt)
+        let Job {
+            delivery,
+            attempt,
+            holder,
+            shared,
+            _permit: permit,
+            ..
+        } = self;
+        let acked = shared
+            .ack(&holder, delivery.position, attempt, permit)
             .await?;
         Ok(match acked {
             OpResult::Stale => Outcome::Stale,
@@ -1034,8 +1070,12 @@ enum Begin {
     Offset(u64),
 }
 
-/// The claim loop: claims as many deliveries as there are free places, reads their messages
-/// and yields them; waits for new messages or the poll interval when there is nothing.
+/// The claim loop: claims as many deliveries as there are free places and yields them,
+/// sending the acks queued since its previous call with each claim (one call, `TAKE`, which
+/// also returns the messages); waits for new messages, the poll interval or an ack when
+/// there is nothing. One call is out at a time: what finishes meanwhile goes in the next.
+/// Once stopped it only sends acks ([`send_acks`]).
+#[allow(clippy::too_many_arguments)]
 async fn feed(
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<WorkEvent>>,
@@ -1044,74 +1084,247 @@ async fn feed(
     start: Begin,
     poll: Duration,
     mut stop: oneshot::Receiver<()>,
+    mut acks: mpsc::UnboundedReceiver<AckRequest>,
 ) {
     let mut known_epoch: Option<Epoch> = None;
     let mut hint: u64 = 0;
     let mut live: Option<LiveFeed> = None;
     let mut head: Option<ReadResult> = None;
+    let mut queued: Vec<AckRequest> = Vec::new();
+    let mut idle = false;
     loop {
-        let first = tokio::select! {
-            _ = &mut stop => return,
-            p = places.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let mut permits = vec![first];
-        // Claim in batches: when jobs finish one by one, wait a moment for up to half the
-        // places, so that one claim hands out several messages.
-        let gather = tokio::time::Instant::now() + GATHER;
+        if idle {
+            // Nothing to hand out: wait for a new message, the poll interval (due retries,
+            // expired leases) or an ack to send.
+            if live.is_none() {
+                live = shared
+                    .herald
+                    .broker()
+                    .live(std::slice::from_ref(&shared.topic))
+                    .await
+                    .ok();
+            }
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(poll) => {}
+                r = acks.recv() => queued.extend(r),
+                ended = async {
+                    match live.as_mut() {
+                        Some(f) => f.next().await.is_none(),
+                        None => std::future::pending().await,
+                    }
+                } => if ended { live = None; },
+            }
+        } else if queued.is_empty() && places.available_permits() == 0 {
+            tokio::select! {
+                _ = &mut stop => break,
+                p = places.clone().acquire_owned() => if p.is_err() { return },
+                r = acks.recv() => queued.extend(r),
+            }
+        }
+        // Let the jobs finishing now queue their acks, to send them all in this call.
+        tokio::task::yield_now().await;
+        while queued.len() < MAX_ACKS {
+            match acks.try_recv() {
+                Ok(r) => queued.push(r),
+                Err(_) => break,
+            }
+        }
+        for r in &mut queued {
+            r.permit = None;
+        }
+        let mut permits = Vec::new();
         while permits.len() < concurrency {
             match places.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
-                Err(_) if permits.len() * 2 >= concurrency => break,
-                Err(_) => {
-                    match tokio::time::timeout_at(gather, places.clone().acquire_owned()).await {
-                        Ok(Ok(p)) => permits.push(p),
-                        _ => break,
-                    }
-                }
+                Err(_) => break,
             }
         }
-        let round = claim_round(
-            &shared,
-            &tx,
-            &mut permits,
-            (&mut known_epoch, &mut hint),
-            &mut head,
-            start,
-        )
-        .await;
+        let batch = std::mem::take(&mut queued);
+        let round = if shared.ordered || permits.is_empty() {
+            send_ack_batch(&shared.herald, &shared.topic, &shared.group, batch).await;
+            if permits.is_empty() {
+                idle = false;
+                continue;
+            }
+            claim_round(
+                &shared,
+                &tx,
+                &mut permits,
+                (&mut known_epoch, &mut hint),
+                &mut head,
+                start,
+            )
+            .await
+            .map(|r| r.map(|n| (n, n == 0)))
+        } else {
+            take_round(
+                &shared,
+                &tx,
+                &mut permits,
+                batch,
+                &mut known_epoch,
+                &mut head,
+                start,
+            )
+            .await
+        };
         drop(permits);
-        match round {
-            Ok(Some(n)) if n > 0 => continue,
-            Ok(Some(_)) => {}
+        idle = match round {
+            Ok(Some((_, idle))) => idle,
             Ok(None) => return,
             Err(e) => {
                 if tx.send(Err(e)).await.is_err() {
                     return;
                 }
+                true
             }
+        };
+    }
+    // Stopped: the jobs out may still finish; their acks are sent until the worker and the
+    // last of them are gone.
+    drop(tx);
+    let (herald, topic, group) = (
+        shared.herald.clone(),
+        shared.topic.clone(),
+        shared.group.clone(),
+    );
+    drop(shared);
+    send_ack_batch(&herald, &topic, &group, queued).await;
+    send_acks(herald, topic, group, acks).await;
+}
+
+/// One take: the queued `acks` and a claim in one call, with the messages granted.
+/// `Ok(None)`: the worker is gone; otherwise how many grants it handled and whether there is
+/// nothing more to hand out now (wait before the next).
+///
+/// `cached`: the topic's head as last read (its epoch and epoch history; the call reads the
+/// offsets itself and says when the epoch is no longer the one given).
+async fn take_round(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Result<WorkEvent>>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    acks: Vec<AckRequest>,
+    known_epoch: &mut Option<Epoch>,
+    cached: &mut Option<ReadResult>,
+    start: Begin,
+) -> Result<Option<(usize, bool)>> {
+    let broker = shared.herald.broker();
+    let head = match cached.take() {
+        Some(h) => h,
+        None => match broker.read(&shared.topic, 1, 0).await {
+            Ok(h) => h,
+            Err(e) => {
+                send_ack_batch(&shared.herald, &shared.topic, &shared.group, acks).await;
+                return Err(e);
+            }
+        },
+    };
+    let holder = shared.holder();
+    let Some(epoch) = head.epoch else {
+        send_ack_batch(&shared.herald, &shared.topic, &shared.group, acks).await;
+        return Ok(Some((0, true)));
+    };
+    // As in `claim_round`; `0` is the first retained offset, as the call sees it.
+    let continues = head.history.continues(epoch);
+    let continued = continues.is_some_and(|(prev, _)| *known_epoch == Some(prev));
+    let changed = known_epoch.is_some_and(|e| e != epoch) && !continued;
+    let start = if changed {
+        0
+    } else {
+        match start {
+            Begin::Earliest => 0,
+            Begin::After(e, last) if e == Some(epoch) => last + 1,
+            Begin::After(..) => 0,
+            Begin::Offset(o) => o,
         }
-        if live.is_none() {
-            live = shared
-                .herald
-                .broker()
-                .live(std::slice::from_ref(&shared.topic))
-                .await
-                .ok();
+    };
+    let (mine, others): (Vec<_>, Vec<_>) = acks
+        .into_iter()
+        .partition(|r| r.holder == holder && r.pos.epoch == epoch);
+    send_ack_batch(&shared.herald, &shared.topic, &shared.group, others).await;
+    let pairs: Vec<(u64, u32)> = mine.iter().map(|r| (r.pos.offset, r.attempt)).collect();
+    let args = ClaimArgs {
+        max: permits.len(),
+        lease_ms: shared.lease_ms,
+        max_deliveries: shared.max_deliveries,
+        ttl_ms: shared.ttl_ms,
+        epoch,
+        first: 0,
+        last: 0,
+        start,
+        continues,
+        ordered: None,
+    };
+    let taken = match broker
+        .work_take(&shared.topic, &shared.group, &holder, args, &pairs)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            for r in mine {
+                r.answer(Err(e.clone()));
+            }
+            return Err(e);
         }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(poll) => {}
-            ended = async {
-                match live.as_mut() {
-                    Some(f) => f.next().await.is_none(),
-                    None => std::future::pending().await,
-                }
-            } => if ended { live = None; },
+    };
+    let Taken {
+        acks: results,
+        claimed,
+        slots,
+        ..
+    } = taken;
+    for (r, res) in mine.into_iter().zip(results) {
+        r.answer(Ok(res));
+    }
+    let Some(claimed) = claimed else {
+        // The topic moved to another epoch: read its head again, at once.
+        return Ok(Some((0, false)));
+    };
+    let (now_ms, reset, lost, grants) = match claimed {
+        Claimed::Gone => {
+            *cached = Some(head);
+            shared.register_again(&holder).await?;
+            return Ok(Some((0, false)));
+        }
+        Claimed::OldEpoch => return Ok(Some((0, false))),
+        Claimed::Granted {
+            now_ms,
+            reset,
+            lost,
+            grants,
+            ..
+        } => (now_ms, reset, lost, grants),
+    };
+    *cached = Some(head);
+    let event = |e: WorkEvent| async { tx.send(Ok(e)).await.is_ok() };
+    if reset || changed {
+        let ev = WorkEvent::Reset {
+            topic: shared.topic.clone(),
+            group: shared.group.clone(),
+            epoch,
+        };
+        if !event(ev).await {
+            return Ok(None);
         }
     }
+    *known_epoch = Some(epoch);
+    let asked = permits.len();
+    let n = grants.len();
+    let mut entries = BTreeMap::new();
+    for slot in slots {
+        if let crate::broker::Slot::Entry(e) = slot {
+            entries.insert(e.offset, Delivery::from_entry(&shared.topic, epoch, e));
+        }
+    }
+    if !hand_out(
+        shared, tx, permits, &holder, epoch, now_ms, lost, grants, entries,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some((n, n < asked)))
 }
 
 /// One claim. `Ok(None)`: the worker is gone; otherwise how many grants it handled.
@@ -1228,15 +1441,6 @@ async fn claim_round(
         }
     }
     *known_epoch = Some(epoch);
-    let lost_event = |count| WorkEvent::Lost {
-        topic: shared.topic.clone(),
-        group: shared.group.clone(),
-        epoch,
-        count,
-    };
-    if lost > 0 && !event(lost_event(lost)).await {
-        return Ok(None);
-    }
     let mut n = grants.len();
     let full = n == permits.len();
     if from_cache && !full {
@@ -1260,19 +1464,54 @@ async fn claim_round(
         *cached = seen;
     }
     entries.append(&mut prefetched);
+    if !hand_out(
+        shared, tx, permits, &holder, epoch, now_ms, lost, grants, entries,
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(n))
+}
+
+/// Reports `lost` offsets, then handles each grant with its message from `entries`: a job
+/// for each place in `permits`; a missing message is `LOST`, a dead one is dead-lettered, a
+/// delayed one deferred. False when the worker is gone.
+#[allow(clippy::too_many_arguments)]
+async fn hand_out(
+    shared: &Arc<Shared>,
+    tx: &mpsc::Sender<Result<WorkEvent>>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    holder: &str,
+    epoch: Epoch,
+    now_ms: u64,
+    lost: u64,
+    grants: Vec<Grant>,
+    mut entries: BTreeMap<u64, Delivery>,
+) -> Result<bool> {
+    let event = |e: WorkEvent| async { tx.send(Ok(e)).await.is_ok() };
+    let lost_event = |count| WorkEvent::Lost {
+        topic: shared.topic.clone(),
+        group: shared.group.clone(),
+        epoch,
+        count,
+    };
+    if lost > 0 && !event(lost_event(lost)).await {
+        return Ok(false);
+    }
     for g in grants {
         let Some(delivery) = entries.remove(&g.offset) else {
             let pos = Position::new(epoch, g.offset);
-            if shared.outcome(&holder, pos, g.attempt, &Op::Lost).await? == OpResult::Ok
+            if shared.outcome(holder, pos, g.attempt, &Op::Lost).await? == OpResult::Ok
                 && !event(lost_event(1)).await
             {
-                return Ok(None);
+                return Ok(false);
             }
             continue;
         };
         if g.dead {
             if let Err(e) = shared
-                .dead_letter(&holder, &delivery, g.attempt, &g.error)
+                .dead_letter(holder, &delivery, g.attempt, &g.error)
                 .await
             {
                 tracing::warn!(error = %e, offset = g.offset, "dead-lettering failed; another member will retry after the lease");
@@ -1282,7 +1521,7 @@ async fn claim_round(
         if let Some(until_ms) = not_before(&delivery).filter(|t| *t > now_ms) {
             let pos = delivery.position;
             shared
-                .outcome(&holder, pos, g.attempt, &Op::Defer { until_ms })
+                .outcome(holder, pos, g.attempt, &Op::Defer { until_ms })
                 .await?;
             continue;
         }
@@ -1293,15 +1532,15 @@ async fn claim_round(
             delivery,
             attempt: g.attempt,
             last_error: g.error,
-            holder: holder.clone(),
+            holder: holder.to_string(),
             shared: shared.clone(),
             _permit: permit,
         };
         if !event(WorkEvent::Job(job)).await {
-            return Ok(None);
+            return Ok(false);
         }
     }
-    Ok(Some(n))
+    Ok(true)
 }
 
 /// When a delayed message may be handed out: its publish time plus its

@@ -298,3 +298,108 @@ fn several_acks_in_one_call_are_each_answered_as_an_ack() {
         ["ok"]
     );
 }
+
+/// `TAKE` (protocol 1.2, `docs/PROTOCOL.md`): acks, the claim on the topic's own state and the
+/// entries holding the granted offsets in one call; an epoch the topic is not in is `head`
+/// (after the acks were applied).
+#[test]
+fn take_acks_claims_and_returns_the_messages_in_one_call() {
+    let server = RedisServer::start();
+    let receipts = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let h = node(&server.url(), "pub").await;
+        h.publish_batch("raw3", ["a", "b", "c"]).await.unwrap()
+    });
+    let epoch = receipts[0].position.epoch.to_string();
+    let keys: Vec<String> = ["", ":jobs", ":due", ":holders"]
+        .iter()
+        .map(|s| format!("herald:{{raw3}}:work:g{s}"))
+        .chain(
+            ["groups", "work:g:done", "work:g:keys", "meta", "log"]
+                .iter()
+                .map(|s| format!("herald:{{raw3}}:{s}")),
+        )
+        .collect();
+    let mut conn = server.conn();
+    let script = redis::Script::new(herald::broker::WORK_SCRIPT);
+    let call = |conn: &mut redis::Connection, args: &[&str]| -> Vec<redis::Value> {
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        match inv.invoke(conn).unwrap() {
+            redis::Value::Array(items) => items,
+            other => panic!("not an array: {other:?}"),
+        }
+    };
+    let text = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        other => format!("{other:?}"),
+    };
+    let texts = |v: &redis::Value| match v {
+        redis::Value::Array(items) => items.iter().map(text).collect::<Vec<_>>(),
+        other => panic!("not an array: {other:?}"),
+    };
+    let holder = {
+        let mut inv = script.prepare_invoke();
+        for k in &keys {
+            inv.key(k);
+        }
+        let reply: String = inv
+            .arg("REGISTER")
+            .arg("m")
+            .arg("5000")
+            .arg("__dead/raw3/g")
+            .arg("g")
+            .invoke(&mut conn)
+            .unwrap();
+        reply
+    };
+    let take = |conn: &mut redis::Connection, n: &str, epoch: &str, acks: &[&str]| {
+        let nacks = (acks.len() / 2).to_string();
+        let mut args = vec![
+            "TAKE", &holder, n, "30000", "3", "5000", epoch, "0", "0", "0", &nacks,
+        ];
+        args.extend_from_slice(acks);
+        call(conn, &args)
+    };
+    let first = take(&mut conn, "2", &epoch, &[]);
+    assert_eq!(text(&first[0]), "ok");
+    assert!(texts(&first[1]).is_empty());
+    // now, reset, lost, next, first, last
+    assert_eq!(
+        first[3..8].iter().map(text).collect::<Vec<_>>(),
+        ["0", "0", "3", "1", "3"]
+    );
+    let redis::Value::Array(entries) = &first[8] else {
+        panic!("entries {:?}", first[8]);
+    };
+    assert_eq!(entries.len(), 1, "one publish call, one entry: {entries:?}");
+    let redis::Value::Array(entry) = &entries[0] else {
+        panic!("entry {:?}", entries[0]);
+    };
+    assert_eq!(text(&entry[0]), "1-0");
+    assert_eq!(
+        first[9..].iter().map(text).collect::<Vec<_>>(),
+        ["1", "1", "job", "", "2", "1", "job", ""]
+    );
+    let second = take(&mut conn, "5", &epoch, &["1", "1", "2", "2", "2", "1"]);
+    assert_eq!(texts(&second[1]), ["ok", "stale", "ok"]);
+    assert_eq!(text(&second[5]), "4", "next");
+    assert_eq!(
+        second[9..].iter().map(text).collect::<Vec<_>>(),
+        ["3", "1", "job", ""]
+    );
+    let other_epoch = format!("{epoch}9");
+    let moved = take(&mut conn, "5", &other_epoch, &["3", "1"]);
+    assert_eq!(text(&moved[0]), "head");
+    assert_eq!(texts(&moved[1]), ["stale"], "acked in the epoch given");
+    let acked = take(&mut conn, "5", &epoch, &["3", "1"]);
+    assert_eq!(texts(&acked[1]), ["ok"]);
+    assert_eq!(acked.len(), 9, "nothing more to hand out: {acked:?}");
+    let count: String = server.cmd(&["HGET", "herald:{raw3}:work:g", "acked"]);
+    assert_eq!(count, "3");
+}

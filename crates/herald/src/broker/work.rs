@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use super::Broker;
+use super::{Broker, Slot};
 use crate::error::Result;
 use crate::position::Epoch;
 
@@ -60,6 +60,22 @@ pub(crate) enum Claimed {
         next: u64,
         grants: Vec<Grant>,
     },
+}
+
+/// What a take (acks, then a claim on the topic's state as the broker sees it, with the
+/// messages granted) did.
+#[derive(Debug, Clone)]
+pub(crate) struct Taken {
+    /// The result of each ack, in order.
+    pub(crate) acks: Vec<OpResult>,
+    /// `None`: the topic is not in the epoch given (read its head, then take again).
+    pub(crate) claimed: Option<Claimed>,
+    /// The topic's first retained offset (last + 1 when history is empty) and last offset,
+    /// as the claim saw them.
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    /// History holding the granted offsets (a granted offset without a slot was trimmed).
+    pub(crate) slots: Vec<Slot>,
 }
 
 /// An outcome for one delivery.
@@ -241,6 +257,68 @@ impl Broker {
                 })
                 .collect()),
         }
+    }
+
+    /// Acks several deliveries of `holder` in `args.epoch` (as [`Broker::work_acks`]), then
+    /// claims (as [`Broker::work_claim`]) with the topic's first and last offsets as the
+    /// broker sees them (`args.first` and `args.last` are ignored; `args.start` 0 means the
+    /// first retained offset), and returns the history holding the granted offsets: one
+    /// step on Redis (`TAKE`). Not for ordered groups.
+    pub(crate) async fn work_take(
+        &self,
+        topic: &str,
+        group: &str,
+        holder: &str,
+        mut args: ClaimArgs,
+        acks: &[(u64, u32)],
+    ) -> Result<Taken> {
+        if let Broker::Redis(b) = self {
+            return b.work_take(topic, group, holder, args, acks).await;
+        }
+        let acks = self
+            .work_acks(topic, group, holder, args.epoch, acks)
+            .await?;
+        let head = self.read(topic, 1, 0).await?;
+        let mut taken = Taken {
+            acks,
+            claimed: None,
+            first: 0,
+            last: head.last,
+            slots: Vec::new(),
+        };
+        if head.epoch != Some(args.epoch) {
+            return Ok(taken);
+        }
+        taken.first = if head.first == 0 {
+            head.last + 1
+        } else {
+            head.first
+        };
+        args.first = taken.first;
+        args.last = head.last;
+        if args.start == 0 {
+            args.start = taken.first;
+        }
+        let epoch = args.epoch;
+        let claimed = self.work_claim(topic, group, holder, args).await?;
+        if let Claimed::Granted { grants, .. } = &claimed {
+            let mut offsets: Vec<u64> = grants.iter().map(|g| g.offset).collect();
+            offsets.sort_unstable();
+            for o in offsets {
+                if taken.slots.last().is_some_and(|s| s.offset() >= o) {
+                    continue;
+                }
+                let r = self.read(topic, o, 1).await?;
+                if r.epoch != Some(epoch) {
+                    break;
+                }
+                taken
+                    .slots
+                    .extend(r.slots.into_iter().filter(|s| s.offset() >= o));
+            }
+        }
+        taken.claimed = Some(claimed);
+        Ok(taken)
     }
 
     /// A group's state; `None` when it does not exist.

@@ -1,4 +1,4 @@
--- Herald work group procedure (work protocol version 1, with ACKS since 1.1). See
+-- Herald work group procedure (work protocol version 1, with ACKS since 1.1, TAKE since 1.2). See
 -- docs/PROTOCOL.md, "Work groups (v1)".
 --
 -- KEYS[1]  <ns>:{<topic>}:work:<group>          hash: v, epoch, next, acked, dead, lost, resets, dlq
@@ -10,7 +10,9 @@
 --          it was acked or dead-lettered (kept 10 minutes), so that a retried outcome whose
 --          first reply was lost is answered 'ok' again rather than 'stale'
 -- KEYS[7]  <ns>:{<topic>}:work:<group>:keys     hash: order key -> the offset holding it
--- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | ACK | ACKS | NAK | DEFER | PROGRESS |
+-- KEYS[8]  <ns>:{<topic>}:meta, KEYS[9] <ns>:{<topic>}:log: the topic's own keys, read (never
+--          written) by TAKE only
+-- ARGV[1]  operation: REGISTER | HEARTBEAT | LEAVE | CLAIM | TAKE | ACK | ACKS | NAK | DEFER | PROGRESS |
 --          TERM | DEADDONE | LOST | STATE
 --
 -- A job record is {"s":state,"a":attempt,"h":holder,"d":deadline_ms,"t":first_ms,"e":error,"k":key}
@@ -104,49 +106,9 @@ local function alive(holder)
   return exp and tonumber(exp) >= now
 end
 
-if op == 'REGISTER' then
-  -- REGISTER id ttl_ms dlq group -> holder
-  local id, ttl, dlq, group = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-  local prefix = id .. '#'
-  for _, h in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
-    if string.sub(h, 1, #prefix) == prefix then
-      release(h, 'member ' .. h .. ' restarted')
-    end
-  end
-  local holder = prefix .. t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('ZADD', holders, now + ttl, holder)
-  redis.call('SADD', groups, group)
-  redis.call('HSET', state, 'v', '1', 'dlq', dlq)
-  return holder
-elseif op == 'HEARTBEAT' then
-  -- HEARTBEAT holder ttl_ms -> 1 (alive, refreshed) | 0 (gone: register again)
-  local holder, ttl = ARGV[2], tonumber(ARGV[3])
-  if alive(holder) then
-    redis.call('ZADD', holders, now + ttl, holder)
-    return 1
-  end
-  if redis.call('ZSCORE', holders, holder) then
-    release(holder, 'member ' .. holder .. ' expired')
-  end
-  return 0
-elseif op == 'LEAVE' then
-  -- LEAVE holder -> 1
-  release(ARGV[2], 'member ' .. ARGV[2] .. ' left')
-  return 1
-elseif op == 'CLAIM' then
-  -- CLAIM holder n lease_ms max_deliveries ttl_ms epoch first last start prev boundary
-  --       [from key...]
-  -- `prev`/`boundary` (0 when not): the topic's epoch before `epoch` and the first offset of
-  -- `epoch`, when `epoch` continues `prev`'s log (a change of writing server, see
-  -- "Epochs"): a group still on `prev` keeps its jobs below `boundary` and continues.
-  --   -> {'gone'} | {'epoch', current} |
-  --      {'ok', now, reset, lost, next, offset1, attempt1, kind1, error1, ...}
-  -- With `from` (ordered mode), the caller gives the order keys ('' for none) of the offsets
-  -- from, from+1, ...: fresh offsets are handed out only within them, one per key at a time.
-  local holder, n, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  local ttl, epoch, first, last = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  local start = tonumber(ARGV[10])
-  local prev, boundary = tonumber(ARGV[11]), tonumber(ARGV[12])
+-- The claim of CLAIM and TAKE; `from` (ordered mode) with the order keys in ARGV[keybase] on.
+--   -> {'gone'} | {'epoch', current} | {'ok', now, reset, lost, next, offset, attempt, kind, error, ...}
+local function claim(holder, n, lease, max, ttl, epoch, first, last, start, prev, boundary, from, keybase)
   if not alive(holder) then
     return {'gone'}
   end
@@ -186,8 +148,10 @@ elseif op == 'CLAIM' then
   end
   reap()
   local out = {'ok', fmt(now), fmt(reset), '0', '0'}
-  local from = tonumber(ARGV[13])
-  local nkeys = #ARGV - 13
+  local nkeys = 0
+  if from then
+    nkeys = #ARGV - keybase + 1
+  end
   local count = 0
   local function grant(offset, r, kind)
     out[#out + 1] = offset
@@ -238,7 +202,7 @@ elseif op == 'CLAIM' then
     local o = fmt(nxt)
     local k = ''
     if from then
-      k = ARGV[14 + nxt - from]
+      k = ARGV[keybase + nxt - from]
     end
     if k ~= '' and redis.call('HEXISTS', keys, k) == 1 then
       redis.call('HSET', jobs, o, cjson.encode({s = 'blocked', a = 0, h = '', d = 0, t = now, e = '', k = k}))
@@ -256,16 +220,17 @@ elseif op == 'CLAIM' then
   redis.call('HSET', state, 'next', fmt(nxt))
   out[5] = fmt(nxt)
   return out
-elseif op == 'ACKS' then
-  -- ACKS holder epoch offset attempt [offset attempt ...] -> {'ok' | 'stale', ...}: one ACK
-  -- per pair, in order, each answered as ACK would answer it alone (protocol 1.1).
-  local holder, epoch = ARGV[2], ARGV[3]
+end
+
+-- An ACK of `holder` in `epoch` for each of the `count` pairs (offset, attempt) from ARGV[at]
+-- on: {'ok' | 'stale', ...}, each answered as that ACK alone would be.
+local function ack_all(holder, epoch, at, count)
   local current = redis.call('HGET', state, 'epoch') == epoch
   local prev = redis.call('HGET', state, 'prev') == epoch
   local boundary = tonumber(redis.call('HGET', state, 'boundary') or '0')
   local out = {}
   local acked = 0
-  for i = 4, #ARGV - 1, 2 do
+  for i = at, at + 2 * count - 2, 2 do
     local offset, a = ARGV[i], ARGV[i + 1]
     local res = 'stale'
     if current or (prev and tonumber(offset) < boundary) then
@@ -291,6 +256,117 @@ elseif op == 'ACKS' then
     redis.call('HINCRBY', state, 'acked', acked)
   end
   return out
+end
+
+if op == 'REGISTER' then
+  -- REGISTER id ttl_ms dlq group -> holder
+  local id, ttl, dlq, group = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+  local prefix = id .. '#'
+  for _, h in ipairs(redis.call('ZRANGE', holders, 0, -1)) do
+    if string.sub(h, 1, #prefix) == prefix then
+      release(h, 'member ' .. h .. ' restarted')
+    end
+  end
+  local holder = prefix .. t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('ZADD', holders, now + ttl, holder)
+  redis.call('SADD', groups, group)
+  redis.call('HSET', state, 'v', '1', 'dlq', dlq)
+  return holder
+elseif op == 'HEARTBEAT' then
+  -- HEARTBEAT holder ttl_ms -> 1 (alive, refreshed) | 0 (gone: register again)
+  local holder, ttl = ARGV[2], tonumber(ARGV[3])
+  if alive(holder) then
+    redis.call('ZADD', holders, now + ttl, holder)
+    return 1
+  end
+  if redis.call('ZSCORE', holders, holder) then
+    release(holder, 'member ' .. holder .. ' expired')
+  end
+  return 0
+elseif op == 'LEAVE' then
+  -- LEAVE holder -> 1
+  release(ARGV[2], 'member ' .. ARGV[2] .. ' left')
+  return 1
+elseif op == 'CLAIM' then
+  -- CLAIM holder n lease_ms max_deliveries ttl_ms epoch first last start prev boundary
+  --       [from key...]
+  -- `prev`/`boundary` (0 when not): the topic's epoch before `epoch` and the first offset of
+  -- `epoch`, when `epoch` continues `prev`'s log (a change of writing server, see
+  -- "Epochs"): a group still on `prev` keeps its jobs below `boundary` and continues.
+  --   -> {'gone'} | {'epoch', current} |
+  --      {'ok', now, reset, lost, next, offset1, attempt1, kind1, error1, ...}
+  -- With `from` (ordered mode), the caller gives the order keys ('' for none) of the offsets
+  -- from, from+1, ...: fresh offsets are handed out only within them, one per key at a time.
+  local holder, n, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local ttl, epoch, first, last = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local start = tonumber(ARGV[10])
+  local prev, boundary = tonumber(ARGV[11]), tonumber(ARGV[12])
+  return claim(holder, n, lease, max, ttl, epoch, first, last, start, prev, boundary,
+    tonumber(ARGV[13]), 14)
+elseif op == 'ACKS' then
+  -- ACKS holder epoch offset attempt [offset attempt ...] -> {'ok' | 'stale', ...}: one ACK
+  -- per pair, in order, each answered as ACK would answer it alone (protocol 1.1).
+  return ack_all(ARGV[2], ARGV[3], 4, math.floor((#ARGV - 3) / 2))
+elseif op == 'TAKE' then
+  -- TAKE holder n lease_ms max_deliveries ttl_ms epoch start prev boundary nacks
+  --      [offset attempt]... (protocol 1.2; KEYS[8] the topic's meta, KEYS[9] its log)
+  -- ACKS of the `nacks` pairs, then CLAIM on the topic's state as this call reads it, and
+  -- the stream entries holding the granted offsets. `start` 0: the first retained offset.
+  --   -> {'head', acks} (the topic is not in `epoch`: read it, then call again) |
+  --      {'gone', acks} | {'epoch', acks, current} |
+  --      {'ok', acks, now, reset, lost_now, next, first, last, entries, offset, attempt, kind, error, ...}
+  local holder, n, lease, max = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local ttl, epoch, start = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+  local prev, boundary, nacks = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+  local acked = ack_all(holder, ARGV[7], 12, nacks)
+  local meta = redis.call('HMGET', KEYS[8], 'epoch', 'last')
+  if meta[1] ~= ARGV[7] then
+    return {'head', acked}
+  end
+  local last = tonumber(meta[2] or '0')
+  local first = last + 1
+  local head = redis.call('XRANGE', KEYS[9], '-', '+', 'COUNT', 1)
+  if head[1] then
+    first = tonumber(string.match(head[1][1], '^(%d+)')) or first
+  end
+  if start == 0 then
+    start = first
+  end
+  local out = claim(holder, n, lease, max, ttl, epoch, first, last, start, prev, boundary, nil, 0)
+  if out[1] ~= 'ok' then
+    return {out[1], acked, out[2]}
+  end
+  local offsets = {}
+  for i = 6, #out, 4 do
+    offsets[#offsets + 1] = tonumber(out[i])
+  end
+  table.sort(offsets)
+  local entries, seen = {}, {}
+  local i = 1
+  while i <= #offsets do
+    local a, b = offsets[i], offsets[i]
+    while i < #offsets and offsets[i + 1] == b + 1 do
+      i = i + 1
+      b = offsets[i]
+    end
+    i = i + 1
+    local from = fmt(a) .. '-0'
+    local at = redis.call('XREVRANGE', KEYS[9], from, '-', 'COUNT', 1)
+    if at[1] then
+      from = at[1][1]
+    end
+    for _, e in ipairs(redis.call('XRANGE', KEYS[9], from, fmt(b) .. '-0')) do
+      if not seen[e[1]] then
+        seen[e[1]] = true
+        entries[#entries + 1] = e
+      end
+    end
+  end
+  local reply = {'ok', acked, out[2], out[3], out[4], out[5], fmt(first), fmt(last), entries}
+  for j = 6, #out do
+    reply[#reply + 1] = out[j]
+  end
+  return reply
 elseif op == 'STATE' then
   -- STATE -> {now, {state field, value, ...}, {offset, record, ...}, {holder, expiry, ...}}
   return {

@@ -354,7 +354,7 @@ fn entry_offset(entry: &Value) -> Option<u64> {
 /// `out`. Entries that do not sit at a Herald offset, or lack Herald's fields, are skipped with
 /// a warning (their offsets then show up as a gap); a message that cannot be decoded becomes
 /// `Slot::Corrupt`.
-fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
+pub(super) fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slot>) {
     let Value::Array(mut parts) = raw else {
         tracing::warn!(topic, "skipping a history entry that is not an array");
         return;

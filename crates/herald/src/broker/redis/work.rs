@@ -6,9 +6,9 @@ use std::sync::LazyLock;
 
 use redis::{Script, Value};
 
-use super::read::{as_bytes, as_u64};
+use super::read::{as_bytes, as_u64, decode_entry};
 use super::RedisBroker;
-use crate::broker::work::{ClaimArgs, Claimed, Grant, GroupRecord, JobRecord, Op, OpResult};
+use crate::broker::work::{ClaimArgs, Claimed, Grant, GroupRecord, JobRecord, Op, OpResult, Taken};
 use crate::error::{Error, Result};
 use crate::position::Epoch;
 
@@ -38,7 +38,17 @@ impl RedisBroker {
         group: &str,
         args: Vec<String>,
     ) -> Result<Value> {
-        let keys = self.work_keys(topic, group);
+        let keys = self.work_keys(topic, group).to_vec();
+        self.work_invoke(operation, topic, keys, args).await
+    }
+
+    async fn work_invoke(
+        &self,
+        operation: &'static str,
+        topic: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value> {
         self.retry_write(operation, topic, None, |mut conn| {
             let mut inv = WORK.prepare_invoke();
             for k in &keys {
@@ -142,21 +152,7 @@ impl RedisBroker {
         else {
             return Err(bad());
         };
-        let mut grants = Vec::new();
-        let mut i = 5;
-        while i + 3 < items.len() {
-            let (Some(offset), Some(attempt), Some(kind)) = (num(i), num(i + 1), text(i + 2))
-            else {
-                return Err(bad());
-            };
-            grants.push(Grant {
-                offset,
-                attempt: u32::try_from(attempt).map_err(|_| bad())?,
-                dead: kind == "dead",
-                error: text(i + 3).unwrap_or_default().to_string(),
-            });
-            i += 4;
-        }
+        let grants = parse_grants(&items[5..]).ok_or_else(bad)?;
         Ok(Claimed::Granted {
             now_ms,
             reset: reset == 1,
@@ -164,6 +160,95 @@ impl RedisBroker {
             next,
             grants,
         })
+    }
+
+    /// `TAKE` (protocol 1.2): acks, then a claim on the topic's state as the script reads it,
+    /// with the stream entries holding the granted offsets, in one call.
+    pub(crate) async fn work_take(
+        &self,
+        topic: &str,
+        group: &str,
+        holder: &str,
+        a: ClaimArgs,
+        acks: &[(u64, u32)],
+    ) -> Result<Taken> {
+        let mut keys = self.work_keys(topic, group).to_vec();
+        keys.push(self.inner.keys.meta(topic));
+        keys.push(self.inner.keys.log(topic));
+        let mut args = Vec::with_capacity(11 + 2 * acks.len());
+        args.extend([
+            "TAKE".to_string(),
+            holder.to_string(),
+            a.max.to_string(),
+            a.lease_ms.to_string(),
+            a.max_deliveries.to_string(),
+            a.ttl_ms.to_string(),
+            a.epoch.to_string(),
+            a.start.to_string(),
+            a.continues.map_or(0, |(prev, _)| prev).to_string(),
+            a.continues.map_or(0, |(_, boundary)| boundary).to_string(),
+            acks.len().to_string(),
+        ]);
+        for (offset, attempt) in acks {
+            args.push(offset.to_string());
+            args.push(attempt.to_string());
+        }
+        let reply = self.work_invoke("claim work", topic, keys, args).await?;
+        let bad = || corrupt(topic, "unexpected take reply");
+        let Value::Array(mut items) = reply else {
+            return Err(bad());
+        };
+        let kind = items
+            .first()
+            .and_then(as_bytes)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(bad)?;
+        let acked = parse_acks(items.get(1), acks.len()).ok_or_else(bad)?;
+        let mut taken = Taken {
+            acks: acked,
+            claimed: None,
+            first: 0,
+            last: 0,
+            slots: Vec::new(),
+        };
+        let num = |items: &[Value], i: usize| items.get(i).and_then(as_u64).ok_or_else(bad);
+        match kind.as_slice() {
+            b"head" => return Ok(taken),
+            b"gone" => {
+                taken.claimed = Some(Claimed::Gone);
+                return Ok(taken);
+            }
+            b"epoch" => {
+                taken.claimed = Some(Claimed::OldEpoch);
+                return Ok(taken);
+            }
+            b"ok" if items.len() >= 9 => {}
+            _ => return Err(bad()),
+        }
+        let (now_ms, reset, lost, next) = (
+            num(&items, 2)?,
+            num(&items, 3)?,
+            num(&items, 4)?,
+            num(&items, 5)?,
+        );
+        taken.first = num(&items, 6)?;
+        taken.last = num(&items, 7)?;
+        let grants = parse_grants(&items[9..]).ok_or_else(bad)?;
+        let entries = match std::mem::replace(&mut items[8], Value::Nil) {
+            Value::Array(e) => e,
+            _ => return Err(bad()),
+        };
+        for raw in entries {
+            decode_entry(topic, raw, taken.last, &mut taken.slots);
+        }
+        taken.claimed = Some(Claimed::Granted {
+            now_ms,
+            reset: reset == 1,
+            lost,
+            next,
+            grants,
+        });
+        Ok(taken)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -321,6 +406,44 @@ impl RedisBroker {
         names.sort();
         Ok(names)
     }
+}
+
+/// The grants of a claim reply: `offset, attempt, kind, error` for each.
+fn parse_grants(items: &[Value]) -> Option<Vec<Grant>> {
+    let mut grants = Vec::with_capacity(items.len() / 4);
+    for g in items.chunks(4) {
+        let [offset, attempt, kind, error] = g else {
+            return None;
+        };
+        grants.push(Grant {
+            offset: as_u64(offset)?,
+            attempt: u32::try_from(as_u64(attempt)?).ok()?,
+            dead: as_bytes(kind)? == b"dead",
+            error: as_bytes(error)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        });
+    }
+    Some(grants)
+}
+
+/// The replies to the acks of a call: `ok` or `stale` for each of `n`.
+fn parse_acks(v: Option<&Value>, n: usize) -> Option<Vec<OpResult>> {
+    let Some(Value::Array(items)) = v else {
+        // An empty Lua table comes back as an empty array; anything else is wrong.
+        return None;
+    };
+    if items.len() != n {
+        return None;
+    }
+    items
+        .iter()
+        .map(|v| match as_bytes(v) {
+            Some(b"ok") => Some(OpResult::Ok),
+            Some(b"stale") => Some(OpResult::Stale),
+            _ => None,
+        })
+        .collect()
 }
 
 fn corrupt(topic: &str, detail: &str) -> Error {
