@@ -7,8 +7,8 @@ use herald_testkit as support;
 
 use std::time::Duration;
 
-use herald::{Event, Herald, Position, Start};
-use support::{messages, next_event, RedisServer};
+use herald::{Event, GapReason, Herald, Position, Start};
+use support::{maybe_event, messages, next_event, Backend, RedisServer};
 
 /// Simulates the loss of every entry after `keep`: what a replica promoted before it received
 /// them would hold.
@@ -45,41 +45,157 @@ async fn rewritten_offsets_become_a_reset_not_a_silent_skip() {
         .await
         .unwrap();
     let mut sub = node.subscribe(["t"]).from(Start::Earliest).await.unwrap();
+    let mut old = 0;
     for i in 1..=3 {
-        node.publish("t", format!("old{i}")).await.unwrap();
+        old = node
+            .publish("t", format!("old{i}"))
+            .await
+            .unwrap()
+            .position
+            .epoch;
     }
     assert_eq!(messages(&mut sub, 3).await.len(), 3);
     lose_tail(&server, "t", 1, 3);
-    // New messages reuse offsets 2, 3, 4: the subscriber had delivered other messages at 2, 3.
+    // The publisher was acknowledged at (old, 3): its next publish, in the same atomic call,
+    // records 2..=3 as lost and opens a new epoch from offset 2 before writing. So new2..new4
+    // get offsets 2..4 of the new epoch, never a second message at (old, 2) or (old, 3).
+    let mut receipts = Vec::new();
     for i in 2..=4 {
-        assert_eq!(
-            node.publish("t", format!("new{i}"))
-                .await
-                .unwrap()
-                .position
-                .offset,
-            i
-        );
+        receipts.push(node.publish("t", format!("new{i}")).await.unwrap().position);
     }
+    let new = receipts[0].epoch;
+    assert!(new > old, "a new epoch: {receipts:?} after {old}");
+    assert_eq!(
+        receipts,
+        (2..=4).map(|o| Position::new(new, o)).collect::<Vec<_>>()
+    );
+    let history: String = server.cmd(&["HGET", "herald:{t}:epochs", &old.to_string()]);
+    assert_eq!(
+        history, "1:3",
+        "the old epoch ends at 1, its offsets up to 3 lost"
+    );
+
+    // The subscriber had delivered (old, 3): the old epoch ended at 1, so 2..=3 were lost.
+    // old1 lies in the surviving prefix and is not redelivered (docs/DESIGN.md, "Lost writes
+    // and resets"): delivery continues at offset 2 of the new epoch.
     match next_event(&mut sub).await {
         Event::Reset {
-            last_delivered:
-                Position {
-                    epoch: previous_epoch,
-                    offset: last_delivered,
-                },
+            last_delivered,
             epoch,
+            lost_from,
             ..
-        } => {
-            assert_eq!(previous_epoch, epoch);
-            assert_eq!(last_delivered, 3);
-        }
+        } => assert_eq!(
+            (last_delivered, epoch, lost_from),
+            (Position::new(old, 3), new, 2)
+        ),
         other => panic!("expected a reset, got {other:?}"),
     }
-    let again = messages(&mut sub, 4).await;
-    let payloads: Vec<&str> = again.iter().map(|(_, p)| p.as_str()).collect();
-    assert_eq!(payloads, ["old1", "new2", "new3", "new4"]);
+    let again = messages(&mut sub, 3).await;
+    assert_eq!(
+        again,
+        [
+            (2, "new2".to_string()),
+            (3, "new3".to_string()),
+            (4, "new4".to_string())
+        ]
+    );
+    if let Some(e) = maybe_event(&mut sub, Duration::from_millis(500)).await {
+        panic!("unexpected event {e:?}");
+    }
 }
+
+/// The log of `topic` goes back to `keep` under the same epoch and writer.
+fn rewind(backend: &Backend, topic: &str, keep: u64, last: u64) {
+    match backend {
+        Backend::Embedded(broker) => broker.lose_tail(topic, keep),
+        Backend::Redis(server) => lose_tail(server, topic, keep, last),
+    }
+}
+
+/// Two handles publish after the log went back: `a`, acknowledged past the surviving prefix
+/// (its floor), and `b`, which never published to the topic (no floor). Once `a` has
+/// published, no receipt of either, nor any earlier receipt of `a`, shares an (epoch, offset)
+/// with another, and a reader from the start gets every surviving or new message at the
+/// position of its receipt, with the lost offsets reported.
+async fn two_publishers_after_a_rewind_never_share_a_receipt(backend: Backend) {
+    let a = backend.node("a").await;
+    let b = backend.node("b").await;
+    let mut receipts: Vec<(Position, String)> = Vec::new();
+    for i in 1..=3 {
+        let payload = format!("old{i}");
+        let r = a.publish("t", payload.clone()).await.unwrap();
+        receipts.push((r.position, payload));
+    }
+    let old = receipts[0].0.epoch;
+    rewind(&backend, "t", 1, 3);
+    let r = a.publish("t", "a0").await.unwrap();
+    assert!(r.position.epoch > old, "a new epoch: {r:?}");
+    assert_eq!(r.position.offset, 2);
+    receipts.push((r.position, "a0".to_string()));
+    // Then both at once, each message on its own and in batches.
+    let burst = |h: Herald, name: &'static str| async move {
+        let mut out = Vec::new();
+        for i in 1..=5 {
+            let payload = format!("{name}{i}");
+            let r = h.publish("t", payload.clone()).await.unwrap();
+            out.push((r.position, payload));
+        }
+        let batch: Vec<String> = (6..=8).map(|i| format!("{name}{i}")).collect();
+        for (r, payload) in h
+            .publish_batch("t", batch.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .zip(batch)
+        {
+            out.push((r.position, payload));
+        }
+        out
+    };
+    let (from_a, from_b) = tokio::join!(burst(a.clone(), "a"), burst(b.clone(), "b"));
+    receipts.extend(from_a);
+    receipts.extend(from_b);
+    let mut seen = std::collections::HashMap::new();
+    for (position, payload) in &receipts {
+        if let Some(other) = seen.insert(*position, payload.clone()) {
+            panic!("{position:?} names both {other} and {payload}: {receipts:?}");
+        }
+    }
+
+    // A reader from the start: old1, the Lost gap 2..=3 of the old epoch, then every new
+    // message at its receipt's position.
+    let reader = backend.node("reader").await;
+    let mut sub = reader.subscribe(["t"]).from(Start::Earliest).await.unwrap();
+    match next_event(&mut sub).await {
+        Event::Message(d) => assert_eq!(
+            (d.position, String::from_utf8_lossy(&d.payload).into_owned()),
+            receipts[0]
+        ),
+        other => panic!("expected old1, got {other:?}"),
+    }
+    match next_event(&mut sub).await {
+        Event::Gap {
+            epoch,
+            from,
+            to,
+            reason,
+            ..
+        } => assert_eq!((epoch, from, to, reason), (old, 2, 3, GapReason::Lost)),
+        other => panic!("expected a Lost gap naming 2..=3, got {other:?}"),
+    }
+    let new = receipts.len() - 3;
+    for _ in 0..new {
+        match next_event(&mut sub).await {
+            Event::Message(d) => {
+                let payload = String::from_utf8_lossy(&d.payload).into_owned();
+                assert_eq!(seen.get(&d.position), Some(&payload), "{d:?}");
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
+support::on_both_backends!(two_publishers_after_a_rewind_never_share_a_receipt);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_shorter_than_what_was_delivered_is_a_reset() {
