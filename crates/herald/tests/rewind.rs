@@ -234,3 +234,81 @@ async fn a_log_shorter_than_what_was_delivered_is_a_reset() {
     assert_ne!(old_epoch, new_epoch);
     assert_eq!(messages(&mut sub, 1).await, [(3, "m3 again".to_string())]);
 }
+
+/// `publish.lua` called directly: a version-3 call (no floor) is still accepted; a version-4
+/// floor of the current epoch above `last` opens a new epoch in the same call, and when the
+/// writer changed too, the floor is recorded as the old epoch's lost maximum in that call
+/// (before any loss report); a malformed floor is refused before anything is written.
+#[test]
+fn the_publish_script_applies_the_floor_in_the_same_call() {
+    let server = RedisServer::start();
+    let script = ::redis::Script::new(herald::broker::PUBLISH_SCRIPT);
+    let mut conn = server.conn();
+    let key = |what: &str| format!("herald:{{t}}:{what}");
+    let mut publish = |version: &str, payload: &str, floor: Option<(&str, &str)>| {
+        let mut inv = script.prepare_invoke();
+        for what in ["meta", "log", "settings", "dedup", "dedup-old", "epochs"] {
+            inv.key(key(what));
+        }
+        let call_key = format!("k-{payload}");
+        let field = |x: &str| format!("{}:{x}", x.len());
+        let piece = format!("{}{}{}", field(&call_key), field(""), field(payload));
+        inv.arg(version).arg(key("live")).arg("node");
+        inv.arg(10_000).arg(0).arg(120_000).arg(1_048_576);
+        inv.arg("PUBLISH")
+            .arg(1)
+            .arg(&call_key)
+            .arg(payload.len())
+            .arg(0);
+        inv.arg(piece);
+        if let Some((e, o)) = floor {
+            inv.arg(e).arg(o);
+        }
+        inv.invoke::<Vec<::redis::Value>>(&mut conn)
+    };
+    let reply = |r: ::redis::RedisResult<Vec<::redis::Value>>| -> (u64, u64) {
+        let r = r.unwrap();
+        let n = |v: &::redis::Value| -> u64 {
+            match v {
+                ::redis::Value::Int(i) => *i as u64,
+                ::redis::Value::BulkString(b) => String::from_utf8_lossy(b).parse().unwrap(),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        (n(&r[0]), n(&r[1]))
+    };
+    let (e1, _) = reply(publish("3", "m1", None));
+    for i in 2..=3 {
+        assert_eq!(
+            reply(publish("4", &format!("m{i}"), Some(("", "")))),
+            (e1, i)
+        );
+    }
+    let e1s = e1.to_string();
+    // A floor at or below `last` changes nothing.
+    assert_eq!(reply(publish("4", "m4", Some((&e1s, "3")))), (e1, 4));
+    lose_tail(&server, "t", 2, 4);
+    let bad = publish("4", "x", Some((&e1s, "three"))).unwrap_err();
+    assert!(bad.to_string().contains("HERALD_ARGS"), "{bad}");
+    let last: String = server.cmd(&["HGET", &key("meta"), "last"]);
+    assert_eq!(last, "2", "nothing written");
+    // Same writer: the floor (e1, 4) is above `last` = 2.
+    let (e2, o) = reply(publish("4", "m3b", Some((&e1s, "4"))));
+    assert!(e2 > e1);
+    assert_eq!(o, 3);
+    let old: String = server.cmd(&["HGET", &key("epochs"), &e1s]);
+    let new: String = server.cmd(&["HGET", &key("epochs"), &e2.to_string()]);
+    assert_eq!((old.as_str(), new.as_str()), ("1:4", "3"));
+    // Writer changed and went back: one epoch change, with the floor recorded.
+    let e2s = e2.to_string();
+    assert_eq!(reply(publish("4", "m4b", Some((&e2s, "3")))), (e2, 4));
+    lose_tail(&server, "t", 3, 4);
+    let _: () = server.cmd(&["HSET", &key("meta"), "writer", "another-server"]);
+    let (e3, o) = reply(publish("4", "m4c", Some((&e2s, "4"))));
+    assert!(e3 > e2);
+    assert_eq!(o, 4);
+    let old: String = server.cmd(&["HGET", &key("epochs"), &e2s]);
+    assert_eq!(old, "3:4");
+    let epochs: u64 = server.cmd(&["HLEN", &key("epochs")]);
+    assert_eq!(epochs, 3);
+}
