@@ -1,5 +1,13 @@
 //! Publisher-side loss detection: a handle remembers, per topic, the highest position it was
-//! acknowledged, and checks every later publish against it.
+//! acknowledged, sends it with every later publish as the call's *floor*, and checks the
+//! reply against it.
+//!
+//! The floor does the main work inside the publish itself (`lua/publish.lua`, protocol 4; the
+//! embedded broker alike): when the topic still runs under the floor's epoch but its `last`
+//! is below the floor's offset (the log went back under one writer), the same atomic call
+//! records the loss and opens a new epoch before writing, so the receipt is in the new epoch
+//! and no (epoch, offset) is ever reused. What is left here are the cases the script cannot
+//! see, reported after the publish:
 //!
 //! A publish's reply names the epoch the topic runs under and the offsets it appended. Against
 //! the highest position acknowledged before the call was sent (so publishes that complete out
@@ -9,7 +17,11 @@
 //! - a later epoch: the topic changed writing server since (a failover, a restart); whether
 //!   the acknowledged offset survived is for the epoch history to say.
 //!
-//! Either way the handle reports the acknowledged position through the loss report
+//! (The first case is what the floor now handles inside the publish, with the same position
+//! and the same comparison; it stays as a guard.) The second covers what the script cannot
+//! see: the topic already runs under an epoch newer than the floor's (another party changed
+//! it, or the history lacks the floor's epoch). Either way the handle
+//! reports the acknowledged position through the loss report
 //! (`Broker::report_lost`, `lua/lost.lua`), which is idempotent and changes nothing when the
 //! position survived; when it did not, the loss is recorded (and, under one epoch, a new epoch
 //! opens), so every reader crossing it gets a `Reset` or a `Lost` gap. The check costs one

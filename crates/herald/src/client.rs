@@ -297,7 +297,14 @@ impl Herald {
         ) = self
             .inner
             .coalescer
-            .publish(&self.inner.broker, &self.inner.node, topic, key, message)
+            .publish(
+                &self.inner.broker,
+                &self.inner.node,
+                topic,
+                key,
+                message,
+                before,
+            )
             .await?;
         let appended = (!duplicate).then_some((offset, offset));
         self.inner
@@ -361,7 +368,7 @@ impl Herald {
         let (epoch, placed) = self
             .inner
             .broker
-            .publish(topic, &self.inner.node, &keyed)
+            .publish(topic, &self.inner.node, &keyed, before)
             .await?;
         let mut fresh = placed.iter().filter(|p| !p.duplicate).map(|p| p.offset);
         let appended = fresh

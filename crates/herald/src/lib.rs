@@ -108,7 +108,7 @@ pub use topic::{validate_topic, SettingsChange, TopicSettings};
 pub use work::{GroupInfo, Job, Outcome, WorkBuilder, WorkEvent, Worker};
 
 /// The version of the wire protocol (`docs/PROTOCOL.md`) this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Entry points for the micro-benchmarks in `benches/` (not part of the API).
 #[doc(hidden)]

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use crate::broker::{Broker, Placed};
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::position::Epoch;
+use crate::position::{Epoch, Position};
 
 /// Where one coalesced message's outcome goes.
 type Reply = oneshot::Sender<Result<(Epoch, Placed)>>;
@@ -61,6 +61,7 @@ impl Coalescer {
         topic: &str,
         key: String,
         message: Message,
+        floor: Option<Position>,
     ) -> Result<(Epoch, Placed)> {
         let joined = {
             let mut gathering = self.lock();
@@ -88,13 +89,16 @@ impl Coalescer {
             broker,
             node,
             topic,
+            floor,
             taken: false,
             sending: None,
         };
         tokio::task::yield_now().await;
         let others = lead.take();
         if others.is_empty() {
-            let (epoch, placed) = broker.publish(topic, node, &[(key, &message)]).await?;
+            let (epoch, placed) = broker
+                .publish(topic, node, &[(key, &message)], floor)
+                .await?;
             let first = placed.first().copied().ok_or(Error::Closed)?;
             return Ok((epoch, first));
         }
@@ -113,6 +117,7 @@ impl Coalescer {
             Arc::clone(node),
             topic.to_string(),
             all,
+            floor,
         )));
         sending.await;
         lead.sending = None;
@@ -131,6 +136,9 @@ struct Lead<'a> {
     broker: &'a Broker,
     node: &'a Arc<str>,
     topic: &'a str,
+    /// The leader's floor (see `Broker::publish`), sent with everyone's messages: they are
+    /// all this handle's.
+    floor: Option<Position>,
     taken: bool,
     sending: Option<Sending>,
 }
@@ -157,6 +165,7 @@ impl Drop for Lead<'_> {
                     Arc::clone(self.node),
                     self.topic.to_string(),
                     others,
+                    self.floor,
                 ))
             }
         };
@@ -170,12 +179,18 @@ impl Drop for Lead<'_> {
 /// Sends `all` as one call and hands each its outcome. When a message is too large for the
 /// topic the call wrote nothing: the messages over the limit get the error, the others are
 /// sent again (each round removes at least the message the broker named).
-async fn send(broker: Broker, node: Arc<str>, topic: String, mut all: Vec<Waiting>) {
+async fn send(
+    broker: Broker,
+    node: Arc<str>,
+    topic: String,
+    mut all: Vec<Waiting>,
+    floor: Option<Position>,
+) {
     while !all.is_empty() {
         let outcome = {
             let messages: Vec<(String, &Message)> =
                 all.iter().map(|w| (w.key.clone(), &w.message)).collect();
-            broker.publish(&topic, &node, &messages).await
+            broker.publish(&topic, &node, &messages, floor).await
         };
         match outcome {
             Ok((epoch, placed)) if placed.len() == all.len() => {

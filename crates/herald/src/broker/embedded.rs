@@ -68,6 +68,17 @@ struct TopicLog {
 const HISTORY_LEN: usize = 64;
 
 impl TopicLog {
+    /// Drops the entries after `surviving_last` (and their dedup keys).
+    fn truncate(&mut self, surviving_last: u64) {
+        if surviving_last < self.last {
+            self.last = surviving_last;
+            while self.log.back().is_some_and(|e| e.offset > surviving_last) {
+                self.log.pop_back();
+            }
+            self.dedup.retain(|_, (o, _)| *o <= surviving_last);
+        }
+    }
+
     /// Opens a new epoch continuing the log from `last + 1`.
     fn continue_log(&mut self, lost: Option<u64>) -> Epoch {
         let old = self.epoch.unwrap_or(0);
@@ -148,9 +159,10 @@ impl EmbeddedBroker {
         topic: &str,
         node: &str,
         messages: &[(String, &Message)],
+        floor: Option<Position>,
     ) -> Result<(Epoch, Vec<Placed>)> {
         let mut topics = self.topics();
-        self.publish_in(&mut topics, topic, node, messages)
+        self.publish_in(&mut topics, topic, node, messages, floor)
     }
 
     /// `publish` with the topics already locked (a map change publishes under the same lock).
@@ -160,6 +172,7 @@ impl EmbeddedBroker {
         topic: &str,
         node: &str,
         messages: &[(String, &Message)],
+        floor: Option<Position>,
     ) -> Result<(Epoch, Vec<Placed>)> {
         let log = topics.entry(topic.to_string()).or_default();
         let settings = *log.settings.get_or_insert(self.inner.defaults);
@@ -173,8 +186,13 @@ impl EmbeddedBroker {
                 limit: settings.max_size as usize,
             });
         }
+        // The publisher's floor: a log that went back below it under its epoch continues under
+        // a new one, the floor recorded as lost (as `lua/publish.lua` does).
+        let floor_lost = floor
+            .filter(|f| log.epoch == Some(f.epoch) && log.last < f.offset)
+            .map(|f| f.offset);
         let epoch = match log.epoch {
-            Some(_) if log.writer_changed => log.continue_log(None),
+            Some(_) if log.writer_changed || floor_lost.is_some() => log.continue_log(floor_lost),
             Some(e) => e,
             None => {
                 let e = clock::now_us();
@@ -289,14 +307,20 @@ impl EmbeddedBroker {
         let Some(log) = topics.get_mut(topic).filter(|l| l.epoch.is_some()) else {
             return;
         };
-        if surviving_last < log.last {
-            log.last = surviving_last;
-            while log.log.back().is_some_and(|e| e.offset > surviving_last) {
-                log.log.pop_back();
-            }
-            log.dedup.retain(|_, (o, _)| *o <= surviving_last);
-        }
+        log.truncate(surviving_last);
         log.writer_changed = true;
+    }
+
+    /// Test hook: the log loses its entries after `surviving_last` but keeps its epoch and
+    /// writer (on Redis: the log went back under one writer). Only a party that saw a lost
+    /// offset can tell: the next publish of a handle acknowledged past `surviving_last`
+    /// continues the log under a new epoch, other publishes reuse the offsets.
+    #[doc(hidden)]
+    pub fn lose_tail(&self, topic: &str, surviving_last: u64) {
+        let mut topics = self.topics();
+        if let Some(log) = topics.get_mut(topic).filter(|l| l.epoch.is_some()) {
+            log.truncate(surviving_last);
+        }
     }
 
     /// Records a loss, as `lua/lost.lua` does on Redis.

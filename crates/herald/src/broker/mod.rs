@@ -33,8 +33,9 @@ pub const PUBLISH_SCRIPT: &str = redis::PUBLISH_SCRIPT;
 pub const READ_SCRIPT: &str = redis::READ_SCRIPT;
 /// The membership procedure (Lua); see `docs/PROTOCOL.md`, "Membership".
 pub const MEMBERS_SCRIPT: &str = redis::members::MEMBERS_SCRIPT;
-/// The loss report (Lua); see `docs/PROTOCOL.md`, "Epochs".
-pub const LOST_SCRIPT: &str = redis::LOST_SCRIPT;
+/// The loss report (Lua, with the epoch procedures of the publish procedure inlined); see
+/// `docs/PROTOCOL.md`, "Epochs".
+pub static LOST_SCRIPT: std::sync::LazyLock<String> = std::sync::LazyLock::new(redis::lost_script);
 /// The work group procedure (Lua); see `docs/PROTOCOL.md`, "Work groups (v1)".
 pub const WORK_SCRIPT: &str = redis::work::WORK_SCRIPT;
 /// The replicated map change procedure (Lua, with the publish procedure inlined); see
@@ -136,15 +137,19 @@ impl LiveFeed {
 
 impl Broker {
     /// Publishes `messages` (with their idempotency keys resolved) to `topic` atomically.
+    /// `floor` is the highest position the publishing handle was acknowledged on `topic`: if
+    /// the log went back below it under its epoch, the loss is recorded and the messages are
+    /// written under a new epoch, never at a reused (epoch, offset).
     pub(crate) async fn publish(
         &self,
         topic: &str,
         node: &str,
         messages: &[(String, &Message)],
+        floor: Option<crate::position::Position>,
     ) -> Result<(Epoch, Vec<Placed>)> {
         match self {
-            Broker::Redis(b) => b.publish(topic, node, messages).await,
-            Broker::Embedded(b) => b.publish(topic, node, messages),
+            Broker::Redis(b) => b.publish(topic, node, messages, floor).await,
+            Broker::Embedded(b) => b.publish(topic, node, messages, floor),
         }
     }
 

@@ -75,8 +75,13 @@ impl EmbeddedBroker {
         let base = topics.get(topic).and_then(|l| l.map.revision);
         let mut message = Message::new(bytes::Bytes::copy_from_slice(value)).key(&change.idem);
         message.headers = change_headers(change.key, change.value.is_none(), base);
-        let (epoch, placed) =
-            self.publish_in(topics, topic, node, &[(change.idem.clone(), &message)])?;
+        let (epoch, placed) = self.publish_in(
+            topics,
+            topic,
+            node,
+            &[(change.idem.clone(), &message)],
+            None,
+        )?;
         let Some(p) = placed.first() else {
             return Ok(Outcome::Absent);
         };

@@ -23,6 +23,10 @@
 --   changes.
 --
 -- Returns {changed (0/1), current epoch or false}.
+--
+-- The epoch procedures below are publish.lua's (which does the first case itself when given
+-- the publisher's floor): Herald inlines them from publish.lua in place of this next line.
+--@EPOCHS@
 
 if ARGV[1] ~= '3' then
   return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 3, not ' .. tostring(ARGV[1]))
@@ -36,35 +40,12 @@ local m = redis.call('HMGET', meta, 'epoch', 'last')
 local current, last = m[1], tonumber(m[2])
 if not current or not last then return {0, current or false} end
 
--- Records `o` as the lost maximum of epoch `id` whose record is `rec` ("first[:lost]").
-local function record(id, rec)
-  local first, lost = string.match(rec, '^(%d+):?(%d*)$')
-  if not first then
-    return redis.error_reply('HERALD_CORRUPT epoch history entry ' .. id .. ' holds ' .. rec)
-  end
-  if lost ~= '' and tonumber(lost) >= o then return 0 end
-  redis.call('HSET', epochs, id, first .. ':' .. string.format('%d', o))
-  return 1
-end
-
 if current == e then
   if last >= o then return {0, current} end
-  local t = redis.call('TIME')
-  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
-  if tonumber(fresh) <= tonumber(current) then
-    fresh = string.format('%d', tonumber(current) + 1)
-  end
-  local rec = redis.call('HGET', epochs, current) or '1'
-  local r = record(current, rec)
-  if type(r) == 'table' then return r end
-  redis.call('HSET', epochs, fresh, string.format('%d', last + 1))
-  if redis.call('HLEN', epochs) > 64 then
-    local ids = redis.call('HKEYS', epochs)
-    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
-    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
-  end
-  local writer = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
-  redis.call('HSET', meta, 'epoch', fresh, 'writer', writer)
+  local first, lost = parse_epoch(current, redis.call('HGET', epochs, current) or '1')
+  if not first then return lost end
+  local fresh = next_epoch_id(redis.call('TIME'), current)
+  continue_epoch(meta, epochs, current, first, lost, last, o, fresh, server_id())
   return {1, fresh}
 end
 
@@ -83,14 +64,12 @@ end
 if not rec then
   if not next_first or o < next_first then return {0, current} end
   redis.call('HSET', epochs, e, string.format('%d', next_first) .. ':' .. string.format('%d', o))
-  if redis.call('HLEN', epochs) > 64 then
-    local ids = redis.call('HKEYS', epochs)
-    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
-    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
-  end
+  trim_history(epochs)
   return {1, current}
 end
 if not next_first or o < next_first then return {0, current} end
-local r = record(e, rec)
-if type(r) == 'table' then return r end
-return {r, current}
+local first, lost = parse_epoch(e, rec)
+if not first then return lost end
+if lost >= o then return {0, current} end
+redis.call('HSET', epochs, e, first .. ':' .. string.format('%d', o))
+return {1, current}

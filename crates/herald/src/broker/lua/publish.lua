@@ -1,4 +1,4 @@
--- Herald publish, protocol version 3 (see docs/PROTOCOL.md).
+-- Herald publish, protocol version 4, also accepting version 3 calls (see docs/PROTOCOL.md).
 --
 -- KEYS[1] meta      hash   {epoch, last, dedup_at, writer}; writer is the run_id of the Redis
 --                   server process that opened the epoch (INFO server)
@@ -13,7 +13,7 @@
 --                   history (at most 64 epochs): an epoch covers its first offset up to the
 --                   next epoch's first offset - 1; <lost> is the largest offset of it that
 --                   some party saw acknowledged or delivered and that was lost
--- ARGV[1] protocol version ("3")
+-- ARGV[1] protocol version: "4", or "3" (a call without the floor arguments below)
 -- ARGV[2] live channel
 -- ARGV[3] publishing node id
 -- ARGV[4..7] defaults for a topic without settings: max_len, max_age_ms, dedup_ms, max_size
@@ -27,6 +27,14 @@
 --          field(payload) where field(x) = #x ":" x
 -- ARGV[13+G ..] per message with its own idempotency key, in increasing index order: index
 --          (from 0), key, start of its piece in its group (from 0), length of its piece
+-- ARGV[#ARGV-1], ARGV[#ARGV] (version 4 only) the floor: the epoch and offset of the highest
+--          position the publishing handle was acknowledged on this topic, or "" "" for none.
+--          If the topic's current epoch is the floor's and `last` is below its offset, the log
+--          went back under one writer: before writing, the script does what lost.lua does for
+--          that position (records it as the epoch's lost maximum, opens a new epoch continuing
+--          from `last + 1`), so that no (epoch, offset) of a receipt is ever reused. When the
+--          writer changed too, the epoch change happens anyway, and the floor is recorded as
+--          the old epoch's lost maximum.
 --
 -- Dedup records: a message's own key -> its offset; a call key -> the offset of the call's
 -- first message when the call appended all its messages, else the offsets of all N messages
@@ -41,9 +49,70 @@
 -- All checks run before the first write, so a failed publish writes nothing.
 -- Redis >= 6.2 (XTRIM MINID, exclusive ranges); SPUBLISH needs Redis >= 7.0.
 
-if ARGV[1] ~= '3' then
-  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 3, not ' .. tostring(ARGV[1]))
+-- >>> epoch procedures, shared with lost.lua: Herald builds lost.lua by putting the lines from
+-- this one to the "<<<" line in place of its placeholder line (docs/PROTOCOL.md §5.1).
+
+-- The id of the epoch that follows `current` (nil: none), from TIME `t`: the time-based id, or
+-- `current + 1` when the clock says otherwise (epoch ids increase).
+local function next_epoch_id(t, current)
+  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
+  if current and tonumber(fresh) <= tonumber(current) then
+    fresh = string.format('%d', tonumber(current) + 1)
+  end
+  return fresh
 end
+
+-- The run_id of this server process (INFO server), the writer of the epochs it opens. (A plain
+-- find, then a pattern over the id only: cheaper than a pattern over the section.)
+local function server_id()
+  local info = redis.call('INFO', 'server')
+  local at = string.find(info, 'run_id:', 1, true)
+  return at and string.match(string.sub(info, at + 7, at + 56), '^%x+') or ''
+end
+
+-- Keeps the 64 largest epoch ids of the history `epochs`.
+local function trim_history(epochs)
+  if redis.call('HLEN', epochs) > 64 then
+    local ids = redis.call('HKEYS', epochs)
+    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
+    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
+  end
+end
+
+-- Epoch `id`'s history record `rec` ("<first>" or "<first>:<lost>"): its first offset (a
+-- string) and lost maximum (0: none), or nil and an error reply.
+local function parse_epoch(id, rec)
+  local first, lost = string.match(rec, '^(%d+):?(%d*)$')
+  if not first then
+    return nil, redis.error_reply('HERALD_CORRUPT epoch history entry ' .. id .. ' holds ' .. rec)
+  end
+  return first, tonumber(lost) or 0
+end
+
+-- Ends epoch `current` (its record parsed: `first`, `lost`) at `last`: opens epoch `fresh`,
+-- written by `writer`, continuing the offsets from `last + 1`; when `o` is given (an offset
+-- of `current` past `last` that some party saw), records it as `current`'s lost maximum.
+-- Writes the history and meta's epoch and writer (not `last`).
+local function continue_epoch(meta, epochs, current, first, lost, last, o, fresh, writer)
+  if o and lost < o then
+    redis.call('HSET', epochs, current, first .. ':' .. string.format('%d', o))
+  else
+    -- A log written before protocol 3 has no history: its epoch began at offset 1.
+    redis.call('HSETNX', epochs, current, first)
+  end
+  redis.call('HSET', epochs, fresh, string.format('%d', last + 1))
+  trim_history(epochs)
+  redis.call('HSET', meta, 'epoch', fresh, 'writer', writer)
+end
+
+-- <<< end of the epoch procedures shared with lost.lua
+
+local version = ARGV[1]
+if version ~= '4' and version ~= '3' then
+  return redis.error_reply('HERALD_PROTOCOL this script speaks protocol 4 (and 3), not ' .. tostring(version))
+end
+-- Version 4 ends with the two floor arguments.
+local floor_args = version == '4' and 2 or 0
 local meta, log, settings, dedup, dedup_old, epochs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local channel, node, notify = ARGV[2], ARGV[3], ARGV[8]
 local n = tonumber(ARGV[9])
@@ -51,9 +120,16 @@ if #KEYS ~= 6 or n == nil or n < 1 or n > 10000 or n ~= math.floor(n) then
   return redis.error_reply('HERALD_ARGS expected 6 KEYS and a message count of 1 to 10000 in ARGV[9]')
 end
 local groups = math.ceil(n / 1000)
-local nkeyed = (#ARGV - 12 - groups) / 4
+local nkeyed = (#ARGV - 12 - groups - floor_args) / 4
 if nkeyed < 0 or nkeyed ~= math.floor(nkeyed) or nkeyed > n then
-  return redis.error_reply('HERALD_ARGS expected 12 + ceil(N/1000) ARGV and 4 per message with its own key')
+  return redis.error_reply('HERALD_ARGS expected 12 + ceil(N/1000) ARGV, 4 per message with its own key and (version 4) 2 for the floor')
+end
+local floor_epoch, floor_offset = nil, nil
+if floor_args > 0 and #ARGV[#ARGV - 1] > 0 then
+  floor_epoch, floor_offset = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
+  if not string.find(floor_epoch, '^%d+$') or floor_offset == nil then
+    return redis.error_reply('HERALD_ARGS the floor must be an epoch and an offset, or two empty strings')
+  end
 end
 if notify ~= 'PUBLISH' and notify ~= 'SPUBLISH' then
   return redis.error_reply('HERALD_ARGS ARGV[8] must be PUBLISH or SPUBLISH')
@@ -172,19 +248,23 @@ end
 -- process opened (a promoted replica, a restart) continues under a new epoch from `last + 1`,
 -- so that no offset is ever reused under one epoch: the writes of the old process that this
 -- one lacks keep their names, and readers past `last` in the old epoch learn of the loss.
--- (A plain find, then a pattern over the id only: cheaper than a pattern over the section.)
-local info = redis.call('INFO', 'server')
-local at = string.find(info, 'run_id:', 1, true)
-local writer = at and string.match(string.sub(info, at + 7, at + 56), '^%x+') or ''
+-- The floor (ARGV, version 4) is the highest position this publisher was acknowledged: a log
+-- of that epoch whose `last` is below it went back (under one writer, or the writer changed
+-- too), and continues under a new epoch as well, with the floor recorded as lost.
+local writer = server_id()
 local new_epoch = not epoch
 local continued = epoch and m[4] ~= writer
+local floor_lost = epoch and floor_offset and floor_epoch == epoch and last < floor_offset
 local old_epoch = epoch
+local old_first, old_lost = '1', 0 -- the old epoch's history record, when it changes
+if floor_lost then
+  continued = true
+  local rec_first, second = parse_epoch(epoch, redis.call('HGET', epochs, epoch) or '1')
+  if not rec_first then return second end
+  old_first, old_lost = rec_first, second
+end
 if new_epoch or continued then
-  local fresh = t[1] .. string.format('%06d', tonumber(t[2]))
-  if continued and tonumber(fresh) <= tonumber(epoch) then
-    fresh = string.format('%d', tonumber(epoch) + 1) -- epochs increase, whatever the clock says
-  end
-  epoch = fresh
+  epoch = next_epoch_id(t, old_epoch)
 end
 local first = last + 1
 local dup_at = {} -- index -> original offset, for duplicates
@@ -354,15 +434,8 @@ if new_epoch then
   redis.call('HSET', epochs, epoch, '1')
   redis.call('HSET', meta, 'epoch', epoch, 'last', last_s, 'dedup_at', dedup_at, 'writer', writer)
 elseif continued then
-  -- A log written before protocol 3 has no history: its epoch began at offset 1.
-  redis.call('HSETNX', epochs, old_epoch, '1')
-  redis.call('HSET', epochs, epoch, string.format('%d', first))
-  if redis.call('HLEN', epochs) > 64 then
-    local ids = redis.call('HKEYS', epochs)
-    table.sort(ids, function(a, b) return tonumber(a) < tonumber(b) end)
-    redis.call('HDEL', epochs, unpack(ids, 1, #ids - 64))
-  end
-  redis.call('HSET', meta, 'epoch', epoch, 'last', last_s, 'writer', writer)
+  continue_epoch(meta, epochs, old_epoch, old_first, old_lost, first - 1, floor_lost and floor_offset or nil, epoch, writer)
+  redis.call('HSET', meta, 'last', last_s)
   if dedup_at then redis.call('HSET', meta, 'dedup_at', dedup_at) end
 elseif dedup_at then
   redis.call('HSET', meta, 'last', last_s, 'dedup_at', dedup_at)

@@ -46,7 +46,7 @@ pub(crate) mod work;
 pub(crate) use feed::RedisFeed;
 pub(crate) use keys::KeySpace;
 pub(crate) use publish::PUBLISH_SCRIPT;
-pub(crate) use read::{LOST_SCRIPT, READ_SCRIPT};
+pub(crate) use read::{lost_script, READ_SCRIPT};
 pub(crate) use topology::redact;
 
 use classify::{classify, is_transient};

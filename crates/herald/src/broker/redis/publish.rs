@@ -1,6 +1,6 @@
-//! Publishing on Redis: one call of `lua/publish.lua` (protocol 3, `docs/PROTOCOL.md` §6.1)
-//! per publish, its arguments ([`PublishCall`]) and its reply, then `WAIT` when the handle
-//! asks for replicas.
+//! Publishing on Redis: one call of `lua/publish.lua` (protocol 4, `docs/PROTOCOL.md` §6.1)
+//! per publish, its arguments ([`PublishCall`], then the handle's floor) and its reply, then
+//! `WAIT` when the handle asks for replicas.
 
 use redis::{Script, Value};
 
@@ -10,7 +10,7 @@ use crate::broker::Placed;
 use crate::envelope;
 use crate::error::{Error, Result};
 use crate::message::Message;
-use crate::position::Epoch;
+use crate::position::{Epoch, Position};
 
 /// The publish procedure, installed in Redis with SCRIPT LOAD / EVALSHA.
 pub(crate) const PUBLISH_SCRIPT: &str = include_str!("../lua/publish.lua");
@@ -24,6 +24,7 @@ impl RedisBroker {
         topic: &str,
         node: &str,
         messages: &[(String, &Message)],
+        floor: Option<Position>,
     ) -> Result<(Epoch, Vec<Placed>)> {
         let keys = &self.inner.keys;
         let d = self.inner.opts.defaults;
@@ -49,13 +50,17 @@ impl RedisBroker {
                 for k in &key_names {
                     inv.key(k);
                 }
-                inv.arg("3").arg(&channel).arg(node);
+                inv.arg("4").arg(&channel).arg(node);
                 inv.arg(d.max_len)
                     .arg(d.max_age_ms)
                     .arg(d.dedup_window_ms)
                     .arg(d.max_size);
                 inv.arg(self.inner.notify);
                 call.add_args(&mut inv);
+                match floor {
+                    Some(p) => inv.arg(p.epoch).arg(p.offset),
+                    None => inv.arg("").arg(""),
+                };
                 let meta = &key_names[0];
                 Box::pin(async move {
                     let reply = inv.invoke_async(&mut conn).await?;

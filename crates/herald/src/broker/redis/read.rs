@@ -15,7 +15,23 @@ use crate::message::Entry;
 /// The atomic history read.
 pub(crate) const READ_SCRIPT: &str = include_str!("../lua/read.lua");
 /// The loss report.
-pub(crate) const LOST_SCRIPT: &str = include_str!("../lua/lost.lua");
+/// `lua/lost.lua` as written, before the epoch procedures are inlined.
+const LOST_LUA: &str = include_str!("../lua/lost.lua");
+
+/// The loss report as installed: `lua/lost.lua` with the epoch procedures it shares with
+/// `lua/publish.lua` (that file's lines from `-- >>> epoch procedures` up to the `-- <<<`
+/// line) in place of its line `--@EPOCHS@`.
+pub(crate) fn lost_script() -> String {
+    let publish = super::PUBLISH_SCRIPT;
+    let shared = publish
+        .find("-- >>> epoch procedures")
+        .and_then(|start| {
+            let len = publish[start..].find("-- <<<")?;
+            Some(&publish[start..start + len])
+        })
+        .unwrap_or_default();
+    LOST_LUA.replacen("--@EPOCHS@\n", shared, 1)
+}
 
 impl RedisBroker {
     /// Reads the topic's state and at least `limit` messages from `from` (whole entries, so
@@ -85,7 +101,7 @@ impl RedisBroker {
     ) -> Result<bool> {
         use redis::Script;
         static LOST: std::sync::LazyLock<Script> =
-            std::sync::LazyLock::new(|| Script::new(LOST_SCRIPT));
+            std::sync::LazyLock::new(|| Script::new(&crate::broker::LOST_SCRIPT));
         let meta = self.inner.keys.meta(topic);
         let epochs = self.inner.keys.epochs(topic);
         let reply: Vec<Value> = self
@@ -427,6 +443,29 @@ pub(super) fn decode_entry(topic: &str, raw: Value, last: u64, out: &mut Vec<Slo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loss_report_inlines_the_epoch_procedures_of_publish() {
+        let lost = lost_script();
+        assert!(
+            !lost.lines().any(|l| l == "--@EPOCHS@"),
+            "placeholder replaced"
+        );
+        for f in [
+            "next_epoch_id",
+            "server_id",
+            "trim_history",
+            "parse_epoch",
+            "continue_epoch",
+        ] {
+            assert!(
+                lost.contains(&format!("local function {f}(")),
+                "{f} inlined"
+            );
+        }
+        // Only the shared part: none of the publish procedure itself.
+        assert!(!lost.contains("local function hmget("));
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

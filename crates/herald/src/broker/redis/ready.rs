@@ -9,7 +9,7 @@ impl RedisBroker {
         let scripts = [
             ("publish", super::PUBLISH_SCRIPT),
             ("read", super::READ_SCRIPT),
-            ("lost", super::LOST_SCRIPT),
+            ("lost", crate::broker::LOST_SCRIPT.as_str()),
             ("members", super::members::MEMBERS_SCRIPT),
         ];
         for (name, source) in scripts {
