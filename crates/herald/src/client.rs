@@ -41,6 +41,8 @@ struct Inner {
     coalescer: Arc<Coalescer>,
     /// The highest acknowledged position per topic (publisher-side loss detection).
     acked: crate::acked::Acked,
+    /// Merges concurrent map changes (see `map::coalesce`).
+    map_coalescer: Arc<crate::map::MapCoalescer>,
     buffer: usize,
     poll_interval: Duration,
 }
@@ -229,6 +231,7 @@ impl HeraldBuilder {
                 counter: AtomicU64::new(0),
                 coalescer: Arc::default(),
                 acked: crate::acked::Acked::default(),
+                map_coalescer: Arc::default(),
                 buffer: self.buffer,
                 poll_interval: self.poll_interval,
             }),
@@ -263,6 +266,19 @@ impl Herald {
     }
 
     /// A fresh idempotency key, unique to this handle.
+    /// Applies one map change, together with the other changes of this handle to the same
+    /// map in progress at the same moment (one broker call).
+    pub(crate) async fn map_change(
+        &self,
+        topic: &str,
+        change: crate::map::Change,
+    ) -> Result<crate::map::Outcome> {
+        self.inner
+            .map_coalescer
+            .change(&self.inner.broker, &self.inner.node, topic, change)
+            .await
+    }
+
     pub(crate) fn next_key(&self) -> String {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         format!("{}.{n:x}", self.inner.key_prefix)

@@ -42,7 +42,9 @@ use crate::position::Position;
 use crate::subscription::{Event, Start};
 use crate::topic::validate_topic;
 
+mod coalesce;
 mod wait;
+pub(crate) use coalesce::MapCoalescer;
 pub use wait::{DeleteAndWait, PutAndWait};
 
 /// The revision of a change or of a map: the position of the change's message.
@@ -161,10 +163,10 @@ pub(crate) enum Outcome {
 
 /// One change, as the broker applies it.
 #[derive(Debug, Clone)]
-pub(crate) struct Change<'a> {
-    pub(crate) key: &'a str,
+pub(crate) struct Change {
+    pub(crate) key: String,
     /// `None` for a delete.
-    pub(crate) value: Option<&'a [u8]>,
+    pub(crate) value: Option<Bytes>,
     pub(crate) expect: Option<Expect>,
     /// The change's idempotency key.
     pub(crate) idem: String,
@@ -268,16 +270,15 @@ impl Map {
         &self.topic
     }
 
-    async fn change(&self, change: Change<'_>) -> Result<Outcome> {
-        validate_map_key(change.key)?;
-        let broker = self.herald.broker();
-        let outcome = broker
-            .map_change(&self.topic, self.herald.node_id(), &change)
-            .await?;
+    async fn change(&self, change: Change) -> Result<Outcome> {
+        validate_map_key(&change.key)?;
+        let key = change.key.clone();
+        // Concurrent changes of this handle to this map travel in one broker call.
+        let outcome = self.herald.map_change(&self.topic, change).await?;
         match outcome {
             Outcome::Conflict(current) => Err(Error::Conflict {
                 map: self.name.clone(),
-                key: change.key.to_string(),
+                key,
                 current,
             }),
             Outcome::Limit(what, size, max) => Err(Error::MapLimit {
@@ -290,10 +291,10 @@ impl Map {
         }
     }
 
-    fn put_change<'a>(&self, key: &'a str, value: &'a [u8], expect: Option<Expect>) -> Change<'a> {
+    fn put_change(&self, key: &str, value: &[u8], expect: Option<Expect>) -> Change {
         Change {
-            key,
-            value: Some(value),
+            key: key.to_string(),
+            value: Some(Bytes::copy_from_slice(value)),
             expect,
             idem: self.herald.next_key(),
         }
@@ -340,7 +341,7 @@ impl Map {
 
     async fn delete_change(&self, key: &str, expect: Option<Expect>) -> Result<Option<Revision>> {
         let change = Change {
-            key,
+            key: key.to_string(),
             value: None,
             expect,
             idem: self.herald.next_key(),

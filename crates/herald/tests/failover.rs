@@ -301,13 +301,7 @@ async fn embedded_fail_over_resets_only_who_saw_the_lost_writes() {
 #[test]
 fn a_map_change_sent_again_keeps_its_revision_across_an_epoch_change() {
     let server = RedisServer::start();
-    let publish = include_str!("../src/broker/lua/publish.lua");
-    let script = include_str!("../src/broker/lua/map.lua").replacen(
-        "--@PUBLISH@\n",
-        &format!("local function publish(KEYS, ARGV)\n{publish}\nend\n"),
-        1,
-    );
-    let script = redis::Script::new(&script);
+    let script = redis::Script::new(&herald::broker::MAP_SCRIPT);
     let topic = "__map/m";
     let key = |what: &str| format!("herald:{{{topic}}}:{what}");
     let mut conn = server.conn();
@@ -325,15 +319,13 @@ fn a_map_change_sent_again_keeps_its_revision_across_an_epoch_change() {
         ] {
             inv.key(key(what));
         }
-        inv.arg("1").arg(key("live")).arg("node");
+        inv.arg("2").arg(key("live")).arg("node");
         inv.arg(10_000).arg(86_400_000).arg(120_000).arg(1_048_576);
-        inv.arg("PUBLISH")
-            .arg("PUT")
-            .arg(k)
-            .arg(v)
-            .arg("")
-            .arg(idem);
-        inv.invoke(&mut conn).unwrap()
+        inv.arg("PUBLISH").arg(1);
+        inv.arg("PUT").arg(k).arg(v).arg("").arg(idem);
+        let mut replies: Vec<(String, String, u64, u64)> = inv.invoke(&mut conn).unwrap();
+        assert_eq!(replies.len(), 1);
+        replies.remove(0)
     };
     let (ok, first_epoch, offset, dup) = change("a", "1", "i1");
     assert_eq!((ok.as_str(), offset, dup), ("ok", 1, 0));
@@ -352,4 +344,99 @@ fn a_map_change_sent_again_keeps_its_revision_across_an_epoch_change() {
     );
     let stored: String = server.cmd(&["HGET", &key("map"), "a"]);
     assert_eq!(stored, format!("{first_epoch}:1:1"));
+}
+
+/// A batch of map changes (map protocol 2) on a topic without an epoch: the first append
+/// opens the epoch alone, the rest follow it in that epoch, each checked against the state
+/// the ones before it left; the whole call sent again gets every applied change back as a
+/// duplicate, and the refused ones (which left no record) are checked again.
+#[test]
+fn a_batch_of_map_changes_opens_the_epoch_once_and_a_retry_gets_it_back() {
+    let server = RedisServer::start();
+    let script = redis::Script::new(&herald::broker::MAP_SCRIPT);
+    let topic = "__map/b";
+    let key = |what: &str| format!("herald:{{{topic}}}:{what}");
+    let mut conn = server.conn();
+    let changes = [
+        ("PUT", "a", "1", "", "i1"),
+        ("PUT", "a", "2", "absent", "i2"),
+        ("PUT", "b", "3", "", "i3"),
+        ("DEL", "a", "", "", "i4"),
+        ("DEL", "a", "", "", "i5"),
+    ];
+    let mut call = || -> redis::Value {
+        let mut inv = script.prepare_invoke();
+        for what in [
+            "meta",
+            "log",
+            "settings",
+            "dedup",
+            "dedup-old",
+            "epochs",
+            "map",
+            "map-limits",
+        ] {
+            inv.key(key(what));
+        }
+        inv.arg("2").arg(key("live")).arg("node");
+        inv.arg(10_000).arg(86_400_000).arg(120_000).arg(1_048_576);
+        inv.arg("PUBLISH").arg(changes.len());
+        for (op, k, v, expect, idem) in changes {
+            inv.arg(op).arg(k).arg(v).arg(expect).arg(idem);
+        }
+        inv.invoke(&mut conn).unwrap()
+    };
+    let text = |v: &redis::Value| -> String {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+            redis::Value::Int(n) => n.to_string(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let flat = |reply: redis::Value| -> Vec<Vec<String>> {
+        match reply {
+            redis::Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    redis::Value::Array(parts) => parts.iter().map(text).collect(),
+                    other => panic!("{other:?}"),
+                })
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let first = flat(call());
+    let epoch = first[0][1].clone();
+    let s = |x: &str| x.to_string();
+    assert_eq!(
+        first,
+        vec![
+            vec![s("ok"), epoch.clone(), s("1"), s("0")],
+            vec![s("conflict"), format!("{epoch}:1")],
+            vec![s("ok"), epoch.clone(), s("2"), s("0")],
+            vec![s("ok"), epoch.clone(), s("3"), s("0")],
+            vec![s("absent")],
+        ]
+    );
+    let state: Vec<(String, String)> = server.cmd(&["HGETALL", &key("map")]);
+    let mut state = state;
+    state.sort();
+    assert_eq!(
+        state,
+        vec![
+            (s(""), format!("{epoch}:3")),
+            (s("b"), format!("{epoch}:2:3")),
+        ]
+    );
+    let last: String = server.cmd(&["HGET", &key("meta"), "last"]);
+    assert_eq!(last, "3");
+    let again = flat(call());
+    assert_eq!(again[0], vec![s("ok"), epoch.clone(), s("1"), s("1")]);
+    assert_eq!(again[2], vec![s("ok"), epoch.clone(), s("2"), s("1")]);
+    assert_eq!(again[3], vec![s("ok"), epoch.clone(), s("3"), s("1")]);
+    // `a` is absent now: the put-if-absent and the delete after it apply this time.
+    assert_eq!(again[1], vec![s("ok"), epoch.clone(), s("4"), s("0")]);
+    assert_eq!(again[4], vec![s("ok"), epoch.clone(), s("5"), s("0")]);
+    let last: String = server.cmd(&["HGET", &key("meta"), "last"]);
+    assert_eq!(last, "5", "the duplicates appended nothing");
 }

@@ -28,6 +28,7 @@ on_both_backends!(
     map_changes_are_ordinary_topic_messages,
     put_and_wait_returns_once_every_member_applied,
     a_member_that_stops_applying_is_reported_not_applied,
+    concurrent_changes_of_one_handle_apply_in_order_each_with_its_outcome,
 );
 
 type State = BTreeMap<String, Bytes>;
@@ -702,4 +703,103 @@ async fn a_member_that_stops_applying_is_reported_not_applied(b: Backend) {
         .unwrap();
     assert!(all.complete, "{all:?}");
     assert_eq!(stuck.get("k").as_deref(), Some(&b"v"[..]));
+}
+
+/// Changes of one handle in progress at once travel together (on Redis one script call): each
+/// is still checked against the state the ones before it left, gets its own outcome, and the
+/// watcher sees the applied ones in order.
+async fn concurrent_changes_of_one_handle_apply_in_order_each_with_its_outcome(b: Backend) {
+    let node = b.node("n").await;
+    let map = node.map("batched").unwrap();
+    let mut small = SettingsChange::default();
+    small.max_size = Some(64);
+    node.configure(map.topic(), small).await.unwrap();
+    map.set_limits(MapLimits {
+        max_keys: Some(3),
+        max_value: None,
+    })
+    .await
+    .unwrap();
+    let base = map.put("a", "0").await.unwrap();
+    let mut w = map.watch().await.unwrap();
+    assert!(matches!(next(&mut w).await, MapEvent::Snapshot { .. }));
+    let big = vec![7u8; 65];
+    // Joined in one task: they join the handle's gathering in this order.
+    let (x1, x2, a1, a2, missing, b1, b2, c, d, large) = tokio::join!(
+        map.put_if("x", "1", Expect::Absent),
+        map.put_if("x", "2", Expect::Absent),
+        map.put_if("a", "1", Expect::Revision(base)),
+        map.put_if("a", "2", Expect::Revision(base)),
+        map.delete("missing"),
+        map.put("b", "b"),
+        map.delete("b"),
+        map.put("c", "c"),
+        map.put("d", "d"),
+        map.put("x", &big),
+    );
+    let at = |n: u64| Revision::new(base.epoch, base.offset + n);
+    assert_eq!(x1.unwrap(), at(1));
+    match x2 {
+        Err(Error::Conflict { current, key, .. }) => {
+            assert_eq!((current, &key[..]), (Some(at(1)), "x"))
+        }
+        other => panic!("the second put-if-absent sees the first: {other:?}"),
+    }
+    assert_eq!(a1.unwrap(), at(2));
+    match a2 {
+        Err(Error::Conflict { current, .. }) => assert_eq!(current, Some(at(2))),
+        other => panic!("of two CAS on one revision exactly one wins: {other:?}"),
+    }
+    assert_eq!(missing.unwrap(), None);
+    assert_eq!(b1.unwrap(), at(3));
+    assert_eq!(b2.unwrap(), Some(at(4)));
+    assert_eq!(c.unwrap(), at(5), "b's delete freed a place under max_keys");
+    match d {
+        Err(Error::MapLimit {
+            what, size, max, ..
+        }) => assert_eq!((what, size, max), ("keys", 4, 3)),
+        other => panic!("a fourth key is refused: {other:?}"),
+    }
+    match large {
+        Err(Error::MessageTooLarge { size, limit, .. }) => assert_eq!((size, limit), (65, 64)),
+        other => panic!("a value over max_size is refused alone: {other:?}"),
+    }
+    let snapshot = map.snapshot().await.unwrap();
+    assert_eq!(snapshot.revision, Some(at(5)));
+    let values: Vec<(&str, &[u8], Revision)> = snapshot
+        .entries
+        .iter()
+        .map(|(k, v)| (k.as_str(), &v.value[..], v.revision))
+        .collect();
+    assert_eq!(
+        values,
+        vec![
+            ("a", &b"1"[..], at(2)),
+            ("c", &b"c"[..], at(5)),
+            ("x", &b"1"[..], at(1))
+        ]
+    );
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(match next(&mut w).await {
+            MapEvent::Changed {
+                key,
+                value,
+                revision,
+            } => (key, Some(value), revision),
+            MapEvent::Deleted { key, revision } => (key, None, revision),
+            other => panic!("expected a change, got {other:?}"),
+        });
+    }
+    let v = |s: &'static str| Some(Bytes::from(s));
+    assert_eq!(
+        seen,
+        vec![
+            ("x".to_string(), v("1"), at(1)),
+            ("a".to_string(), v("1"), at(2)),
+            ("b".to_string(), v("b"), at(3)),
+            ("b".to_string(), None, at(4)),
+            ("c".to_string(), v("c"), at(5)),
+        ]
+    );
 }

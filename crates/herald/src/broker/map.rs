@@ -6,17 +6,25 @@ use super::Broker;
 use crate::error::Result;
 use crate::map::{Change, MapLimits, MapSnapshot, Outcome, Versioned};
 
+/// Most changes in one [`Broker::map_changes`] call.
+pub(crate) const MAX_MAP_CHANGES: usize = super::redis::map::MAX_CHANGES;
+
 impl Broker {
-    /// Applies one change to the map whose topic is `topic`.
-    pub(crate) async fn map_change(
+    /// Applies `changes` (at most [`MAX_MAP_CHANGES`]) to the map whose topic is `topic`, in
+    /// order, each checked against the state the ones before it left; one outcome per change.
+    /// On Redis they are one script call.
+    pub(crate) async fn map_changes(
         &self,
         topic: &str,
         node: &str,
-        change: &Change<'_>,
-    ) -> Result<Outcome> {
+        changes: &[Change],
+    ) -> Result<Vec<Result<Outcome>>> {
         match self {
-            Broker::Redis(b) => b.map_change(topic, node, change).await,
-            Broker::Embedded(b) => b.map_change(topic, node, change),
+            Broker::Redis(b) => b.map_changes(topic, node, changes).await,
+            Broker::Embedded(b) => Ok(changes
+                .iter()
+                .map(|c| b.map_change(topic, node, c))
+                .collect()),
         }
     }
 

@@ -19,12 +19,7 @@ pub(super) struct MapState {
 }
 
 impl EmbeddedBroker {
-    pub(crate) fn map_change(
-        &self,
-        topic: &str,
-        node: &str,
-        change: &Change<'_>,
-    ) -> Result<Outcome> {
+    pub(crate) fn map_change(&self, topic: &str, node: &str, change: &Change) -> Result<Outcome> {
         let mut topics = self.topics();
         let log = topics.entry(topic.to_string()).or_default();
         // A retry of a change that was applied gets the earlier change back.
@@ -35,7 +30,7 @@ impl EmbeddedBroker {
             )));
         }
         let state = &log.map;
-        let current = state.entries.get(change.key).map(|v| v.revision);
+        let current = state.entries.get(&change.key).map(|v| v.revision);
         match change.expect {
             Some(Expect::Absent) if current.is_some() => return Ok(Outcome::Conflict(current)),
             Some(Expect::Revision(r)) if current != Some(r) => {
@@ -43,7 +38,7 @@ impl EmbeddedBroker {
             }
             _ => {}
         }
-        let Some(value) = change.value else {
+        let Some(value) = change.value.as_deref() else {
             if current.is_none() {
                 return Ok(Outcome::Absent);
             }
@@ -69,12 +64,12 @@ impl EmbeddedBroker {
         topics: &mut std::collections::HashMap<String, super::TopicLog>,
         topic: &str,
         node: &str,
-        change: &Change<'_>,
+        change: &Change,
         value: &[u8],
     ) -> Result<Outcome> {
         let base = topics.get(topic).and_then(|l| l.map.revision);
         let mut message = Message::new(bytes::Bytes::copy_from_slice(value)).key(&change.idem);
-        message.headers = change_headers(change.key, change.value.is_none(), base);
+        message.headers = change_headers(&change.key, change.value.is_none(), base);
         let (epoch, placed) = self.publish_in(
             topics,
             topic,
@@ -90,18 +85,18 @@ impl EmbeddedBroker {
             return Ok(Outcome::Applied(rev));
         }
         let log = topics.entry(topic.to_string()).or_default();
-        match change.value {
+        match &change.value {
             Some(v) => {
                 log.map.entries.insert(
-                    change.key.to_string(),
+                    change.key.clone(),
                     Versioned {
-                        value: bytes::Bytes::copy_from_slice(v),
+                        value: v.clone(),
                         revision: rev,
                     },
                 );
             }
             None => {
-                log.map.entries.remove(change.key);
+                log.map.entries.remove(&change.key);
             }
         }
         log.map.revision = Some(rev);

@@ -1,6 +1,7 @@
-//! Replicated maps on Redis: `lua/map.lua` (map protocol 1, `docs/PROTOCOL.md`, "Replicated
-//! maps (v1)") with `lua/publish.lua` inlined, over the topic's keys and
-//! `<ns>:{__map/<name>}:map` (the state) and `...:map-limits`.
+//! Replicated maps on Redis: `lua/map.lua` (map protocol 2, `docs/PROTOCOL.md`, "Replicated
+//! maps") with `lua/publish.lua` inlined, over the topic's keys and
+//! `<ns>:{__map/<name>}:map` (the state) and `...:map-limits`. One script call applies a
+//! batch of changes (`crate::map` coalesces the concurrent changes of a handle).
 
 use std::sync::LazyLock;
 
@@ -16,12 +17,20 @@ use crate::position::Position;
 /// `lua/map.lua` as written, before the publish procedure is inlined.
 const MAP_LUA: &str = include_str!("../lua/map.lua");
 
+/// The publish procedure's read of `INFO server`; inlined, it reads map.lua's copy instead
+/// (one `INFO` per call, however many appends).
+const PUBLISH_INFO: &str = "redis.call('INFO', 'server')";
+
+/// Most changes in one script call (`ARGV[9]` of map protocol 2).
+pub(crate) const MAX_CHANGES: usize = 1000;
+
 /// The map script as installed: `lua/map.lua` with `lua/publish.lua` inlined as the local
-/// function `publish(KEYS, ARGV)`.
+/// function `publish(KEYS, ARGV)`, its `INFO server` read replaced by map.lua's
+/// `server_info()`.
 pub(crate) fn map_script() -> String {
     let publish = format!(
         "local function publish(KEYS, ARGV)\n{}\nend\n",
-        super::PUBLISH_SCRIPT
+        super::PUBLISH_SCRIPT.replacen(PUBLISH_INFO, "server_info()", 1)
     );
     MAP_LUA.replacen("--@PUBLISH@\n", &publish, 1)
 }
@@ -63,12 +72,14 @@ impl RedisBroker {
         ]
     }
 
-    pub(crate) async fn map_change(
+    /// Applies `changes` (at most [`MAX_CHANGES`]) to the map whose topic is `topic`, in
+    /// order, in one script call; one outcome per change.
+    pub(crate) async fn map_changes(
         &self,
         topic: &str,
         node: &str,
-        change: &Change<'_>,
-    ) -> Result<Outcome> {
+        changes: &[Change],
+    ) -> Result<Vec<Result<Outcome>>> {
         let keys = &self.inner.keys;
         let [state, limits] = self.map_keys(topic);
         let key_names = [
@@ -83,34 +94,48 @@ impl RedisBroker {
         ];
         let channel = keys.live(topic);
         let d = self.inner.opts.defaults;
-        let expect = match change.expect {
-            None => String::new(),
-            Some(Expect::Absent) => "absent".to_string(),
-            Some(Expect::Revision(r)) => r.to_string(),
-        };
-        let op = if change.value.is_some() { "PUT" } else { "DEL" };
-        let value = change.value.unwrap_or_default();
+        let expects: Vec<String> = changes
+            .iter()
+            .map(|c| match c.expect {
+                None => String::new(),
+                Some(Expect::Absent) => "absent".to_string(),
+                Some(Expect::Revision(r)) => r.to_string(),
+            })
+            .collect();
         let reply: Value = self
             .retry_write("map change", topic, None, |mut conn| {
                 let mut inv = MAP.prepare_invoke();
                 for k in &key_names {
                     inv.key(k);
                 }
-                inv.arg("1").arg(&channel).arg(node);
+                inv.arg("2").arg(&channel).arg(node);
                 inv.arg(d.max_len)
                     .arg(d.max_age_ms)
                     .arg(d.dedup_window_ms)
                     .arg(d.max_size);
-                inv.arg(self.inner.notify);
-                inv.arg(op)
-                    .arg(change.key)
-                    .arg(value)
-                    .arg(&expect)
-                    .arg(&change.idem);
+                inv.arg(self.inner.notify).arg(changes.len());
+                for (c, expect) in changes.iter().zip(&expects) {
+                    let op = if c.value.is_some() { "PUT" } else { "DEL" };
+                    inv.arg(op)
+                        .arg(&c.key)
+                        .arg(c.value.as_deref().unwrap_or_default())
+                        .arg(expect)
+                        .arg(&c.idem);
+                }
                 Box::pin(async move { inv.invoke_async(&mut conn).await })
             })
             .await?;
-        parse_change_reply(topic, &reply)
+        let bad = || corrupt(topic, format!("unexpected map reply {reply:?}"));
+        let Value::Array(items) = &reply else {
+            return Err(bad());
+        };
+        if items.len() != changes.len() {
+            return Err(bad());
+        }
+        items
+            .iter()
+            .map(|item| parse_change_reply(topic, item))
+            .collect()
     }
 
     pub(crate) async fn map_get(&self, topic: &str, key: &str) -> Result<Option<Versioned>> {
@@ -191,9 +216,10 @@ impl RedisBroker {
     }
 }
 
-/// Parses `{"ok", epoch, offset, dup}`, `{"conflict", rev}`, `{"absent"}` or
-/// `{"limit", what, size, max}`.
-fn parse_change_reply(topic: &str, reply: &Value) -> Result<Outcome> {
+/// Parses one change's reply: `{"ok", epoch, offset, dup}`, `{"conflict", rev}`, `{"absent"}`,
+/// `{"limit", what, size, max}` or `{"too_large", size, max}` (the inner result: that change's
+/// own error).
+fn parse_change_reply(topic: &str, reply: &Value) -> Result<Result<Outcome>> {
     let bad = || corrupt(topic, format!("unexpected map reply {reply:?}"));
     let Value::Array(items) = reply else {
         return Err(bad());
@@ -201,23 +227,28 @@ fn parse_change_reply(topic: &str, reply: &Value) -> Result<Outcome> {
     let word = items.first().and_then(as_bytes).ok_or_else(bad)?;
     let num = |i: usize| items.get(i).and_then(as_u64).ok_or_else(bad);
     match word {
-        b"ok" => Ok(Outcome::Applied(Position::new(num(1)?, num(2)?))),
+        b"ok" => Ok(Ok(Outcome::Applied(Position::new(num(1)?, num(2)?)))),
         b"conflict" => {
             let rev = items.get(1).and_then(as_bytes).ok_or_else(bad)?;
-            Ok(Outcome::Conflict(if rev.is_empty() {
+            Ok(Ok(Outcome::Conflict(if rev.is_empty() {
                 None
             } else {
                 Some(parse_rev(rev).ok_or_else(bad)?)
-            }))
+            })))
         }
-        b"absent" => Ok(Outcome::Absent),
+        b"absent" => Ok(Ok(Outcome::Absent)),
+        b"too_large" => Ok(Err(Error::MessageTooLarge {
+            topic: topic.to_string(),
+            size: usize::try_from(num(1)?).map_err(|_| bad())?,
+            limit: usize::try_from(num(2)?).map_err(|_| bad())?,
+        })),
         b"limit" => {
             let what = match items.get(1).and_then(as_bytes) {
                 Some(b"keys") => "keys",
                 Some(b"value") => "value",
                 _ => return Err(bad()),
             };
-            Ok(Outcome::Limit(what, num(2)?, num(3)?))
+            Ok(Ok(Outcome::Limit(what, num(2)?, num(3)?)))
         }
         _ => Err(bad()),
     }
@@ -245,7 +276,7 @@ mod tests {
             Value::Int(0),
         ]);
         assert_eq!(
-            parse_change_reply("t", &ok).ok(),
+            parse_change_reply("t", &ok).ok().and_then(Result::ok),
             Some(Outcome::Applied(Position::new(7, 3)))
         );
         let conflict = Value::Array(vec![
@@ -253,9 +284,26 @@ mod tests {
             Value::BulkString(b"".to_vec()),
         ]);
         assert_eq!(
-            parse_change_reply("t", &conflict).ok(),
+            parse_change_reply("t", &conflict).ok().and_then(Result::ok),
             Some(Outcome::Conflict(None))
         );
-        assert!(map_script().contains("local function publish(KEYS, ARGV)"));
+        let too_large = Value::Array(vec![
+            Value::BulkString(b"too_large".to_vec()),
+            Value::Int(2000),
+            Value::Int(1000),
+        ]);
+        assert!(matches!(
+            parse_change_reply("t", &too_large),
+            Ok(Err(Error::MessageTooLarge {
+                size: 2000,
+                limit: 1000,
+                ..
+            }))
+        ));
+        let script = map_script();
+        assert!(script.contains("local function publish(KEYS, ARGV)"));
+        // The inlined publish reads map.lua's INFO: one per call.
+        assert!(super::super::PUBLISH_SCRIPT.contains(PUBLISH_INFO));
+        assert_eq!(script.matches("redis.call('INFO'").count(), 1);
     }
 }
