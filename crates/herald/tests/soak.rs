@@ -787,8 +787,7 @@ async fn soak() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (work, work_restarts, work_errors, work_wait, work_notes) =
-        finish_work_group(work, &acked, &retained, port).await;
+    let (work, work_wait) = finish_work_group(work, &acked, &retained, port).await;
     for c in &controls {
         c.send_modify(|c| c.stop = true);
     }
@@ -858,11 +857,13 @@ async fn soak() {
     }
     let _ = write!(table, "{}", report.table());
     let _ = write!(table, "{}", work.table());
-    let _ = write!(table, "{work_notes}");
+    let _ = write!(table, "{}", work_wait.notes);
     let _ = writeln!(
         table,
-        "work members restarted {work_restarts}, stream/start errors {work_errors}; the group finished {:.1} s after the subscribers caught up",
-        work_wait.as_secs_f64()
+        "work members restarted {}, stream/start errors {}; the group finished {:.1} s after the subscribers caught up",
+        work_wait.restarts,
+        work_wait.errors,
+        work_wait.waited.as_secs_f64()
     );
     let _ = writeln!(table, "violations: {}", report.violations());
     let _ = write!(table, "{}", map_report.table());
@@ -895,6 +896,10 @@ async fn soak() {
         work.violations(),
         0,
         "the work-group checker found violations; replay with {banner}"
+    );
+    assert_eq!(
+        work_wait.held, 0,
+        "jobs whose ack call failed were never finished by the group; replay with {banner}"
     );
     let resets: u64 = report.subscribers.iter().map(|s| s.resets).sum();
     assert_eq!(
@@ -1281,6 +1286,23 @@ fn unfinished(published: &[Published], acks: &[WorkAck], floor: u64) -> Vec<u64>
     owed.difference(&covered).copied().collect()
 }
 
+/// The owed offsets never `Acked` whose ack call failed (unconfirmed) that the group still
+/// holds a job record for in Redis: that call was not applied, the job is not finished.
+fn held_unconfirmed(port: u16, published: &[Published], acks: &[WorkAck], floor: u64) -> Vec<u64> {
+    let confirmed: Vec<WorkAck> = acks
+        .iter()
+        .filter(|a| !matches!(a.outcome, WorkOutcome::Failed(_)))
+        .cloned()
+        .collect();
+    let uncovered = unfinished(published, acks, floor);
+    let jobs = format!("herald:{{{TOPIC_A}}}:work:{WORK_GROUP}:jobs");
+    unfinished(published, &confirmed, floor)
+        .into_iter()
+        .filter(|o| !uncovered.contains(o))
+        .filter(|o| redis_cmd(port, &["HEXISTS", &jobs, &o.to_string()]) == Some(1))
+        .collect()
+}
+
 /// A Redis reply, for diagnostics.
 fn redis_show(port: u16, args: &[&str]) -> String {
     let query = || -> redis::RedisResult<redis::Value> {
@@ -1354,7 +1376,7 @@ async fn finish_work_group(
     acked: &Mutex<Vec<Published>>,
     retained: &[Retained],
     port: u16,
-) -> (WorkReport, u64, u64, Duration, String) {
+) -> (WorkReport, WorkWait) {
     use std::fmt::Write as _;
     let waited = Instant::now();
     wg.kills.store(false, Ordering::SeqCst);
@@ -1377,7 +1399,9 @@ async fn finish_work_group(
         if eager.is_none() && unfinished(&published, &acks, floor).is_empty() {
             eager = Some((waited.elapsed(), acks.len(), open.clone()));
         }
-        if open.is_empty() || Instant::now() >= deadline {
+        if open.is_empty() && held_unconfirmed(port, &published, &acks, floor).is_empty()
+            || Instant::now() >= deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1406,10 +1430,45 @@ async fn finish_work_group(
             &would[..would.len().min(12)],
             waited.as_secs_f64()
         );
+        for o in would.iter().take(8) {
+            let records: Vec<String> = acks
+                .iter()
+                .filter(|a| a.offset == *o)
+                .map(|a| format!("{} #{}: {:?}", a.member, a.attempt, a.outcome))
+                .collect();
+            let _ = writeln!(notes, "  offset {o}: {}", records.join("; "));
+        }
+    }
+    let held = held_unconfirmed(port, &published, &acks, floor);
+    let held_count = held.len();
+    if !held.is_empty() {
+        let _ = writeln!(
+            notes,
+            "work: unconfirmed offsets the group still holds (never finished): {held:?}"
+        );
     }
     let missing = unfinished(&published, &acks, floor);
-    if !missing.is_empty() {
+    if !missing.is_empty() || !held.is_empty() {
+        let missing: Vec<u64> = missing.into_iter().chain(held).collect();
         let _ = write!(notes, "{}", work_diagnostics(port, &missing, &acks));
     }
-    (report, restarts, errors, waited, notes)
+    let wait = WorkWait {
+        restarts,
+        errors,
+        waited,
+        held: held_count,
+        notes,
+    };
+    (report, wait)
+}
+
+/// How [`finish_work_group`] went.
+struct WorkWait {
+    restarts: u64,
+    /// Stream and start errors of the members.
+    errors: u64,
+    waited: Duration,
+    /// Unconfirmed offsets the group still held a job for at the end (never finished).
+    held: usize,
+    notes: String,
 }
