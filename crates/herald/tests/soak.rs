@@ -20,7 +20,7 @@
 
 use herald_testkit as support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -787,8 +787,7 @@ async fn soak() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (work, work_restarts, work_errors, work_wait) =
-        finish_work_group(work, &acked, &retained).await;
+    let (work, work_wait) = finish_work_group(work, &acked, &retained, port).await;
     for c in &controls {
         c.send_modify(|c| c.stop = true);
     }
@@ -858,10 +857,13 @@ async fn soak() {
     }
     let _ = write!(table, "{}", report.table());
     let _ = write!(table, "{}", work.table());
+    let _ = write!(table, "{}", work_wait.notes);
     let _ = writeln!(
         table,
-        "work members restarted {work_restarts}, stream/start errors {work_errors}; the group finished {:.1} s after the subscribers caught up",
-        work_wait.as_secs_f64()
+        "work members restarted {}, stream/start errors {}; the group finished {:.1} s after the subscribers caught up",
+        work_wait.restarts,
+        work_wait.errors,
+        work_wait.waited.as_secs_f64()
     );
     let _ = writeln!(table, "violations: {}", report.violations());
     let _ = write!(table, "{}", map_report.table());
@@ -894,6 +896,10 @@ async fn soak() {
         work.violations(),
         0,
         "the work-group checker found violations; replay with {banner}"
+    );
+    assert_eq!(
+        work_wait.held, 0,
+        "jobs whose ack call failed were never finished by the group; replay with {banner}"
     );
     let resets: u64 = report.subscribers.iter().map(|s| s.resets).sum();
     assert_eq!(
@@ -1196,9 +1202,34 @@ async fn work_member(
     }
 }
 
+/// The outcome recorded for a job whose outcome call has not returned yet: it may still
+/// end `Stale` or `Retry`, so the wait for the group ([`finish_work_group`]) does not count
+/// it as a call that may have acked (the checker, which sees a `Failed` outcome, does).
+const IN_FLIGHT: &str = "call in flight";
+
+fn in_flight(a: &WorkAck) -> bool {
+    matches!(&a.outcome, WorkOutcome::Failed(e) if e == IN_FLIGHT)
+}
+
+/// Marks the record `at` of a job whose handling was dropped (its member killed) mid-call as
+/// failed: the call may or may not have been applied, and will never return.
+struct Killed {
+    acks: Arc<Mutex<Vec<WorkAck>>>,
+    at: usize,
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if in_flight(&acks[self.at]) {
+            acks[self.at].outcome = WorkOutcome::Failed("killed during the call".into());
+        }
+    }
+}
+
 /// Reports one job's outcome (`roll` out of 100: under 4 naks it, 4 works past the lease
-/// first), recorded before the call as failed (unknown effect, should the member be killed
-/// meanwhile) and then as what the call returned.
+/// first), recorded before the call as in flight (then as failed, effect unknown, should the
+/// member be killed meanwhile) and then as what the call returned.
 async fn handle_job(job: herald::Job, member: String, roll: u64, acks: Arc<Mutex<Vec<WorkAck>>>) {
     use herald::Outcome;
     let record = WorkAck {
@@ -1209,12 +1240,16 @@ async fn handle_job(job: herald::Job, member: String, roll: u64, acks: Arc<Mutex
         group: WORK_GROUP.to_string(),
         member,
         attempt: job.attempt(),
-        outcome: WorkOutcome::Failed("killed during the call".into()),
+        outcome: WorkOutcome::Failed(IN_FLIGHT.into()),
     };
     let at = {
         let mut acks = acks.lock().unwrap();
         acks.push(record);
         acks.len() - 1
+    };
+    let _killed = Killed {
+        acks: acks.clone(),
+        at,
     };
     let outcome = if roll < 4 {
         job.nak(Duration::from_millis(50)).await
@@ -1234,26 +1269,141 @@ async fn handle_job(job: herald::Job, member: String, roll: u64, acks: Arc<Mutex
     };
 }
 
+/// The owed offsets of [`TOPIC_A`] (acknowledged publishes at or after `floor`) that `acks`
+/// neither acked nor may have acked (a failed call): what [`check_work`] counts as missing.
+fn unfinished(published: &[Published], acks: &[WorkAck], floor: u64) -> Vec<u64> {
+    let covered: BTreeSet<u64> = acks
+        .iter()
+        .filter(|a| a.topic == TOPIC_A && a.group == WORK_GROUP)
+        .filter(|a| matches!(a.outcome, WorkOutcome::Acked | WorkOutcome::Failed(_)))
+        .map(|a| a.offset)
+        .collect();
+    let owed: BTreeSet<u64> = published
+        .iter()
+        .filter(|p| p.topic == TOPIC_A && p.offset >= floor)
+        .map(|p| p.offset)
+        .collect();
+    owed.difference(&covered).copied().collect()
+}
+
+/// The owed offsets never `Acked` whose ack call failed (unconfirmed) that the group still
+/// holds a job record for in Redis: that call was not applied, the job is not finished.
+fn held_unconfirmed(port: u16, published: &[Published], acks: &[WorkAck], floor: u64) -> Vec<u64> {
+    let confirmed: Vec<WorkAck> = acks
+        .iter()
+        .filter(|a| !matches!(a.outcome, WorkOutcome::Failed(_)))
+        .cloned()
+        .collect();
+    let uncovered = unfinished(published, acks, floor);
+    let jobs = format!("herald:{{{TOPIC_A}}}:work:{WORK_GROUP}:jobs");
+    unfinished(published, &confirmed, floor)
+        .into_iter()
+        .filter(|o| !uncovered.contains(o))
+        .filter(|o| redis_cmd(port, &["HEXISTS", &jobs, &o.to_string()]) == Some(1))
+        .collect()
+}
+
+/// A Redis reply, for diagnostics.
+fn redis_show(port: u16, args: &[&str]) -> String {
+    let query = || -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut conn)
+    };
+    match query() {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// What the group's keys in Redis (PROTOCOL "Work groups") and the members' records say about
+/// the owed offsets `missing`.
+fn work_diagnostics(port: u16, missing: &[u64], acks: &[WorkAck]) -> String {
+    let key = |suffix: &str| format!("herald:{{{TOPIC_A}}}:work:{WORK_GROUP}{suffix}");
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "  missing offsets: {missing:?}");
+    let _ = writeln!(
+        out,
+        "  state {}; holders {}; {} jobs, {} due",
+        redis_show(port, &["HGETALL", &key("")]),
+        redis_show(port, &["ZRANGE", &key(":holders"), "0", "-1", "WITHSCORES"]),
+        redis_show(port, &["HLEN", &key(":jobs")]),
+        redis_show(port, &["ZCARD", &key(":due")]),
+    );
+    for o in missing.iter().take(20) {
+        let o = o.to_string();
+        let _ = writeln!(
+            out,
+            "  offset {o}: job {}, due {}, done {}",
+            redis_show(port, &["HGET", &key(":jobs"), &o]),
+            redis_show(port, &["ZSCORE", &key(":due"), &o]),
+            redis_show(
+                port,
+                &[
+                    "ZSCAN",
+                    &key(":done"),
+                    "0",
+                    "MATCH",
+                    &format!("{o}:*"),
+                    "COUNT",
+                    "100000"
+                ]
+            ),
+        );
+        for a in acks.iter().filter(|a| a.offset.to_string() == o) {
+            let _ = writeln!(
+                out,
+                "    {} attempt {} (epoch {}): {:?}",
+                a.member, a.attempt, a.epoch, a.outcome
+            );
+        }
+    }
+    out
+}
+
 /// Stops the kills, waits (bounded) until the group has acked every acknowledged publish of
-/// [`TOPIC_A`], stops the members and checks their outcomes.
+/// [`TOPIC_A`] (or failed a call that may have acked it: a call still in flight does not
+/// count, it may end `Stale` or `Retry`), stops the members and checks their outcomes.
+/// Also returns a few lines on the wait, and on the group's state in Redis when the check
+/// finds offsets missing.
 async fn finish_work_group(
     wg: WorkGroup,
     acked: &Mutex<Vec<Published>>,
     retained: &[Retained],
-) -> (WorkReport, u64, u64, Duration) {
+    port: u16,
+) -> (WorkReport, WorkWait) {
+    use std::fmt::Write as _;
     let waited = Instant::now();
     wg.kills.store(false, Ordering::SeqCst);
     let first = retained
         .iter()
         .find(|r| r.topic == TOPIC_A)
         .map_or(1, |r| r.first);
-    let check = || {
+    let floor = first.max(1);
+    let settled = |acks: &[WorkAck]| -> Vec<WorkAck> {
+        acks.iter().filter(|a| !in_flight(a)).cloned().collect()
+    };
+    // When a wait that counted calls in flight as possibly acked would have ended: after how
+    // long, the records then, and the owed offsets only calls in flight covered.
+    let mut eager: Option<(Duration, usize, Vec<u64>)> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
         let published = acked.lock().unwrap().clone();
         let acks = wg.acks.lock().unwrap().clone();
-        check_work(&published, &acks, TOPIC_A, WORK_GROUP, 1, first)
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while check().missing > 0 && Instant::now() < deadline {
+        let open = unfinished(&published, &settled(&acks), floor);
+        if eager.is_none() && unfinished(&published, &acks, floor).is_empty() {
+            eager = Some((waited.elapsed(), acks.len(), open.clone()));
+        }
+        if open.is_empty() && held_unconfirmed(port, &published, &acks, floor).is_empty()
+            || Instant::now() >= deadline
+        {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let waited = waited.elapsed();
@@ -1262,5 +1412,63 @@ async fn finish_work_group(
         .await
         .expect("the work group stops")
         .unwrap();
-    (check(), restarts, errors, waited)
+    let published = acked.lock().unwrap().clone();
+    let acks = wg.acks.lock().unwrap().clone();
+    let report = check_work(&published, &acks, TOPIC_A, WORK_GROUP, 1, first);
+    let mut notes = String::new();
+    if let Some((after, n, only)) = eager {
+        // What the check would have found had the members stopped then: the records of that
+        // moment, with the outcomes their calls returned.
+        let would = unfinished(&published, &acks[..n], floor);
+        let _ = writeln!(
+            notes,
+            "work wait: calls in flight alone covered {} owed offsets {:?} after {:.1} s ({} of them then not acked by those calls: {:?}); settled after {:.1} s",
+            only.len(),
+            &only[..only.len().min(12)],
+            after.as_secs_f64(),
+            would.len(),
+            &would[..would.len().min(12)],
+            waited.as_secs_f64()
+        );
+        for o in would.iter().take(8) {
+            let records: Vec<String> = acks
+                .iter()
+                .filter(|a| a.offset == *o)
+                .map(|a| format!("{} #{}: {:?}", a.member, a.attempt, a.outcome))
+                .collect();
+            let _ = writeln!(notes, "  offset {o}: {}", records.join("; "));
+        }
+    }
+    let held = held_unconfirmed(port, &published, &acks, floor);
+    let held_count = held.len();
+    if !held.is_empty() {
+        let _ = writeln!(
+            notes,
+            "work: unconfirmed offsets the group still holds (never finished): {held:?}"
+        );
+    }
+    let missing = unfinished(&published, &acks, floor);
+    if !missing.is_empty() || !held.is_empty() {
+        let missing: Vec<u64> = missing.into_iter().chain(held).collect();
+        let _ = write!(notes, "{}", work_diagnostics(port, &missing, &acks));
+    }
+    let wait = WorkWait {
+        restarts,
+        errors,
+        waited,
+        held: held_count,
+        notes,
+    };
+    (report, wait)
+}
+
+/// How [`finish_work_group`] went.
+struct WorkWait {
+    restarts: u64,
+    /// Stream and start errors of the members.
+    errors: u64,
+    waited: Duration,
+    /// Unconfirmed offsets the group still held a job for at the end (never finished).
+    held: usize,
+    notes: String,
 }

@@ -403,3 +403,105 @@ fn take_acks_claims_and_returns_the_messages_in_one_call() {
     let count: String = server.cmd(&["HGET", "herald:{raw3}:work:g", "acked"]);
     assert_eq!(count, "3");
 }
+
+/// A `TAKE` (protocol 1.2) whose reply is lost after Redis applied it (the proxy holds the
+/// replies, then cuts the connection): the member's retry carries the same ack, which the
+/// `done` set answers `ok` again, so the job's ack returns `Acked` and the group counts it
+/// once; the delivery the lost reply granted is never yielded (its attempt is spent) and comes
+/// back after its lease. No message is lost or acked twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_whose_reply_is_lost_after_its_ack_was_applied_acks_once() {
+    use support::proxy::{Direction, FaultProxy};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port).await;
+    let publisher = node(&server.url(), "pub").await;
+    publisher
+        .publish_batch("lostreply", ["m1", "m2", "m3"].map(Message::new))
+        .await
+        .unwrap();
+    let h = Herald::builder()
+        .redis(proxy.url())
+        .node_id("w")
+        .response_timeout(Duration::from_millis(500))
+        .operation_timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .unwrap();
+    let mut worker = h
+        .work("lostreply")
+        .group("g")
+        .concurrency(1)
+        .lease(Duration::from_secs(1))
+        .start()
+        .await
+        .unwrap();
+    async fn next_job(worker: &mut herald::Worker) -> herald::Job {
+        match tokio::time::timeout(Duration::from_secs(30), worker.next()).await {
+            Ok(Some(Ok(WorkEvent::Job(job)))) => job,
+            other => panic!("expected a job, got {other:?}"),
+        }
+    }
+    let first = next_job(&mut worker).await;
+    assert_eq!(
+        (first.position().offset, first.attempt()),
+        (1, 1),
+        "the first job"
+    );
+    // Replies stop; the ack goes in the next TAKE, which also claims the place it frees.
+    proxy.stall(Direction::Down);
+    let ack = tokio::spawn(first.ack());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let acked: Option<String> = server.cmd(&["HGET", "herald:{lostreply}:work:g", "acked"]);
+        if acked.as_deref() == Some("1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TAKE with the ack is applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Applied in one step with the ack: offset 2 was granted, in the reply now lost.
+    let granted: Option<String> = server.cmd(&["HGET", "herald:{lostreply}:work:g:jobs", "2"]);
+    assert!(
+        granted.as_deref().is_some_and(|r| r.contains("\"a\":1")),
+        "offset 2 granted by the lost reply: {granted:?}"
+    );
+    proxy.cut();
+    proxy.pass();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), ack)
+        .await
+        .expect("the ack returns")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Acked,
+        "the retried TAKE's ack is ok again"
+    );
+    // The rest: offset 2 only after its lease (its attempt 1 was in the lost reply), and 3.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let job = next_job(&mut worker).await;
+        seen.push((job.position().offset, job.attempt()));
+        assert_eq!(job.ack().await.unwrap(), Outcome::Acked);
+    }
+    seen.sort();
+    assert_eq!(seen[1].0, 3, "{seen:?}");
+    assert!(
+        seen[0].0 == 2 && seen[0].1 >= 2,
+        "offset 2 is delivered again with a later attempt: {seen:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = h.work_group("lostreply", "g").await.unwrap().unwrap();
+        if info.lag == 0 && info.in_flight.is_empty() {
+            assert_eq!((info.acked, info.next_offset), (3, 4), "{info:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group finishes: {info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.close().await.unwrap();
+}
