@@ -9,6 +9,8 @@ use herald_testkit as support;
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use herald::{Event, Herald, Message, SettingsChange, Start};
 use support::{messages, next_event, RedisServer};
 
@@ -18,7 +20,7 @@ const HERALD_ACL: &str = "resetkeys ~herald:* resetchannels &herald:* -@all \
     +evalsha +eval +script|load +multi +exec +hget +hmget +hset +hsetnx +hgetall +hlen +hkeys +info +xrange +xrevrange \
     +type +scan +ping +wait +subscribe +unsubscribe +ssubscribe +sunsubscribe \
     +publish +spublish +xadd +xtrim +xlen +exists +del +hdel +rename +pexpire +time \
-    +zadd +zrem +zscore +zrangebyscore \
+    +zadd +zrem +zscore +zrangebyscore +zrange +zremrangebyscore +sadd +smembers +hexists +hincrby \
     +cluster|slots +cluster|shards +readonly +asking +hello +role";
 
 #[test]
@@ -27,6 +29,13 @@ fn readme_shows_this_acl_line() {
     let rules = HERALD_ACL.split_whitespace().collect::<Vec<_>>().join(" ");
     let line = format!("ACL SETUSER herald on >PASSWORD {rules}");
     assert!(readme.contains(&line), "README lacks: {line}");
+}
+
+async fn next_job(w: &mut herald::Worker) -> herald::Job {
+    match tokio::time::timeout(support::EVENT_WAIT, w.next()).await {
+        Ok(Some(Ok(herald::WorkEvent::Job(j)))) => j,
+        other => panic!("expected a job, got {other:?}"),
+    }
 }
 
 async fn node(url: &str, id: &str, ns: &str) -> herald::Result<Herald> {
@@ -109,6 +118,69 @@ async fn herald_runs_with_least_privilege() {
     assert_eq!(a.member_groups().await.unwrap(), vec!["g".to_string()]);
     m.leave().await.unwrap();
     assert!(a.members("g").await.unwrap().is_empty());
+
+    // Work groups (their script: claims, leases, retries, the dead-letter topic) and the
+    // group state `herald groups` prints.
+    let mut w = a
+        .work("jobs")
+        .group("g")
+        .max_deliveries(2)
+        .start()
+        .await
+        .unwrap();
+    a.publish("jobs", "j1").await.unwrap();
+    let job = next_job(&mut w).await;
+    assert!(matches!(
+        job.nak(Duration::ZERO).await.unwrap(),
+        herald::Outcome::Retry { .. }
+    ));
+    let job = next_job(&mut w).await;
+    assert!(matches!(
+        job.fail("boom").await.unwrap(),
+        herald::Outcome::DeadLettered { .. }
+    ));
+    a.publish("jobs", "j2").await.unwrap();
+    assert_eq!(
+        next_job(&mut w).await.ack().await.unwrap(),
+        herald::Outcome::Acked
+    );
+    let groups = a.work_groups("jobs").await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].acked, groups[0].dead_lettered), (1, 1));
+    drop(w);
+
+    // Replicated maps: puts, compare-and-set, snapshot and a watch.
+    let map = a.map("config").unwrap();
+    let mut watch = b.map("config").unwrap().watch().await.unwrap();
+    let rev = map.put("k", "v1").await.unwrap();
+    let lost = map
+        .put_if("k", "v2", herald::Expect::Absent)
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, herald::Error::Conflict { .. }), "{lost}");
+    map.put_if("k", "v2", herald::Expect::Revision(rev))
+        .await
+        .unwrap();
+    let snap = map.snapshot().await.unwrap();
+    assert_eq!(
+        snap.entries.get("k").map(|e| e.value.as_ref()),
+        Some(&b"v2"[..])
+    );
+    let mut seen = 0;
+    for _ in 0..10 {
+        let e = tokio::time::timeout(support::EVENT_WAIT, watch.next())
+            .await
+            .expect("a map event")
+            .expect("the watch goes on")
+            .unwrap();
+        if let herald::MapEvent::Changed { value, .. } = e {
+            seen += 1;
+            if value.as_ref() == b"v2" {
+                break;
+            }
+        }
+    }
+    assert!(seen >= 1, "the watch saw the changes");
 
     // Outside the namespace, Redis refuses, and Herald says so (not a timeout).
     let other = node(&url, "o", "other").await.unwrap();
