@@ -9,7 +9,7 @@
 
 use herald_testkit as support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use herald::{Error, Event, Herald, Message, Start};
@@ -91,11 +91,25 @@ impl Group {
         self.nodes.iter_mut().find(|n| n.port == port).unwrap()
     }
 
-    /// Waits until every sentinel names a primary other than `old` that is a master.
+    /// The primary a majority of the sentinels name (a sentinel busy on a loaded machine may
+    /// answer late or not at all; the majority is what Sentinel itself goes by).
+    fn majority_primary(&self) -> Option<u16> {
+        let mut votes: BTreeMap<u16, usize> = BTreeMap::new();
+        for p in self.sentinels.iter().filter_map(|s| s.primary()) {
+            *votes.entry(p).or_default() += 1;
+        }
+        votes
+            .into_iter()
+            .find(|(_, n)| *n * 2 > self.sentinels.len())
+            .map(|(p, _)| p)
+    }
+
+    /// Waits until a majority of the sentinels name a primary other than `old` that is a
+    /// master.
     fn wait_new_primary(&self, old: u16) -> u16 {
         let mut found = 0;
-        wait_until("a new primary", Duration::from_secs(30), || {
-            match self.primary_port() {
+        wait_until("a new primary", Duration::from_secs(60), || {
+            match self.majority_primary() {
                 Some(p) if p != old => {
                     let role: redis::RedisResult<Vec<redis::Value>> =
                         redis::Client::open(format!("redis://127.0.0.1:{p}"))
