@@ -27,6 +27,7 @@ on_both_backends!(
     durable_cursor_resumes_after_last_commit,
     retention_by_length_becomes_a_gap,
     retention_by_age_trims_history,
+    retention_by_age_stops_at_the_first_entry_within_the_age,
     slow_subscriber_catches_up_without_loss,
     lost_log_becomes_a_reset,
     multi_topic_subscription_keeps_order_per_topic,
@@ -551,6 +552,46 @@ async fn retention_by_age_trims_history(b: Backend) {
         other => panic!("expected a gap, got {other:?}"),
     }
     assert_eq!(messages(&mut sub, 1).await, vec![(4, "new".to_string())]);
+}
+
+/// Ten expired entries go in one publish (more than the script's first reads of the log's
+/// head hold), and trimming stops at the oldest entry within the age, which is not the one
+/// just published: everything from it on stays.
+async fn retention_by_age_stops_at_the_first_entry_within_the_age(b: Backend) {
+    let node = b.node("n").await;
+    let mut change = SettingsChange::default();
+    change.max_age_ms = Some(2000);
+    node.configure("aged2", change).await.unwrap();
+    for i in 1..=10 {
+        node.publish("aged2", format!("old{i}")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mid: Vec<Message> = (1..=3).map(|i| Message::new(format!("mid{i}"))).collect();
+    node.publish_batch("aged2", mid).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    node.publish("aged2", "new").await.unwrap();
+    let info = node.inspect("aged2").await.unwrap();
+    assert_eq!(
+        (info.first_offset, info.last_offset, info.length),
+        (11, 14, 4)
+    );
+    let mut sub = node
+        .subscribe(["aged2"])
+        .from(Start::Offset(1))
+        .await
+        .unwrap();
+    match next_event(&mut sub).await {
+        Event::Gap {
+            from, to, reason, ..
+        } => assert_eq!((from, to, reason), (1, 10, GapReason::Retention)),
+        other => panic!("expected a gap, got {other:?}"),
+    }
+    let expected: Vec<(u64, String)> = ["mid1", "mid2", "mid3", "new"]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (11 + i as u64, m.to_string()))
+        .collect();
+    assert_eq!(messages(&mut sub, 4).await, expected);
 }
 
 async fn slow_subscriber_catches_up_without_loss(b: Backend) {

@@ -452,24 +452,31 @@ if count > 0 then
       redis.call('XTRIM', log, 'MINID', boundary[1][1])
     end
   end
-  -- By age: drop whole entries older than max_age, a bounded amount of work per publish.
+  -- By age: drop the oldest entries while they are older than max_age, at most 1024 per
+  -- publish. They are read from the oldest on, one entry first and then twice as many per
+  -- read (up to 128): a log whose oldest entry has not expired costs a read of that entry only
+  -- (entries are whole publish groups, up to 1000 messages each), and one XTRIM ends it.
   if max_age > 0 then
     local cutoff = now - max_age
-    for _ = 1, 8 do
-      local head = redis.call('XRANGE', log, '-', '+', 'COUNT', 128)
-      local keep = nil
+    local budget, size, from = 1024, 1, '-'
+    local keep, past = nil, nil -- the first entry to keep; the last expired one read
+    while budget > 0 do
+      local want = math.min(size, budget)
+      local head = redis.call('XRANGE', log, from, '+', 'COUNT', want)
       for _, e in ipairs(head) do
         if tonumber(e[2][4]) and tonumber(e[2][4]) >= cutoff then keep = e[1]; break end
+        past = e[1]
       end
-      if keep then
-        redis.call('XTRIM', log, 'MINID', keep)
-        break
-      elseif #head > 0 then
-        local o = tonumber(string.match(head[#head][1], '^(%d+)'))
-        redis.call('XTRIM', log, 'MINID', string.format('%d', o + 1) .. '-0')
-      else
-        break
-      end
+      if keep or #head < want then break end
+      budget = budget - want
+      from = '(' .. past
+      size = math.min(2 * size, 128)
+    end
+    if keep then
+      if past then redis.call('XTRIM', log, 'MINID', keep) end
+    elseif past then
+      local o = tonumber(string.match(past, '^(%d+)'))
+      redis.call('XTRIM', log, 'MINID', string.format('%d', o + 1) .. '-0')
     end
   end
 
