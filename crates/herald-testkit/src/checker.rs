@@ -155,6 +155,33 @@ pub struct History {
 }
 
 impl History {
+    /// The last position this history reached on `topic` (a message, or the end of a gap).
+    pub fn reached(&self, topic: &str) -> Option<(Epoch, u64)> {
+        self.topics
+            .get(topic)?
+            .iter()
+            .rev()
+            .find_map(Record::commit_position)
+    }
+
+    /// What this history still lacks of `heads` (`(topic, epoch, last offset)` as the topics
+    /// stand now), one line per topic; empty when it has caught up. A topic with no log is owed
+    /// nothing.
+    pub fn behind<T: AsRef<str>>(&self, heads: &[(T, Option<Epoch>, u64)]) -> Vec<String> {
+        heads
+            .iter()
+            .filter(|(t, epoch, last)| match (epoch, self.reached(t.as_ref())) {
+                (None, _) => false,
+                (Some(e), Some((re, ro))) => re != *e || ro < *last,
+                (Some(_), None) => true,
+            })
+            .map(|(t, _, last)| {
+                let t = t.as_ref();
+                format!("{} on {t} (head {last}): {:?}", self.name, self.reached(t))
+            })
+            .collect()
+    }
+
     pub fn new(name: impl Into<String>) -> Self {
         History {
             name: name.into(),

@@ -516,15 +516,6 @@ fn redis_cmd(port: u16, args: &[&str]) -> Option<i64> {
     c.query(&mut conn).ok()
 }
 
-/// The last position (epoch, offset) a subscriber's history reached on `topic`.
-fn reached(h: &History, topic: &str) -> Option<(u64, u64)> {
-    h.topics.get(topic)?.iter().rev().find_map(|r| match r {
-        Record::Message { epoch, offset, .. } => Some((*epoch, *offset)),
-        Record::Gap { epoch, to, .. } | Record::LostGap { epoch, to, .. } => Some((*epoch, *to)),
-        _ => None,
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak() {
     let _ = tracing_subscriber::fmt()
@@ -763,20 +754,7 @@ async fn soak() {
     loop {
         let behind: Vec<String> = histories
             .iter()
-            .flat_map(|h| {
-                let h = h.lock().unwrap();
-                heads
-                    .iter()
-                    .filter(|(t, epoch, last)| match (epoch, reached(&h, t)) {
-                        (None, _) => false,
-                        (Some(e), Some((re, ro))) => re != *e || ro < *last,
-                        (Some(_), None) => true,
-                    })
-                    .map(|(t, _, last)| {
-                        format!("{} on {t} (head {last}): {:?}", h.name, reached(&h, t))
-                    })
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|h| h.lock().unwrap().behind(&heads))
             .collect();
         if behind.is_empty() {
             break;
