@@ -115,16 +115,21 @@ impl Backend {
 
     /// A node (a handle with its own connections) on this backend.
     pub async fn node(&self, id: &str) -> Herald {
+        self.builder(id)
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect node {id}: {e}"))
+    }
+
+    /// The builder [`Backend::node`] connects, for a test that changes a setting first.
+    pub fn builder(&self, id: &str) -> herald::HeraldBuilder {
         let b = Herald::builder()
             .node_id(id)
             .poll_interval(Duration::from_millis(200));
-        let b = match self {
+        match self {
             Backend::Embedded(broker) => b.embedded(broker.clone()),
             Backend::Redis(server) => b.redis(server.url()),
-        };
-        b.connect()
-            .await
-            .unwrap_or_else(|e| panic!("connect node {id}: {e}"))
+        }
     }
 
     /// Makes the next publish on `topic` come from "another server" that holds the whole log

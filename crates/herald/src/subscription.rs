@@ -555,21 +555,22 @@ impl Engine {
             if !t.behind || t.busy {
                 continue;
             }
-            let suspect = t.retry_at.is_some();
-            if t.readahead.is_none() {
-                if t.retry_at.is_some_and(|at| at > now) || self.reads >= CATCH_UP_READS {
-                    continue;
+            if t.readahead.is_some() {
+                if self.tx.capacity() < self.room() {
+                    return true;
                 }
-                if suspect && self.suspect_reads >= CATCH_UP_READS / 2 {
-                    continue;
+                if let Some(r) = self.topics[i].readahead.take() {
+                    self.deliver_readahead(i, r);
                 }
             }
-            if self.tx.capacity() < self.room() {
-                return true;
-            }
-            match self.topics[i].readahead.take() {
-                Some(r) => self.deliver_readahead(i, r),
-                None => self.start_read(i, suspect),
+            // A topic whose read-ahead is used up (or that had none) reads its next chunk in
+            // the same round: nothing else would wake the loop for it before the next tick.
+            if self.may_read(i, now) {
+                if self.tx.capacity() < self.room() {
+                    return true;
+                }
+                let suspect = self.topics[i].retry_at.is_some();
+                self.start_read(i, suspect);
             }
         }
         // What was read ahead and not handed over waits for room in the consumer's channel:
@@ -582,6 +583,20 @@ impl Engine {
         }
         self.idle = !any_behind;
         waits
+    }
+
+    /// Whether topic `i` may start a history read now: it is behind, has nothing read ahead
+    /// or in flight, is not waiting out a failure, and the bound on reads in flight (and on
+    /// those of topics whose last read failed) leaves room.
+    fn may_read(&self, i: usize, now: Instant) -> bool {
+        let t = &self.topics[i];
+        if !t.behind || t.busy || t.readahead.is_some() || self.reads >= CATCH_UP_READS {
+            return false;
+        }
+        match t.retry_at {
+            Some(at) => at <= now && self.suspect_reads < CATCH_UP_READS / 2,
+            None => true,
+        }
     }
 
     /// When the earliest topic waiting out a failure may be read again.

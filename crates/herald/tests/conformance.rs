@@ -29,6 +29,7 @@ on_both_backends!(
     retention_by_age_trims_history,
     retention_by_age_stops_at_the_first_entry_within_the_age,
     slow_subscriber_catches_up_without_loss,
+    catching_up_does_not_wait_for_the_safety_poll,
     lost_log_becomes_a_reset,
     multi_topic_subscription_keeps_order_per_topic,
     headers_and_binary_payloads_round_trip,
@@ -627,6 +628,44 @@ async fn slow_subscriber_catches_up_without_loss(b: Backend) {
     assert_eq!(seen, n);
     assert_eq!(
         maybe_event(&mut slow, Duration::from_millis(300)).await,
+        None
+    );
+}
+
+/// A subscriber far behind reads history chunk after chunk as its consumer frees room: each
+/// next read starts when the previous chunk is handed over, not at the safety poll (set to an
+/// hour here, so a catch-up that waited for it would never finish).
+async fn catching_up_does_not_wait_for_the_safety_poll(b: Backend) {
+    let publisher = b.node("p").await;
+    // Batches of 10: more entries than a first read takes on Redis (it guesses 8 messages
+    // per entry and reads 128 entries), so that catching up needs several reads there too.
+    let n = 3000u64;
+    for chunk in 0..(n / 10) {
+        let batch: Vec<Message> = (1..=10)
+            .map(|i| Message::new(format!("m{}", chunk * 10 + i)))
+            .collect();
+        publisher.publish_batch("far-behind", batch).await.unwrap();
+    }
+    let node = b
+        .builder("n")
+        .poll_interval(Duration::from_secs(3600))
+        .connect()
+        .await
+        .unwrap();
+    let mut sub = node
+        .subscribe(["far-behind"])
+        .from(Start::Earliest)
+        .buffer(64)
+        .await
+        .unwrap();
+    for expected in 1..=n {
+        match next_event(&mut sub).await {
+            Event::Message(d) => assert_eq!(d.position.offset, expected),
+            other => panic!("expected message {expected}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        maybe_event(&mut sub, Duration::from_millis(300)).await,
         None
     );
 }
