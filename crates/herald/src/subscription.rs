@@ -12,8 +12,10 @@
 //! [`Event::Reset`], so nothing is skipped silently.
 //!
 //! Memory is bounded by the consumer-facing channel (`buffer` events): when it is full, live
-//! notifications for that topic are dropped and the topic is marked *behind*; it catches up
-//! from history, one channel-full at a time, as the consumer frees room.
+//! notifications wait in a *backlog* of at most `buffer` more events (all topics together),
+//! handed over in order as the consumer frees room, so that a burst does not cost a history
+//! read. Past that bound (or on anything the backlog cannot continue exactly) the topic is
+//! marked *behind*; it catches up from history, one channel-full at a time.
 //!
 //! Topics are isolated from each other's trouble: history reads and head checks run
 //! concurrently with the task's loop (at most one per topic, a bounded number at once), their
@@ -37,7 +39,7 @@ use crate::broker::{Broker, LiveEvent, LiveFeed, ReadResult, Slot};
 use crate::cursor::CursorCommit;
 use crate::envelope::Notification;
 use crate::error::{at_least, Error, ErrorKind, Result};
-use crate::message::Delivery;
+use crate::message::{Delivery, Entry};
 use crate::position::{Epoch, Position};
 use crate::retry::Backoff;
 use crate::topic::{validate_cursor, validate_topic};
@@ -283,6 +285,7 @@ impl SubscribeBuilder {
             ops: FuturesUnordered::new(),
             reads: 0,
             suspect_reads: 0,
+            backlog: 0,
         };
         let task = tokio::spawn(engine.run(Some(feed)));
         Ok(Subscription {
@@ -399,9 +402,13 @@ struct TopicState {
     backoff: Backoff,
 }
 
-/// A chunk of history being delivered.
+/// A chunk of history being delivered, or a backlog of live entries (`live`) that did not fit
+/// in the consumer's channel.
 #[derive(Debug)]
 struct Readahead {
+    /// Entries from live notifications, contiguous from the topic's `next`: when they are all
+    /// handed over and the topic is not behind, it is current.
+    live: bool,
     epoch: Epoch,
     first: u64,
     last: u64,
@@ -442,6 +449,8 @@ struct Engine {
     /// Catch-up reads in flight, and how many of them are for topics whose last read failed.
     reads: usize,
     suspect_reads: usize,
+    /// Entries waiting in live backlogs, all topics together (at most the channel's size).
+    backlog: usize,
 }
 
 /// Most catch-up reads in flight at once (each up to `chunk` entries). At most half of them
@@ -552,7 +561,10 @@ impl Engine {
         for k in 0..n {
             let i = (start + k) % n;
             let t = &self.topics[i];
-            if !t.behind || t.busy {
+            // A live backlog is handed over even while a head check is out (whose outcome
+            // is ignored once the topic moved on); a chunk of history is not read twice.
+            let live = t.readahead.as_ref().is_some_and(|r| r.live);
+            if !(t.behind || live) || (t.busy && !live) {
                 continue;
             }
             if t.readahead.is_some() {
@@ -578,8 +590,9 @@ impl Engine {
         let mut any_behind = false;
         let mut waits = false;
         for t in &self.topics {
-            any_behind |= t.behind;
-            waits |= t.behind && !t.busy && t.readahead.is_some();
+            let live = t.readahead.as_ref().is_some_and(|r| r.live);
+            any_behind |= t.behind || live;
+            waits |= live || (t.behind && !t.busy && t.readahead.is_some());
         }
         self.idle = !any_behind;
         waits
@@ -687,7 +700,12 @@ impl Engine {
                     }
                     if let Some(epoch) = head.epoch {
                         let went_back = t.vouched && head.last + 1 < t.next;
-                        if t.epoch != Some(epoch) || head.last >= t.next || went_back {
+                        // What the live backlog holds is not missing.
+                        let known = match &t.readahead {
+                            Some(r) if r.live => r.last + 1,
+                            _ => t.next,
+                        };
+                        if t.epoch != Some(epoch) || head.last >= known || went_back {
                             t.behind = true;
                         }
                     }
@@ -777,19 +795,25 @@ impl Engine {
             LiveEvent::Notification(n) => {
                 let i = self.index.get(n.topic.as_str()).copied();
                 self.on_notification(n);
-                return i.is_none_or(|i| !self.topics[i].behind);
+                return i
+                    .is_none_or(|i| !self.topics[i].behind && self.topics[i].readahead.is_none());
             }
         }
         false
     }
 
-    /// Delivers a notification's entries when they continue the topic exactly; anything else
-    /// (a skip ahead, another epoch, a full channel) sends the topic to history.
+    /// Delivers a notification's entries when they continue the topic exactly (what does not
+    /// fit in the consumer's channel waits in the live backlog); anything else (a skip ahead,
+    /// another epoch, a full backlog) sends the topic to history.
     fn on_notification(&mut self, n: Notification) {
         let Some(i) = self.index.get(n.topic.as_str()).copied() else {
             return;
         };
         if self.topics[i].behind {
+            return;
+        }
+        if self.topics[i].readahead.is_some() {
+            self.extend_backlog(i, n.epoch, n.entries);
             return;
         }
         if self.topics[i].epoch != Some(n.epoch) {
@@ -807,7 +831,8 @@ impl Engine {
             }
             self.topics[i].epoch = Some(n.epoch);
         }
-        for entry in n.entries {
+        let mut entries = n.entries.into_iter();
+        while let Some(entry) = entries.next() {
             let t = &self.topics[i];
             if entry.offset < t.next {
                 // Already delivered, unless history was rewritten there (checked via history).
@@ -821,6 +846,12 @@ impl Engine {
             }
             if entry.offset > t.next {
                 self.topics[i].behind = true;
+                return;
+            }
+            if self.tx.capacity() == 0 {
+                // No room (this task is the only sender, so room stays room): the rest waits.
+                let rest = std::iter::once(entry).chain(entries).collect();
+                self.start_backlog(i, n.epoch, rest);
                 return;
             }
             let anchor = key_hash(&entry.key);
@@ -840,6 +871,61 @@ impl Engine {
                 Sent::Closed => return,
             }
         }
+    }
+
+    /// How many more entries the live backlogs may hold.
+    fn backlog_room(&self) -> usize {
+        self.tx.max_capacity().saturating_sub(self.backlog)
+    }
+
+    /// Keeps `entries` of topic `i` (the first at its `next`) for when the consumer has room;
+    /// sends the topic to history instead if they do not fit in the backlog's bound or do not
+    /// follow each other exactly.
+    fn start_backlog(&mut self, i: usize, epoch: Epoch, entries: Vec<Entry>) {
+        let contiguous = entries.windows(2).all(|w| w[1].offset == w[0].offset + 1);
+        let Some(last) = entries.last().map(|e| e.offset) else {
+            return;
+        };
+        if !contiguous || entries.len() > self.backlog_room() {
+            self.topics[i].behind = true;
+            return;
+        }
+        self.backlog += entries.len();
+        self.topics[i].readahead = Some(Readahead {
+            live: true,
+            epoch,
+            first: 0,
+            last,
+            complete: false,
+            slots: entries.into_iter().map(Slot::Entry).collect(),
+            history: History::default(),
+        });
+    }
+
+    /// Appends a notification's entries to topic `i`'s live backlog when they continue it
+    /// exactly and fit; otherwise the topic goes behind (the backlog is still handed over,
+    /// then history is read from where it ends).
+    fn extend_backlog(&mut self, i: usize, epoch: Epoch, entries: Vec<Entry>) {
+        let room = self.backlog_room();
+        let Some(r) = self.topics[i].readahead.as_mut().filter(|r| r.live) else {
+            self.topics[i].behind = true;
+            return;
+        };
+        let fits = r.epoch == epoch
+            && entries.len() <= room
+            && entries
+                .iter()
+                .enumerate()
+                .all(|(k, e)| e.offset == r.last + 1 + k as u64);
+        if !fits {
+            self.topics[i].behind = true;
+            return;
+        }
+        self.backlog += entries.len();
+        if let Some(e) = entries.last() {
+            r.last = e.offset;
+        }
+        r.slots.extend(entries.into_iter().map(Slot::Entry));
     }
 
     /// Validates a chunk of topic `i`'s history, just read, against the topic's position and
@@ -893,6 +979,7 @@ impl Engine {
                     lost_from: succ.first,
                 };
                 if let Sent::Yes = self.send(reset) {
+                    self.drop_backlog(i);
                     let t = &mut self.topics[i];
                     t.epoch = Some(succ.epoch);
                     t.next = succ.first;
@@ -931,6 +1018,7 @@ impl Engine {
             return None;
         }
         Some(Readahead {
+            live: false,
             epoch: current,
             first: r.first,
             last: r.last,
@@ -997,7 +1085,20 @@ impl Engine {
     /// Delivers what the consumer has room for from a chunk of history, with `Gap` events for
     /// offsets it lacks; what does not fit is kept for the next round. Each offset is
     /// delivered under the epoch it belongs to.
-    fn deliver_readahead(&mut self, i: usize, mut r: Readahead) {
+    fn deliver_readahead(&mut self, i: usize, r: Readahead) {
+        let (live, before) = (r.live, r.slots.len());
+        self.deliver_chunk(i, r);
+        if live {
+            let after = self.topics[i]
+                .readahead
+                .as_ref()
+                .map_or(0, |r| r.slots.len());
+            self.backlog -= before.saturating_sub(after);
+        }
+    }
+
+    /// [`Engine::deliver_readahead`]'s work.
+    fn deliver_chunk(&mut self, i: usize, mut r: Readahead) {
         let name = self.topics[i].name.clone();
         while let Some(slot) = r.slots.pop_front() {
             let offset = slot.offset();
@@ -1097,8 +1198,17 @@ impl Engine {
         }
     }
 
+    /// Forgets topic `i`'s live backlog, if it has one, in the count of backlogged entries.
+    fn drop_backlog(&mut self, i: usize) {
+        if let Some(r) = self.topics[i].readahead.as_ref().filter(|r| r.live) {
+            self.backlog -= r.slots.len().min(self.backlog);
+            self.topics[i].readahead = None;
+        }
+    }
+
     /// Starts topic `i` over at offset 1, in `epoch` (after a `Reset`).
     fn restart(&mut self, i: usize, epoch: Epoch) {
+        self.drop_backlog(i);
         let t = &mut self.topics[i];
         t.epoch = Some(epoch);
         t.next = 1;
