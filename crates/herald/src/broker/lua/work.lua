@@ -34,10 +34,52 @@ local function fmt(n)
   return string.format('%d', n)
 end
 
-local function get(offset)
-  local raw = redis.call('HGET', jobs, offset)
+-- A string that goes into a job record as it is: no quote, backslash, control character or
+-- non-ASCII byte (anything else is left to cjson); `absent`: nil is fine too.
+local function plain(v, absent)
+  if v == nil then
+    return absent
+  end
+  return type(v) == 'string' and not string.find(v, '[%c"\\\128-\255]')
+end
+
+local function whole(v)
+  return type(v) == 'number' and v == math.floor(v) and v > -1e15 and v < 1e15
+end
+
+-- The JSON of a job record: for the usual records written here with the fields always in
+-- this order (no cjson), any other one by cjson; both are the same record to every reader.
+local function encode(r)
+  if plain(r.s) and plain(r.h) and plain(r.e, true) and plain(r.k, true) and whole(r.a)
+    and whole(r.d) and whole(r.t) then
+    local k = ''
+    if r.k then
+      k = ',"k":"' .. r.k .. '"'
+    end
+    return string.format('{"s":"%s","a":%d,"h":"%s","d":%d,"t":%d,"e":"%s"%s}', r.s, r.a, r.h,
+      r.d, r.t, r.e or '', k)
+  end
+  return cjson.encode(r)
+end
+
+-- A job record read back: the order `encode` writes is matched directly, any other JSON (a
+-- record with escapes, or one another member's cjson wrote) goes to cjson.
+local function decode(raw)
   if not raw then
     return nil
+  end
+  local s, a, h, d, tt, e, rest = string.match(raw,
+    '^{"s":"(%a+)","a":(%-?%d+),"h":"([^"\\]*)","d":(%-?%d+),"t":(%-?%d+),"e":"([^"\\]*)"(.*)$')
+  if s then
+    local r = {s = s, a = tonumber(a), h = h, d = tonumber(d), t = tonumber(tt), e = e}
+    if rest == '}' then
+      return r
+    end
+    local k = string.match(rest, '^,"k":"([^"\\]*)"}$')
+    if k then
+      r.k = k
+      return r
+    end
   end
   local ok, r = pcall(cjson.decode, raw)
   if ok and type(r) == 'table' and type(r.a) == 'number' then
@@ -46,9 +88,21 @@ local function get(offset)
   return nil
 end
 
+local function get(offset)
+  return decode(redis.call('HGET', jobs, offset))
+end
+
 local function put(offset, r, at)
-  redis.call('HSET', jobs, offset, cjson.encode(r))
+  redis.call('HSET', jobs, offset, encode(r))
   redis.call('ZADD', due, at, offset)
+end
+
+-- `redis.call(cmd, key, ...)` with the items of `list` as the rest, in calls of at most 1000
+-- items (Lua's unpack limit); nothing when `list` is empty.
+local function call_many(cmd, key, list)
+  for i = 1, #list, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(#list, i + 999)))
+  end
 end
 
 -- Removes a finished record; its order key passes to the lowest offset blocked on it.
@@ -59,8 +113,8 @@ local function drop(offset, r)
     local best, best_r = nil, nil
     local all = redis.call('HGETALL', jobs)
     for i = 1, #all, 2 do
-      local ok, b = pcall(cjson.decode, all[i + 1])
-      if ok and type(b) == 'table' and b.s == 'blocked' and b.k == r.k
+      local b = decode(all[i + 1])
+      if b and b.s == 'blocked' and b.k == r.k
         and (best == nil or tonumber(all[i]) < tonumber(best)) then
         best, best_r = all[i], b
       end
@@ -69,7 +123,7 @@ local function drop(offset, r)
       redis.call('HSET', keys, r.k, best)
       best_r.s = 'wait'
       best_r.d = now
-      redis.call('HSET', jobs, best, cjson.encode(best_r))
+      redis.call('HSET', jobs, best, encode(best_r))
       redis.call('ZADD', due, now, best)
     else
       redis.call('HDEL', keys, r.k)
@@ -82,8 +136,8 @@ local function release(holder, why)
   redis.call('ZREM', holders, holder)
   local all = redis.call('HGETALL', jobs)
   for i = 1, #all, 2 do
-    local ok, r = pcall(cjson.decode, all[i + 1])
-    if ok and type(r) == 'table' and r.h == holder and (r.s == 'run' or r.s == 'dead') then
+    local r = decode(all[i + 1])
+    if r and r.h == holder and (r.s == 'run' or r.s == 'dead') then
       r.h = ''
       if r.s == 'run' then
         r.e = why
@@ -153,9 +207,9 @@ local function claim(holder, n, lease, max, ttl, epoch, first, last, start, prev
     nkeys = #ARGV - keybase + 1
   end
   local count = 0
-  local function grant(offset, r, kind)
+  local function grant(offset, r, kind, attempt)
     out[#out + 1] = offset
-    out[#out + 1] = fmt(r.a)
+    out[#out + 1] = attempt or fmt(r.a)
     out[#out + 1] = kind
     out[#out + 1] = r.e or ''
     count = count + 1
@@ -198,6 +252,11 @@ local function claim(holder, n, lease, max, ttl, epoch, first, last, start, prev
       upto = math.min(last, from + nkeys - 1)
     end
   end
+  -- Fresh records without an order key are all the same: written together, one HSET and one
+  -- ZADD for all of them.
+  local fresh = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = ''}
+  local fresh_raw, fresh_d = encode(fresh), fmt(fresh.d)
+  local fresh_jobs, fresh_due = {}, {}
   while count < n and nxt <= upto do
     local o = fmt(nxt)
     local k = ''
@@ -205,55 +264,116 @@ local function claim(holder, n, lease, max, ttl, epoch, first, last, start, prev
       k = ARGV[keybase + nxt - from]
     end
     if k ~= '' and redis.call('HEXISTS', keys, k) == 1 then
-      redis.call('HSET', jobs, o, cjson.encode({s = 'blocked', a = 0, h = '', d = 0, t = now, e = '', k = k}))
-    else
-      local r = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = ''}
-      if k ~= '' then
-        r.k = k
-        redis.call('HSET', keys, k, o)
-      end
+      redis.call('HSET', jobs, o, encode({s = 'blocked', a = 0, h = '', d = 0, t = now, e = '', k = k}))
+    elseif k ~= '' then
+      local r = {s = 'run', a = 1, h = holder, d = now + lease, t = now, e = '', k = k}
+      redis.call('HSET', keys, k, o)
       put(o, r, r.d)
       grant(o, r, 'job')
+    else
+      fresh_jobs[#fresh_jobs + 1] = o
+      fresh_jobs[#fresh_jobs + 1] = fresh_raw
+      fresh_due[#fresh_due + 1] = fresh_d
+      fresh_due[#fresh_due + 1] = o
+      grant(o, fresh, 'job', '1')
     end
     nxt = nxt + 1
   end
+  call_many('HSET', jobs, fresh_jobs)
+  call_many('ZADD', due, fresh_due)
   redis.call('HSET', state, 'next', fmt(nxt))
   out[5] = fmt(nxt)
   return out
 end
 
 -- An ACK of `holder` in `epoch` for each of the `count` pairs (offset, attempt) from ARGV[at]
--- on: {'ok' | 'stale', ...}, each answered as that ACK alone would be.
+-- on: {'ok' | 'stale', ...}, each answered as that ACK alone would be, in order. The records
+-- are read, removed and added to `done` with one command each for all the pairs.
 local function ack_all(holder, epoch, at, count)
-  local current = redis.call('HGET', state, 'epoch') == epoch
-  local prev = redis.call('HGET', state, 'prev') == epoch
-  local boundary = tonumber(redis.call('HGET', state, 'boundary') or '0')
   local out = {}
-  local acked = 0
-  for i = at, at + 2 * count - 2, 2 do
-    local offset, a = ARGV[i], ARGV[i + 1]
-    local res = 'stale'
+  if count <= 0 then
+    return out
+  end
+  local st = redis.call('HMGET', state, 'epoch', 'prev', 'boundary')
+  local current = st[1] == epoch
+  local prev = st[2] == epoch
+  local boundary = tonumber(st[3] or '0')
+  local asked = {}
+  for i = 1, count do
+    out[i] = 'stale'
+    local offset = ARGV[at + 2 * i - 2]
     if current or (prev and tonumber(offset) < boundary) then
-      local tag = offset .. ':' .. holder .. ':' .. a
-      if redis.call('ZSCORE', done, tag) then
-        res = 'ok'
-      else
-        local r = get(offset)
-        if r and r.h == holder and r.a == tonumber(a) and r.s == 'run' then
-          if acked == 0 then
-            redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (now - DONE_KEEP_MS))
-          end
-          drop(offset, r)
-          redis.call('ZADD', done, now, tag)
-          acked = acked + 1
-          res = 'ok'
-        end
+      asked[#asked + 1] = i
+    end
+  end
+  if #asked == 0 then
+    return out
+  end
+  local raws = {}
+  for c = 1, #asked, 1000 do
+    local fields = {}
+    for j = c, math.min(#asked, c + 999) do
+      fields[#fields + 1] = ARGV[at + 2 * asked[j] - 2]
+    end
+    local got = redis.call('HMGET', jobs, unpack(fields))
+    if c == 1 then
+      raws = got
+    else
+      for j = 1, #fields do
+        raws[c + j - 1] = got[j]
       end
     end
-    out[#out + 1] = res
   end
-  if acked > 0 then
-    redis.call('HINCRBY', state, 'acked', acked)
+  -- What this call acks: `removed` offsets (plain records), `keyed` ones (hand their key on),
+  -- the `tags` for `done`, and each tag acked here (a pair given twice is answered 'ok' twice).
+  -- A record as `encode` writes it, without a backslash (so every quote in it is JSON's own),
+  -- is recognised by its start: `prefixes[attempt]`; any other goes through `decode`.
+  local removed, keyed, tags, acked_here, prefixes = {}, {}, {}, {}, {}
+  local when = fmt(now)
+  for j, i in ipairs(asked) do
+    local offset, a = ARGV[at + 2 * i - 2], ARGV[at + 2 * i - 1]
+    local raw = raws[j]
+    local mine, r = false, nil
+    if raw and not acked_here[offset] then
+      local p = prefixes[a]
+      if not p then
+        p = '{"s":"run","a":' .. a .. ',"h":"' .. holder .. '","d":'
+        prefixes[a] = p
+      end
+      if string.find(raw, p, 1, true) == 1 and not string.find(raw, '\\', 1, true) then
+        mine = true
+        if string.find(raw, ',"k":', 1, true) then
+          r = decode(raw)
+        end
+      else
+        r = decode(raw)
+        mine = r ~= nil and r.h == holder and r.a == tonumber(a) and r.s == 'run'
+      end
+    end
+    local tag = offset .. ':' .. holder .. ':' .. a
+    if mine then
+      acked_here[offset] = tag
+      if r and r.k and r.k ~= '' then
+        keyed[#keyed + 1] = {offset, r}
+      else
+        removed[#removed + 1] = offset
+      end
+      tags[#tags + 1] = when
+      tags[#tags + 1] = tag
+      out[i] = 'ok'
+    elseif acked_here[offset] == tag or redis.call('ZSCORE', done, tag) then
+      out[i] = 'ok'
+    end
+  end
+  if #tags > 0 then
+    redis.call('ZREMRANGEBYSCORE', done, '-inf', '(' .. (now - DONE_KEEP_MS))
+    call_many('HDEL', jobs, removed)
+    call_many('ZREM', due, removed)
+    for _, kr in ipairs(keyed) do
+      drop(kr[1], kr[2])
+    end
+    call_many('ZADD', done, tags)
+    redis.call('HINCRBY', state, 'acked', #tags / 2)
   end
   return out
 end
