@@ -564,7 +564,7 @@ impl Engine {
             // A live backlog is handed over even while a head check is out (whose outcome
             // is ignored once the topic moved on); a chunk of history is not read twice.
             let live = t.readahead.as_ref().is_some_and(|r| r.live);
-            if !(t.behind || live) || (t.busy && !live) {
+            if !(live || (t.behind && !t.busy)) {
                 continue;
             }
             if t.readahead.is_some() {
