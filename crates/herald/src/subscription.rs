@@ -402,6 +402,13 @@ struct TopicState {
     backoff: Backoff,
 }
 
+impl TopicState {
+    /// True when what is read ahead is a live backlog (not a chunk of history).
+    fn has_backlog(&self) -> bool {
+        self.readahead.as_ref().is_some_and(|r| r.live)
+    }
+}
+
 /// A chunk of history being delivered, or a backlog of live entries (`live`) that did not fit
 /// in the consumer's channel.
 #[derive(Debug)]
@@ -563,7 +570,7 @@ impl Engine {
             let t = &self.topics[i];
             // A live backlog is handed over even while a head check is out (whose outcome
             // is ignored once the topic moved on); a chunk of history is not read twice.
-            let live = t.readahead.as_ref().is_some_and(|r| r.live);
+            let live = t.has_backlog();
             if !(live || (t.behind && !t.busy)) {
                 continue;
             }
@@ -590,7 +597,7 @@ impl Engine {
         let mut any_behind = false;
         let mut waits = false;
         for t in &self.topics {
-            let live = t.readahead.as_ref().is_some_and(|r| r.live);
+            let live = t.has_backlog();
             any_behind |= t.behind || live;
             waits |= live || (t.behind && !t.busy && t.readahead.is_some());
         }
