@@ -25,8 +25,10 @@
 //! triggers the same check, since events may have been missed while it was down.
 //!
 //! The primary Herald follows is the one named by the sentinel with the highest
-//! `config-epoch`, and never one named under a lower epoch than the one in use: a sentinel
-//! that has not yet heard of a switch cannot send Herald back to the old primary.
+//! `config-epoch`, and never one named under an epoch no higher than the one in use: a
+//! sentinel that has not heard of a switch yet (it still names the replaced primary, under
+//! the epoch Herald already follows) cannot send Herald back to the old primary while that
+//! still answers as a master. An announced switch counts as newer than the primary in use.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -98,16 +100,21 @@ impl FenceState {
 
 impl Default for Fence {
     fn default() -> Self {
-        Fence {
-            closings: AtomicU64::new(0),
-            state: watch::Sender::new(FenceState::default()),
-            epoch: AtomicU64::new(0),
-            switches: watch::Sender::new(0),
-        }
+        Fence::at_epoch(0)
     }
 }
 
 impl Fence {
+    /// An open fence for a primary the sentinels name under `config-epoch` `epoch`.
+    pub(super) fn at_epoch(epoch: u64) -> Self {
+        Fence {
+            closings: AtomicU64::new(0),
+            state: watch::Sender::new(FenceState::default()),
+            epoch: AtomicU64::new(epoch),
+            switches: watch::Sender::new(0),
+        }
+    }
+
     /// How many times the fence closed so far.
     pub(super) fn closings(&self) -> u64 {
         self.closings.load(Ordering::SeqCst)
@@ -157,6 +164,28 @@ impl Fence {
 /// The error of a publish attempt held back by a failover (transient: retried).
 pub(super) fn failing_over() -> RedisError {
     timed_out("the primary is being replaced (Sentinel failover); retrying on the new primary")
+}
+
+/// Why Herald would move to another primary.
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    /// The sentinels announced a switch to it (`+promoted-slave`, `+switch-master`): newer
+    /// than the primary in use, whose `config-epoch` it exceeds.
+    Announced,
+    /// A sentinel names it under this `config-epoch`: followed only when that is higher
+    /// than the primary in use's (a sentinel that has not heard of a switch yet names the
+    /// replaced primary under the epoch Herald already follows).
+    Named(u64),
+}
+
+impl Claim {
+    /// Whether it names a primary newer than the one in use, named under `current`.
+    fn newer_than(self, current: u64) -> bool {
+        match self {
+            Claim::Announced => true,
+            Claim::Named(e) => e > current,
+        }
+    }
 }
 
 /// What a sentinel's subscription reports.
@@ -304,7 +333,7 @@ impl RedisBroker {
             // `slave <ip:port> <ip> <port> @ <name> ...`: the leader saw it become a master.
             "+promoted-slave" => {
                 if let Some(addr) = address(words.get(2), words.get(3)) {
-                    if self.switch_to(s, addr).await {
+                    if self.switch_to(s, addr, Claim::Announced).await {
                         fence.update(|f| {
                             f.failover = false;
                             f.odown = false;
@@ -315,7 +344,7 @@ impl RedisBroker {
             // `<name> <old-ip> <old-port> <new-ip> <new-port>`
             "+switch-master" => {
                 if let Some(addr) = address(words.get(3), words.get(4)) {
-                    if self.switch_to(s, addr).await {
+                    if self.switch_to(s, addr, Claim::Announced).await {
                         fence.update(|f| {
                             f.failover = false;
                             f.odown = false;
@@ -363,22 +392,32 @@ impl RedisBroker {
         let Some(best) = views.iter().max_by_key(|v| v.epoch) else {
             return;
         };
-        let fence = &self.inner.fence;
-        let current = fence.epoch.load(Ordering::SeqCst);
-        if best.epoch < current {
-            return; // no sentinel has heard of the primary in use yet: keep it
-        }
-        if self.switch_to(s, best.addr.clone()).await {
-            fence.epoch.fetch_max(best.epoch, Ordering::SeqCst);
-        }
+        self.switch_to(s, best.addr.clone(), Claim::Named(best.epoch))
+            .await;
     }
 
     /// Moves the command connection and the Pub/Sub client to the primary at `addr`, after
-    /// checking that it is a master; true when `addr` is (now) the primary in use.
-    async fn switch_to(&self, s: &SentinelTarget, addr: (String, u16)) -> bool {
+    /// checking that it is a master and that `claim` is newer than the primary in use; true
+    /// when `addr` is (now) the primary in use.
+    ///
+    /// The epoch check is made under the lock that serialises switches, so that a view read
+    /// before an announced switch cannot send Herald back to the replaced primary (which
+    /// still answers as a master until the sentinels demote it, and whose writes are then
+    /// discarded).
+    async fn switch_to(&self, s: &SentinelTarget, addr: (String, u16), claim: Claim) -> bool {
+        let epoch = &self.inner.fence.epoch;
         let mut primary = self.inner.primary.lock().await;
+        let current = epoch.load(Ordering::SeqCst);
         if primary.as_ref() == Some(&addr) {
+            if let Claim::Named(e) = claim {
+                epoch.fetch_max(e, Ordering::SeqCst);
+            }
             return true;
+        }
+        if !claim.newer_than(current) {
+            tracing::debug!(host = %addr.0, port = addr.1, ?claim, current,
+                "a sentinel names another primary under an epoch not newer than the one in use; keeping it");
+            return false;
         }
         let (host, port) = (addr.0.clone(), addr.1);
         let timeout = self.inner.opts.response_timeout;
@@ -405,9 +444,18 @@ impl RedisBroker {
                     super::Conn::Single(m);
                 *self.inner.client.write().unwrap_or_else(|p| p.into_inner()) = client;
                 *primary = Some(addr);
+                // The epoch under which the sentinels name it (a later answer from a
+                // sentinel that has not heard of the switch must not send Herald back): an
+                // announced switch is at least one past the replaced primary's, and the
+                // sentinels' views below raise it to the exact one.
+                epoch.fetch_max(
+                    match claim {
+                        Claim::Named(e) => e,
+                        Claim::Announced => current + 1,
+                    },
+                    Ordering::SeqCst,
+                );
                 self.inner.fence.switches.send_modify(|n| *n += 1);
-                // The epoch under which the sentinels name it (a later, lower answer from a
-                // sentinel that has not heard of the switch must not send Herald back).
                 drop(primary);
                 if let Ok(views) = s.views(timeout).await {
                     if let Some(e) = views
@@ -416,7 +464,7 @@ impl RedisBroker {
                         .map(|v| v.epoch)
                         .max()
                     {
-                        self.inner.fence.epoch.fetch_max(e, Ordering::SeqCst);
+                        epoch.fetch_max(e, Ordering::SeqCst);
                     }
                 }
                 true
@@ -458,6 +506,17 @@ mod tests {
             Some(("127.0.0.1".to_string(), 2))
         );
         assert_eq!(about("+try-failover", &words("sentinel x")), None);
+    }
+
+    #[test]
+    fn only_a_newer_epoch_moves_herald() {
+        // A sentinel that has not heard of the switch names the replaced primary under the
+        // epoch Herald follows already: following it would write to a primary about to be
+        // demoted, whose writes are then discarded.
+        assert!(!Claim::Named(3).newer_than(3));
+        assert!(!Claim::Named(2).newer_than(3));
+        assert!(Claim::Named(4).newer_than(3));
+        assert!(Claim::Announced.newer_than(3));
     }
 
     #[tokio::test]

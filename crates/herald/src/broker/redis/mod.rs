@@ -119,7 +119,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What [`RedisBroker::open`] sets up: the command connection, the client for Pub/Sub
 /// connections, and with Sentinel the primary's address.
-type Opened = (Conn, redis::Client, Option<(String, u16)>);
+type Opened = (Conn, redis::Client, Option<((String, u16), u64)>);
 
 impl RedisBroker {
     /// Connects, retrying with backoff until `connect_deadline`.
@@ -190,11 +190,11 @@ impl RedisBroker {
                 client: std::sync::RwLock::new(client),
                 conn: std::sync::RwLock::new(conn),
                 #[cfg(feature = "sentinel")]
-                primary: tokio::sync::Mutex::new(_primary),
+                primary: tokio::sync::Mutex::new(_primary.as_ref().map(|(a, _)| a.clone())),
                 #[cfg(feature = "sentinel")]
                 manager_config: config,
                 #[cfg(feature = "sentinel")]
-                fence: failover::Fence::default(),
+                fence: failover::Fence::at_epoch(_primary.map_or(0, |(_, e)| e)),
                 notify,
                 keys: KeySpace::new(&opts.namespace),
                 publish: publish::script(),
@@ -231,12 +231,12 @@ impl RedisBroker {
             }
             #[cfg(feature = "sentinel")]
             Target::Sentinel(s) => {
-                let (host, port) = s.primary(timeout).await?;
+                let ((host, port), epoch) = s.primary(timeout).await?;
                 let client = s.data_client(&host, port)?;
                 let m = client
                     .get_connection_manager_with_config(config.clone())
                     .await?;
-                Ok((Conn::Single(m), client, Some((host, port))))
+                Ok((Conn::Single(m), client, Some(((host, port), epoch))))
             }
             #[cfg(feature = "cluster")]
             Target::Cluster(c) => {

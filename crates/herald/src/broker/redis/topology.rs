@@ -297,16 +297,16 @@ mod sentinel {
             client(url, self.ca())
         }
 
-        /// Asks the sentinels for the current primary's address: the one named by the
-        /// sentinel with the highest `config-epoch` (a sentinel that has not heard of a
-        /// switch yet names the old primary under a lower epoch). The error is transient
-        /// (I/O) unless every sentinel answered that it does not know the name.
-        pub(crate) async fn primary(&self, timeout: Duration) -> RedisResult<(String, u16)> {
+        /// Asks the sentinels for the current primary's address and its `config-epoch`: the
+        /// one named by the sentinel with the highest epoch (a sentinel that has not heard
+        /// of a switch yet names the old primary under the old, lower epoch). The error is
+        /// transient (I/O) unless every sentinel answered that it does not know the name.
+        pub(crate) async fn primary(&self, timeout: Duration) -> RedisResult<((String, u16), u64)> {
             let views = self.views(timeout).await?;
             views
                 .into_iter()
                 .max_by_key(|v| v.epoch)
-                .map(|v| v.addr)
+                .map(|v| (v.addr, v.epoch))
                 .ok_or_else(|| RedisError::from((RedisKind::Io, "sentinel", "no answer".into())))
         }
 
