@@ -60,6 +60,15 @@ fn parse_entry(raw: Vec<u8>) -> Option<Versioned> {
     })
 }
 
+/// The first 8 bytes of `key` as a big-endian integer (zero-padded): when two keys' prefixes
+/// differ, they order as the keys do (equal prefixes need the whole keys compared).
+fn sort_prefix(key: &str) -> u64 {
+    let mut first = [0u8; 8];
+    let n = key.len().min(8);
+    first[..n].copy_from_slice(&key.as_bytes()[..n]);
+    u64::from_be_bytes(first)
+}
+
 fn parse_rev(raw: &[u8]) -> Option<Position> {
     std::str::from_utf8(raw).ok()?.parse().ok()
 }
@@ -162,7 +171,7 @@ impl RedisBroker {
 
     pub(crate) async fn map_snapshot(&self, topic: &str) -> Result<MapSnapshot> {
         let [state, _] = self.map_keys(topic);
-        let raw: Vec<(Vec<u8>, Vec<u8>)> = self
+        let raw: Value = self
             .retry("map snapshot", topic, |mut conn| {
                 let state = state.clone();
                 Box::pin(async move {
@@ -173,9 +182,24 @@ impl RedisBroker {
                 })
             })
             .await?;
+        // The reply's strings are moved out as they are (no copy, no intermediate pairs).
+        let items = match raw {
+            Value::Array(items) | Value::Set(items) => items,
+            Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            other => {
+                return Err(corrupt(
+                    topic,
+                    format!("unexpected HGETALL reply {other:?}"),
+                ))
+            }
+        };
         let mut revision = None;
-        let mut entries = Vec::with_capacity(raw.len());
-        for (field, value) in raw {
+        let mut entries = Vec::with_capacity(items.len() / 2);
+        let mut items = items.into_iter();
+        while let (Some(field), Some(value)) = (items.next(), items.next()) {
+            let (Value::BulkString(field), Value::BulkString(value)) = (field, value) else {
+                return Err(corrupt(topic, "a map field is not a string".into()));
+            };
             if field.is_empty() {
                 revision =
                     Some(parse_rev(&value).ok_or_else(|| {
@@ -187,11 +211,14 @@ impl RedisBroker {
                 .map_err(|_| corrupt(topic, "a map key is not UTF-8".into()))?;
             let entry = parse_entry(value)
                 .ok_or_else(|| corrupt(topic, format!("map key {key:?} has no revision")))?;
-            entries.push((key, entry));
+            entries.push((sort_prefix(&key), key, entry));
         }
-        // Built in one go (sorted, then bulk-loaded): faster than inserting in hash order.
+        // Built in one go (sorted, then bulk-loaded): faster than inserting in hash order. The
+        // keys are distinct, so an unstable sort does, and most comparisons are decided by the
+        // keys' first bytes as one integer; `collect` then finds them in order.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         Ok(MapSnapshot {
-            entries: entries.into_iter().collect(),
+            entries: entries.into_iter().map(|(_, k, v)| (k, v)).collect(),
             revision,
         })
     }
@@ -257,6 +284,31 @@ fn parse_change_reply(topic: &str, reply: &Value) -> Result<Result<Outcome>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sort_prefixes_order_like_their_keys() {
+        let keys = [
+            "",
+            "a",
+            "a\0",
+            "ab",
+            "abcdefgh",
+            "abcdefgh0",
+            "abcdefgi",
+            "b",
+            "k000001",
+            "é",
+        ];
+        for a in keys {
+            for b in keys {
+                if sort_prefix(a) != sort_prefix(b) {
+                    assert_eq!(sort_prefix(a).cmp(&sort_prefix(b)), a.cmp(b), "{a:?} {b:?}");
+                }
+            }
+        }
+        assert_eq!(sort_prefix("abcdefgh"), sort_prefix("abcdefgh0"));
+        assert_eq!(sort_prefix("a"), sort_prefix("a\0"));
+    }
 
     #[test]
     fn entries_and_replies_parse() {
