@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 
 use crate::api_error::ApiError;
 use crate::hub::{Feed, Hub};
+use crate::wire::Outgoing;
 
 /// Where a client asks to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +81,13 @@ pub(crate) struct Follower {
     herald: Herald,
     topic: String,
     _feed: Arc<Feed>,
-    rx: broadcast::Receiver<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Outgoing>>,
     epoch: Option<Epoch>,
     next: u64,
     /// A position of a lost epoch to report in a `reset` once the new epoch is known.
     lost: Option<Position>,
     mode: Mode,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Arc<Outgoing>>,
     buffer: usize,
 }
 
@@ -169,18 +170,18 @@ impl Follower {
     }
 
     fn reset(&mut self, last: Position, epoch: Epoch) {
-        self.pending.push_back(Event::Reset {
+        self.pending.push_back(Outgoing::new(Event::Reset {
             topic: self.topic.clone(),
             last_delivered: last,
             epoch,
             // The client's position is not in the topic's history: it starts over.
             lost_from: 1,
-        });
+        }));
         self.epoch = Some(epoch);
     }
 
     /// The next event for this client, `None` when the topic's feed ended.
-    pub(crate) async fn next(&mut self) -> Option<Event> {
+    pub(crate) async fn next(&mut self) -> Option<Arc<Outgoing>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Some(event);
@@ -196,7 +197,7 @@ impl Follower {
                     tokio::select! {
                         biased;
                         item = sub.next() => match item {
-                            Some(Ok(event)) => self.apply(&event, Source::History),
+                            Some(Ok(event)) => self.apply(&Outgoing::new(event), Source::History),
                             Some(Err(e)) => {
                                 tracing::debug!(topic = self.topic, error = %e, "catch-up failed; checking again");
                                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -206,7 +207,7 @@ impl Follower {
                         },
                         live = self.rx.recv() => match live {
                             // The next one arrived live first: take it and go live.
-                            Ok(event) => if let Event::Message(d) = &*event {
+                            Ok(event) => if let Event::Message(d) = event.event() {
                                 if Some(d.position.epoch) == self.epoch && d.position.offset == self.next {
                                     self.apply(&event, Source::Live);
                                 }
@@ -306,8 +307,8 @@ impl Follower {
     }
 
     /// Takes `event` if it is the next one for this client.
-    fn apply(&mut self, event: &Event, source: Source) {
-        match event {
+    fn apply(&mut self, shared: &Arc<Outgoing>, source: Source) {
+        match shared.event() {
             Event::Message(d) => {
                 let epoch = d.position.epoch;
                 match self.epoch {
@@ -337,7 +338,7 @@ impl Follower {
                     return;
                 }
                 self.next = offset + 1;
-                self.pending.push_back(event.clone());
+                self.pending.push_back(shared.clone());
                 if matches!(source, Source::Live) {
                     self.mode = Mode::Live;
                 }
@@ -367,13 +368,13 @@ impl Follower {
                     return;
                 }
                 self.epoch = Some(*epoch);
-                self.pending.push_back(Event::Gap {
+                self.pending.push_back(Outgoing::new(Event::Gap {
                     topic: self.topic.clone(),
                     epoch: *epoch,
                     from: self.next,
                     to: *to,
                     reason: *reason,
-                });
+                }));
                 self.next = to + 1;
             }
             // A reset (or anything new): look at the topic again.

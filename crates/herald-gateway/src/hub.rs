@@ -1,7 +1,7 @@
 //! One Herald subscription per topic, shared by every client of this process.
 //!
-//! A [`Feed`] runs one subscription (from the newest message on) and sends each event into a
-//! broadcast channel of bounded capacity. Sending never waits, so a slow client never slows
+//! A [`Feed`] runs one subscription (from the newest message on) and sends each event, shared
+//! (see [`Outgoing`]), into a broadcast channel of bounded capacity. Sending never waits, so a slow client never slows
 //! the feed or the other clients: a client that falls more than the channel's capacity behind
 //! sees `Lagged` and catches up from history on its own (see `follow`). A feed lives as long
 //! as one client holds it.
@@ -15,6 +15,7 @@ use herald::{Event, Herald, Start};
 use tokio::sync::{broadcast, watch};
 
 use crate::metrics::Metrics;
+use crate::wire::Outgoing;
 
 /// The shared feeds, by topic.
 pub(crate) struct Hub {
@@ -26,7 +27,7 @@ pub(crate) struct Hub {
 
 /// One topic's shared subscription.
 pub(crate) struct Feed {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Outgoing>>,
     ready: watch::Receiver<bool>,
     task: tokio::task::AbortHandle,
     metrics: Arc<Metrics>,
@@ -46,7 +47,7 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 impl Feed {
     /// A receiver of the live events from now on, once the feed's subscription is running
     /// (or [`READY_WAIT`] passed): every message appended after this returns is sent to it.
-    pub(crate) async fn receiver(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub(crate) async fn receiver(&self) -> broadcast::Receiver<Arc<Outgoing>> {
         let rx = self.tx.subscribe();
         let mut ready = self.ready.clone();
         let _ = tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r)).await;
@@ -125,7 +126,7 @@ impl Hub {
 async fn run(
     herald: Herald,
     topic: String,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Outgoing>>,
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 ) {
@@ -151,7 +152,7 @@ async fn run(
                             };
                             metrics.feed_events.inc();
                             // No receiver is fine: clients come and go.
-                            let _ = tx.send(Arc::new(event));
+                            let _ = tx.send(Outgoing::new(event));
                         }
                         // The subscription goes on after reporting a problem (it retries on
                         // its own): keeping it keeps its view continuous, which the followers

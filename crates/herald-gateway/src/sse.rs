@@ -25,7 +25,6 @@ use crate::auth::{Action, Grants};
 use crate::follow::{Follower, StartAt};
 use crate::http::{require, topic_of, Query, State};
 use crate::metrics::Open;
-use crate::wire::event_json;
 
 /// Most topics one stream may follow.
 pub(crate) const MAX_TOPICS: usize = 100;
@@ -137,7 +136,7 @@ enum End {
     Shutdown,
 }
 
-type Tagged = (usize, herald::Event, Position);
+type Tagged = (usize, std::sync::Arc<crate::wire::Outgoing>, Position);
 
 struct Run {
     merged: SelectAll<BoxStream<'static, Tagged>>,
@@ -252,9 +251,8 @@ async fn stream(
                     } else {
                         encode_multi(&run.positions)
                     };
-                    let (name, json) = event_json(&event);
                     run.state.0.metrics.delivered.inc();
-                    Some((Ok(SseEvent::default().event(name).id(id).data(json.to_string())), run))
+                    Some((Ok(SseEvent::default().event(event.name()).id(id).data(event.sse_data())), run))
                 }
             }
         }),

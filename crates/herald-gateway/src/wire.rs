@@ -1,6 +1,8 @@
 //! The JSON shapes of the gateway: the same fields as `herald tail`'s and `herald publish`'s
 //! JSON lines, so that a script can switch between the command line and the gateway.
 
+use std::sync::{Arc, OnceLock};
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +89,52 @@ pub(crate) struct ResetJson<'a> {
     pub(crate) lost_from: u64,
 }
 
+/// An event as the gateway sends it to clients: one `Arc` per event of a topic's shared feed,
+/// handed to every client of that topic, with its JSON forms encoded once, by the first client
+/// that sends it (a thousand SSE clients of one topic cost one encoding per message, not a
+/// thousand).
+pub(crate) struct Outgoing {
+    event: Event,
+    sse: OnceLock<String>,
+    ws: OnceLock<String>,
+}
+
+impl Outgoing {
+    pub(crate) fn new(event: Event) -> Arc<Outgoing> {
+        Arc::new(Outgoing {
+            event,
+            sse: OnceLock::new(),
+            ws: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The event's name: `message`, `gap`, `reset`.
+    pub(crate) fn name(&self) -> &'static str {
+        event_name(&self.event)
+    }
+
+    /// The JSON object of an SSE event's `data`.
+    pub(crate) fn sse_data(&self) -> &str {
+        self.sse
+            .get_or_init(|| event_json(&self.event).1.to_string())
+    }
+
+    /// The WebSocket frame: the same object with its name as `type`.
+    pub(crate) fn ws_frame(&self) -> &str {
+        self.ws.get_or_init(|| {
+            let (name, mut json) = event_json(&self.event);
+            if let Some(obj) = json.as_object_mut() {
+                obj.insert("type".into(), serde_json::Value::from(name));
+            }
+            json.to_string()
+        })
+    }
+}
+
 /// The event's name (`message`, `gap`, `reset`) and its JSON object.
 pub(crate) fn event_json(event: &Event) -> (&'static str, serde_json::Value) {
     let value = match event {
@@ -121,13 +169,17 @@ pub(crate) fn event_json(event: &Event) -> (&'static str, serde_json::Value) {
         // `Event` is non-exhaustive: a future kind of event is passed on by name only.
         _ => Ok(serde_json::json!({"event": "unknown", "topic": event.topic()})),
     };
-    let name = match event {
+    (event_name(event), value.unwrap_or(serde_json::Value::Null))
+}
+
+/// The event's name: `message`, `gap`, `reset` (`unknown` for a kind added later).
+fn event_name(event: &Event) -> &'static str {
+    match event {
         Event::Message(_) => "message",
         Event::Gap { .. } => "gap",
         Event::Reset { .. } => "reset",
         _ => "unknown",
-    };
-    (name, value.unwrap_or(serde_json::Value::Null))
+    }
 }
 
 /// One message of a batch publish (one NDJSON line, or a WebSocket `publish` frame).

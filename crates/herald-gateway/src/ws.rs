@@ -34,7 +34,7 @@ use crate::auth::{Action, Grants};
 use crate::follow::{Follower, StartAt};
 use crate::http::{require, Query, State};
 use crate::metrics::Open;
-use crate::wire::{event_json, PublishItem, ReceiptJson};
+use crate::wire::{PublishItem, ReceiptJson};
 
 /// The frame types of work groups.
 const WORK_FRAMES: [&str; 6] = ["fetch", "ack", "nak", "fail", "in_progress", "term"];
@@ -238,11 +238,7 @@ async fn handle_frame(
             let metrics = state.0.metrics.clone();
             let task = tokio::spawn(async move {
                 while let Some(event) = follower.next().await {
-                    let (name, mut json) = event_json(&event);
-                    if let Some(obj) = json.as_object_mut() {
-                        obj.insert("type".into(), json!(name));
-                    }
-                    if out.send(json.to_string()).await.is_err() {
+                    if out.send(event.ws_frame().to_string()).await.is_err() {
                         break;
                     }
                     metrics.delivered.inc();
