@@ -1,14 +1,14 @@
-//! The gateway case (`gateway-sse{100,1000,10000}-{RATE/s,max}`): N SSE clients of one
-//! `herald serve` gateway (in this process, on loopback) follow one topic while a Herald
-//! handle publishes to it, at a fixed rate (100 msg/s; 10 msg/s with 10 000 clients) or at
-//! full speed (`publish_batch` of 64). Each payload carries its publish time; each client
-//! records publish-to-client latency. Reported: deliveries/s, p50/p99/p99.9, lost, and the
-//! process's RSS growth per connection once the clients are connected and idle (clients and
-//! gateway share the process, so this counts both ends of each connection: an upper bound
-//! of the gateway's own). The library's own fan-out to N subscriptions of one handle runs in
-//! the same run with the same publishing, as the comparison. 10 000 clients need two file
-//! descriptors per connection in this process: the case is skipped with a note when the
-//! limit (`ulimit -n`) is too low.
+//! The gateway case (`gateway-sse{100,1000,10000}-{RATE/s,max}`): N SSE clients (in this
+//! process) of one `herald serve` gateway (a process of its own, started from this executable,
+//! on loopback) follow one topic while a Herald handle publishes to it, at a fixed rate
+//! (100 msg/s; 10 msg/s with 10 000 clients) or at full speed (`publish_batch` of 64). Each
+//! payload carries its publish time; each client records publish-to-client latency.
+//! Reported: deliveries/s, p50/p99/p99.9, lost, and the gateway process's RSS growth per
+//! connection once the clients are connected and idle. The library's own fan-out to N
+//! subscriptions of one handle runs in the same run with the same publishing, as the
+//! comparison (a failure of it is reported and the bench goes on). Each process needs a file
+//! descriptor per connection: the bench raises its open-file limit as far as it is allowed
+//! to, and skips the case with a note when that is still too low.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,7 +79,12 @@ struct Outcome {
 }
 
 fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    rss_of("self")
+}
+
+/// The resident memory of process `pid` ("self" for this one), from `/proc` (Linux).
+fn rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
@@ -90,6 +95,36 @@ fn fd_limit() -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }
+
+/// Raises this process's open-file limit to `need` when it is lower: the soft limit up to the
+/// hard one, and the hard one too where that is allowed (root, or `CAP_SYS_RESOURCE`). What
+/// cannot be raised stays as it is (the case is then skipped with a note).
+#[cfg(unix)]
+fn raise_fd_limit(need: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current.is_none_or(|c| c >= need) {
+        return;
+    }
+    let wanted = Rlimit {
+        current: Some(need),
+        maximum: now.maximum.map(|m| m.max(need)),
+    };
+    if setrlimit(Resource::Nofile, wanted).is_err() {
+        if let Some(max) = now.maximum {
+            let _ = setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(max.min(need)),
+                    maximum: Some(max),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit(_need: u64) {}
 
 /// The payload: the publish time in microseconds since `base`.
 fn stamp(base: Instant) -> Vec<u8> {
@@ -271,18 +306,12 @@ async fn run_gateway(
 ) -> Result<Outcome, BenchError> {
     let base = Instant::now();
     let node = connect(url, prefix, "gw").await?;
-    let gateway = herald_gateway::serve(
-        herald_gateway::Config::new(node.clone())
-            .listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-            .topic_channel(4096),
-    )
-    .await
-    .map_err(|e| BenchError::Internal(format!("gateway: {e}")))?;
-    let addr = gateway.local_addr();
+    let gateway = Gateway::spawn(url, prefix).await?;
+    let addr = gateway.addr;
     let topic = format!("gw.{}", case.name.replace('/', "-"));
     let tallies = Tallies::new()?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(case.clients.max(1));
-    let rss_before = rss_bytes();
+    let rss_before = gateway.rss();
     let mut tasks = Vec::new();
     for _ in 0..case.clients {
         tasks.push(tokio::spawn(sse_client(
@@ -309,13 +338,67 @@ async fn run_gateway(
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss = growth(rss_before, case.clients);
+    let rss = gateway
+        .rss()
+        .zip(rss_before)
+        .map(|(after, before)| after.saturating_sub(before) as f64 / case.clients as f64);
     let started = Instant::now();
     publish(case, &node, &topic, base).await?;
     let _ = tokio::time::timeout(drain, futures::future::join_all(tasks)).await;
     let out = outcome(case, &tallies, started, rss);
-    let _ = gateway.shutdown().await;
+    gateway.stop().await;
     Ok(out)
+}
+
+/// A `herald serve` process of this executable (the gateway on its own, as deployed: its
+/// memory is its own, and its clients' file descriptors are not in its process).
+struct Gateway {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Gateway {
+    /// Starts `herald serve` on a free loopback port and waits (at most 30 s) for the line
+    /// announcing its address.
+    async fn spawn(url: &str, prefix: &str) -> Result<Gateway, BenchError> {
+        use tokio::io::AsyncBufReadExt;
+        let exe = std::env::current_exe()
+            .map_err(|e| BenchError::Internal(format!("cannot find this executable: {e}")))?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--redis", url])
+            .args(["--namespace", prefix, "--topic-channel", "4096"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Internal(format!("cannot start `herald serve`: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Internal("`herald serve` has no standard output".into()))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| BenchError::Internal("`herald serve` did not start within 30 s".into()))?
+            .map_err(|e| BenchError::Internal(format!("reading `herald serve`: {e}")))?
+            .ok_or_else(|| BenchError::Internal("`herald serve` exited before listening".into()))?;
+        let addr = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("address")?.as_str()?.parse().ok())
+            .ok_or_else(|| {
+                BenchError::Internal(format!("`herald serve` announced no address: {line}"))
+            })?;
+        Ok(Gateway { child, addr })
+    }
+
+    fn rss(&self) -> Option<u64> {
+        rss_of(&self.child.id()?.to_string())
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
 }
 
 /// The same fan-out through the library: N subscriptions of one handle.
@@ -395,6 +478,8 @@ pub(crate) async fn run(
     drain: Duration,
     json: bool,
 ) -> Result<(), BenchError> {
+    let most = cases.iter().map(|c| c.clients as u64).max().unwrap_or(0);
+    raise_fd_limit(most + 256);
     let limit = fd_limit();
     if !json {
         println!(
@@ -412,8 +497,8 @@ pub(crate) async fn run(
         );
     }
     for case in cases {
-        // Two descriptors per connection (both ends are in this process) and some headroom.
-        let need = case.clients as u64 * 2 + 256;
+        // A descriptor per connection in each process, and some headroom.
+        let need = case.clients as u64 + 256;
         if let Some(l) = limit.filter(|l| *l < need) {
             let note = format!(
                 "{}: skipped, it needs about {need} file descriptors and the limit (ulimit -n) is {l}",
@@ -433,7 +518,21 @@ pub(crate) async fn run(
             let o = if system == "gateway" {
                 run_gateway(case, url, prefix, drain).await?
             } else {
-                run_library(case, url, prefix, drain).await?
+                match run_library(case, url, prefix, drain).await {
+                    Ok(o) => o,
+                    Err(e) => {
+                        let note = format!("{}: the library comparison failed: {e}", case.name);
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({"case": case.name, "system": system, "failed": note})
+                            );
+                        } else {
+                            println!("{note}");
+                        }
+                        continue;
+                    }
+                }
             };
             let rate = o.delivered as f64 / o.secs;
             let rss = o.rss_per_conn.map(|b| b / 1024.0);

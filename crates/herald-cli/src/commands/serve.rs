@@ -33,6 +33,11 @@ pub(crate) struct ServeArgs {
     /// outcome before the gateway closes it, releasing its leases, in seconds
     #[arg(long, default_value = "30", value_name = "SECS", value_parser = super::parse_duration)]
     work_idle: std::time::Duration,
+
+    /// Live events each topic's shared feed keeps for its clients; a client further behind
+    /// catches up from history on its own
+    #[arg(long, default_value = "1024", value_name = "EVENTS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    topic_channel: u32,
 }
 
 /// Runs the gateway until interrupted.
@@ -49,7 +54,8 @@ pub(crate) async fn run(global: &GlobalArgs, args: ServeArgs) -> Result<(), Fail
     let mut config = Config::new(herald)
         .listen(args.listen)
         .max_body(args.max_body)
-        .work_idle(args.work_idle);
+        .work_idle(args.work_idle)
+        .topic_channel(args.topic_channel as usize);
     if let Some(auth) = auth {
         config = config.auth(auth);
     }
