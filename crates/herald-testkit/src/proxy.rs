@@ -302,10 +302,16 @@ async fn pump(
                 }
             }
         }
+        // Bytes held by a stall or a delay are dropped, never delivered, when the connection
+        // was cut meanwhile (a cut followed at once by `pass` must not let them through).
+        if control.borrow().generation != generation {
+            return;
+        }
         let write = to.write_all(&buf[..n]);
         tokio::select! {
-            r = write => if r.is_err() { return },
+            biased;
             _ = cut(&mut control, generation) => return,
+            r = write => if r.is_err() { return },
         }
     }
 }

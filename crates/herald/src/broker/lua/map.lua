@@ -123,9 +123,6 @@ local m = redis.call('HMGET', meta, 'epoch', 'last', 'writer')
 local epoch, last = m[1], tonumber(m[2]) or 0
 local opening = (not epoch) or m[3] ~= writer
 
-local function field(x)
-  return #x .. ':' .. x
-end
 local results = {}
 -- The pending appends: change indexes, pieces, the per-message arguments of publish.
 local pend, pieces, keyed, size, largest, largest_at = {}, {}, {}, 0, -1, 0
@@ -198,11 +195,15 @@ for i = 1, n do
     end
     local headers = '{"herald-map":"1","op":"' .. ((op == 'PUT') and 'put' or 'del') .. '","key":'
       .. cjson.encode(key) .. ',"base":"' .. map_rev .. '"}'
-    local piece = field(idems[i]) .. field(headers) .. field(value)
-    keyed[#keyed + 1] = tostring(#pend)
-    keyed[#keyed + 1] = idems[i]
-    keyed[#keyed + 1] = tostring(size)
-    keyed[#keyed + 1] = tostring(#piece)
+    -- The message piece `<len>:<key><len>:<headers><len>:<payload>`, built in one
+    -- concatenation; the inlined publish takes its numbers as numbers.
+    local idem = idems[i]
+    local piece = #idem .. ':' .. idem .. #headers .. ':' .. headers .. #value .. ':' .. value
+    local k = #keyed
+    keyed[k + 1] = #pend
+    keyed[k + 2] = idem
+    keyed[k + 3] = size
+    keyed[k + 4] = #piece
     if #value > largest then largest, largest_at = #value, #pend end
     pend[#pend + 1] = i
     pieces[#pieces + 1] = piece
