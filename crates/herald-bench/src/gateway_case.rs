@@ -293,8 +293,9 @@ fn outcome(case: &GatewayCase, tallies: &Tallies, started: Instant, rss: Option<
     }
 }
 
-fn growth(before: Option<u64>, clients: usize) -> Option<f64> {
-    Some(rss_bytes()?.saturating_sub(before?) as f64 / clients as f64)
+/// RSS growth per client, from `before` to `after`.
+fn growth(before: Option<u64>, after: Option<u64>, clients: usize) -> Option<f64> {
+    Some(after?.saturating_sub(before?) as f64 / clients as f64)
 }
 
 /// N SSE clients of the gateway.
@@ -338,10 +339,7 @@ async fn run_gateway(
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss = gateway
-        .rss()
-        .zip(rss_before)
-        .map(|(after, before)| after.saturating_sub(before) as f64 / case.clients as f64);
+    let rss = growth(rss_before, gateway.rss(), case.clients);
     let started = Instant::now();
     publish(case, &node, &topic, base).await?;
     let _ = tokio::time::timeout(drain, futures::future::join_all(tasks)).await;
@@ -422,7 +420,7 @@ async fn run_library(
                 .map_err(|e| BenchError::herald("subscribe", e))?,
         );
     }
-    let rss = growth(rss_before, case.clients);
+    let rss = growth(rss_before, rss_bytes(), case.clients);
     let want = case.messages;
     let mut tasks = Vec::new();
     for mut sub in subs {
@@ -469,6 +467,15 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// Prints a case's note: `row` with --json, else `text`.
+fn print_note(json: bool, row: serde_json::Value, text: &str) {
+    if json {
+        println!("{row}");
+    } else {
+        println!("{text}");
+    }
+}
+
 /// Runs the gateway cases, each through the gateway then through the library, and prints
 /// one line (or one JSON object) per run.
 pub(crate) async fn run(
@@ -504,14 +511,11 @@ pub(crate) async fn run(
                 "{}: skipped, it needs about {need} file descriptors and the limit (ulimit -n) is {l}",
                 case.name
             );
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"case": case.name, "skipped": note})
-                );
-            } else {
-                println!("{note}");
-            }
+            print_note(
+                json,
+                serde_json::json!({"case": case.name, "skipped": note}),
+                &note,
+            );
             continue;
         }
         for system in ["gateway", "library"] {
@@ -522,14 +526,8 @@ pub(crate) async fn run(
                     Ok(o) => o,
                     Err(e) => {
                         let note = format!("{}: the library comparison failed: {e}", case.name);
-                        if json {
-                            println!(
-                                "{}",
-                                serde_json::json!({"case": case.name, "system": system, "failed": note})
-                            );
-                        } else {
-                            println!("{note}");
-                        }
+                        let row = serde_json::json!({"case": case.name, "system": system, "failed": note});
+                        print_note(json, row, &note);
                         continue;
                     }
                 }

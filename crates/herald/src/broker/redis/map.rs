@@ -184,7 +184,7 @@ impl RedisBroker {
             .await?;
         // The reply's strings are moved out as they are (no copy, no intermediate pairs).
         let items = match raw {
-            Value::Array(items) | Value::Set(items) => items,
+            Value::Array(items) => items,
             Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
             other => {
                 return Err(corrupt(
